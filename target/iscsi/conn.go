@@ -1,0 +1,404 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/scsi"
+)
+
+// conn is one TCP connection. Its goroutine reads PDUs (the reader owns the
+// task table's data-transfer state); a writer goroutine sends every PDU, so
+// StatSN is assigned in send order; each SCSI command executes in its own
+// goroutine.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	log    *logrus.Entry
+	rd     pduReader
+	sess   *session
+	params Params
+	cid    uint16
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	out      chan outMsg
+	writerWG sync.WaitGroup
+	statSN   uint32 // owned by the writer after login
+
+	lastRecv atomic.Int64 // unix nanos of the last PDU received
+	pingTTT  atomic.Uint32
+
+	mu      sync.Mutex
+	tasks   map[uint32]*task // by ITT
+	byTTT   map[uint32]*task // tasks waiting for solicited data
+	nextTTT uint32
+	textTTT uint32 // continuation of a long text response
+	textRem []byte
+	execWG  sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+// outMsg is one thing for the writer to send. Exactly one of pdu and task
+// is set.
+type outMsg struct {
+	pdu *PDU
+	// advance: the PDU carries a new StatSN (responses), otherwise it
+	// carries the next StatSN without consuming it (R2T, NOP-In pings).
+	advance bool
+	task    *task
+	res     scsi.Result
+	after   func() // run by the writer once the message is on the wire
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:   s,
+		nc:    nc,
+		log:   s.log.WithField("remote", nc.RemoteAddr().String()),
+		rd:    pduReader{r: bufio.NewReaderSize(nc, 64*1024)},
+		tasks: map[uint32]*task{},
+		byTTT: map[uint32]*task{},
+		out:   make(chan outMsg, 256),
+	}
+	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	return c
+}
+
+// shutdown closes the connection; the reader notices and cleans up.
+func (c *conn) shutdown(reason error) {
+	c.closeOnce.Do(func() {
+		c.cancel(reason)
+		c.nc.Close()
+	})
+}
+
+func (c *conn) serve(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() { c.shutdown(errors.New("server stopping")) })
+	defer stop()
+	defer c.shutdown(errors.New("connection done"))
+	if err := c.login(); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.log.WithError(err).Warn("iSCSI login failed")
+		}
+		return
+	}
+	sess := c.sess
+	c.log.WithField("discovery", sess.discovery).Info("iSCSI login")
+	c.rd.headerDigest = c.params.HeaderDigest
+	c.rd.dataDigest = c.params.DataDigest
+	c.rd.maxData = int(c.params.MaxRecvDataSegmentLength)
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.writerWG.Add(2)
+	go c.writer()
+	go c.pinger()
+	err := c.readLoop()
+	c.shutdown(err)
+	// Let running commands finish (their results are dropped) so the
+	// backend is quiet before the nexus is declared lost.
+	c.execWG.Wait()
+	c.writerWG.Wait()
+	c.releaseTasks()
+	sess.mu.Lock()
+	mine := sess.conn == c
+	sess.mu.Unlock()
+	if mine {
+		sess.close(err)
+	}
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.ctx.Err() == nil {
+		c.log.WithError(err).Warn("iSCSI connection failed")
+	} else {
+		c.log.WithField("reason", context.Cause(c.ctx)).Debug("iSCSI connection closed")
+	}
+}
+
+// readLoop reads and dispatches PDUs until the connection ends.
+func (c *conn) readLoop() error {
+	for {
+		p := new(PDU)
+		if err := c.rd.readHeader(p); err != nil {
+			return c.readFailed(p, err)
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		var err error
+		switch p.Opcode() {
+		case opSCSICmd:
+			err = c.handleSCSICmd(p)
+		case opDataOut:
+			err = c.handleDataOut(p)
+		default:
+			if err = c.rd.readData(p, nil); err != nil {
+				if errors.Is(err, ErrDigest) {
+					c.reject(p, rejectDataDigest)
+					continue
+				}
+				return err
+			}
+			err = c.handleOther(p)
+		}
+		if err != nil {
+			var pe *protoError
+			if errors.As(err, &pe) {
+				c.reject(p, pe.reason)
+				c.log.WithError(err).Warn("rejected PDU")
+				continue
+			}
+			return err
+		}
+	}
+}
+
+func (c *conn) readFailed(p *PDU, err error) error {
+	var pe *protoError
+	if errors.As(err, &pe) {
+		// The header was read but the PDU cannot be framed: reject it,
+		// then close, since the stream cannot be trusted any more.
+		c.reject(p, pe.reason)
+		c.flushAndWait(200 * time.Millisecond)
+	}
+	return err
+}
+
+// flushAndWait gives the writer a moment to send queued PDUs before a close.
+func (c *conn) flushAndWait(d time.Duration) {
+	done := make(chan struct{})
+	select {
+	case c.out <- outMsg{after: func() { close(done) }}:
+	case <-c.ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// handleOther dispatches the PDUs that are not SCSI data transfers.
+func (c *conn) handleOther(p *PDU) error {
+	if c.sess.discovery {
+		switch p.Opcode() {
+		case opTextReq, opLogoutReq, opNopOut:
+		default:
+			return &protoError{rejectProtocolError, fmt.Sprintf("opcode %#x in a discovery session", p.Opcode())}
+		}
+	}
+	switch p.Opcode() {
+	case opNopOut:
+		return c.handleNopOut(p)
+	case opTaskMgmt:
+		if !c.acceptCmdSN(p) {
+			return nil
+		}
+		go c.handleTMF(p)
+		return nil
+	case opTextReq:
+		if !c.acceptCmdSN(p) {
+			return nil
+		}
+		return c.handleText(p)
+	case opLogoutReq:
+		if !c.acceptCmdSN(p) {
+			return nil
+		}
+		go c.handleLogout(p)
+		return nil
+	case opSNACK:
+		return &protoError{rejectSNACK, "SNACK at ErrorRecoveryLevel 0"}
+	case opLoginReq:
+		return &protoError{rejectProtocolError, "login request in full feature phase"}
+	}
+	return &protoError{rejectNotSupported, fmt.Sprintf("unknown opcode %#x", p.Opcode())}
+}
+
+// acceptCmdSN advances the command window for a non-SCSI request that
+// carries a CmdSN. Such requests are answered at once (they do not wait
+// behind a CmdSN gap); one outside the window is silently ignored as RFC
+// 7143 section 4.2.2.1 requires.
+func (c *conn) acceptCmdSN(p *PDU) bool {
+	if p.Immediate() {
+		return true
+	}
+	s := c.sess
+	sn := p.u32(24)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.inWindow(sn) {
+		c.log.WithFields(logrus.Fields{"cmdsn": sn, "expcmdsn": s.expCmdSN.Load()}).Warn("CmdSN outside the window; ignored")
+		return false
+	}
+	if sn == s.expCmdSN.Load() {
+		s.expCmdSN.Add(1)
+		c.deliverLocked()
+	}
+	return true
+}
+
+func (c *conn) handleNopOut(p *PDU) error {
+	if p.ITT() == reservedTag {
+		// Answer to our ping (or a bare keepalive): nothing to send.
+		if ttt := p.u32(20); ttt != reservedTag && ttt == c.pingTTT.Load() {
+			c.pingTTT.Store(0)
+		}
+		return nil
+	}
+	if !c.acceptCmdSN(p) {
+		return nil
+	}
+	r := new(PDU)
+	r.setOpcode(opNopIn, flagFinal)
+	copy(r.BHS[8:16], p.BHS[8:16])
+	r.setU32(16, p.ITT())
+	r.setU32(20, reservedTag)
+	r.Data = p.Data
+	c.send(outMsg{pdu: r, advance: true})
+	return nil
+}
+
+// pinger sends a NOP-In when the initiator has been silent for PingInterval
+// and drops the connection if no NOP-Out answers within PingTimeout.
+func (c *conn) pinger() {
+	defer c.writerWG.Done()
+	iv := c.srv.cfg.PingInterval
+	t := time.NewTicker(iv / 2)
+	defer t.Stop()
+	var sent time.Time
+	var ttt uint32 = 0x80000000
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case now := <-t.C:
+			last := time.Unix(0, c.lastRecv.Load())
+			if c.pingTTT.Load() != 0 {
+				if last.After(sent) {
+					// Any PDU proves the initiator is alive.
+					c.pingTTT.Store(0)
+				} else if now.Sub(sent) > c.srv.cfg.PingTimeout {
+					c.log.Warn("initiator did not answer NOP-In ping; dropping connection")
+					c.shutdown(errors.New("ping timeout"))
+					return
+				}
+				continue
+			}
+			if now.Sub(last) < iv {
+				continue
+			}
+			ttt++
+			if ttt == reservedTag {
+				ttt = 0x80000000
+			}
+			c.pingTTT.Store(ttt)
+			sent = now
+			p := new(PDU)
+			p.setOpcode(opNopIn, flagFinal)
+			p.setU32(16, reservedTag)
+			p.setU32(20, ttt)
+			c.send(outMsg{pdu: p})
+		}
+	}
+}
+
+// send queues a message for the writer; it gives up if the connection ends.
+func (c *conn) send(m outMsg) {
+	select {
+	case c.out <- m:
+	case <-c.ctx.Done():
+	}
+}
+
+// reject answers a PDU we cannot process with a Reject PDU carrying its
+// header (RFC 7143 section 11.17).
+func (c *conn) reject(p *PDU, reason byte) {
+	r := new(PDU)
+	r.setOpcode(opReject, flagFinal)
+	r.BHS[2] = reason
+	r.setU32(16, reservedTag)
+	r.Data = append([]byte(nil), p.BHS[:]...)
+	c.send(outMsg{pdu: r, advance: true})
+}
+
+// writer sends queued PDUs, batching flushes while the queue is not empty.
+func (c *conn) writer() {
+	defer c.writerWG.Done()
+	w := bufio.NewWriterSize(c.nc, 256*1024)
+	var hdr []byte
+	for {
+		var m outMsg
+		select {
+		case m = <-c.out:
+		case <-c.ctx.Done():
+			return
+		}
+		for {
+			var err error
+			hdr, err = c.write(w, hdr, m)
+			if err != nil {
+				c.shutdown(err)
+				return
+			}
+			select {
+			case m = <-c.out:
+				continue
+			default:
+			}
+			break
+		}
+		if err := w.Flush(); err != nil {
+			c.shutdown(err)
+			return
+		}
+	}
+}
+
+// write puts one message on the wire (buffered).
+func (c *conn) write(w *bufio.Writer, hdr []byte, m outMsg) ([]byte, error) {
+	if m.task != nil {
+		return c.writeResult(w, hdr, m.task, m.res)
+	}
+	if m.pdu != nil {
+		s := c.sess
+		m.pdu.setU32(24, c.statSN)
+		if m.advance {
+			c.statSN++
+		}
+		m.pdu.setU32(28, s.expCmdSN.Load())
+		m.pdu.setU32(32, s.maxCmdSN())
+		var err error
+		hdr, err = c.writePDU(w, hdr[:0], m.pdu)
+		if err != nil {
+			return hdr, err
+		}
+	}
+	if m.after != nil {
+		m.after()
+	}
+	return hdr, nil
+}
+
+func (c *conn) writePDU(w *bufio.Writer, hdr []byte, p *PDU) ([]byte, error) {
+	hdr = encodeHeader(hdr[:0], p, c.params.HeaderDigest)
+	if _, err := w.Write(hdr); err != nil {
+		return hdr, err
+	}
+	if len(p.Data) > 0 {
+		if _, err := w.Write(p.Data); err != nil {
+			return hdr, err
+		}
+		hdr = dataTrailer(hdr[:0], p.Data, c.params.DataDigest)
+		if _, err := w.Write(hdr); err != nil {
+			return hdr, err
+		}
+	}
+	return hdr, nil
+}

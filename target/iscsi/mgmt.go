@@ -1,0 +1,272 @@
+package iscsi
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/csnap/csnap/target/scsi"
+)
+
+// handleTMF performs a task management function (RFC 7143 section 11.5).
+// It runs in its own goroutine: aborting waits for running commands to
+// finish, and the reader must keep serving other tasks meanwhile.
+func (c *conn) handleTMF(p *PDU) {
+	fn := scsi.TMF(p.Flags() & 0x7f)
+	lun := decodeLUN(p.LUNField())
+	ref := p.u32(20)
+	refCmdSN := p.u32(32)
+	var resp scsi.TMFResponse
+	exec := c.sess.tgt.cfg.Exec
+	switch fn {
+	case scsi.TMFAbortTask:
+		c.mu.Lock()
+		t := c.tasks[ref]
+		c.mu.Unlock()
+		switch {
+		case t != nil:
+			c.abort([]*task{t})
+			resp = scsi.TMFComplete
+		case int32(refCmdSN-c.sess.expCmdSN.Load()) < 0:
+			// Already answered: nothing left to abort.
+			resp = scsi.TMFComplete
+		default:
+			resp = scsi.TMFTaskNotExist
+		}
+	case scsi.TMFAbortTaskSet, scsi.TMFClearTaskSet, scsi.TMFLogicalUnitReset:
+		if !hasLUN(exec, lun) {
+			resp = scsi.TMFLUNNotExist
+			break
+		}
+		c.abort(c.tasksWhere(func(t *task) bool { return t.lun == lun }))
+		resp = exec.TaskManagement(fn, lun, c.sess.nexus)
+	case scsi.TMFTargetWarmReset, scsi.TMFTargetColdReset:
+		c.abort(c.tasksWhere(func(*task) bool { return true }))
+		resp = exec.TaskManagement(fn, lun, c.sess.nexus)
+	case scsi.TMFClearACA:
+		resp = scsi.TMFNotSupported
+	case scsi.TMFTaskReassign:
+		resp = scsi.TMFReassignNotSupp
+	default:
+		resp = scsi.TMFRejected
+	}
+	r := new(PDU)
+	r.setOpcode(opTaskMgmtRsp, flagFinal)
+	r.BHS[2] = byte(resp)
+	r.setU32(16, p.ITT())
+	done := make(chan struct{})
+	c.send(outMsg{pdu: r, advance: true, after: func() { close(done) }})
+	if fn == scsi.TMFTargetColdReset && resp == scsi.TMFComplete {
+		// A cold reset ends every connection, ours last, after the
+		// response is on the wire.
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
+		c.flushAndWait(200 * time.Millisecond)
+		c.shutdown(errors.New("target cold reset"))
+	}
+}
+
+func hasLUN(e scsi.Executor, lun uint64) bool {
+	for _, l := range e.LUNs() {
+		if l == lun {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *conn) tasksWhere(pred func(*task) bool) []*task {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*task
+	for _, t := range c.tasks {
+		if pred(t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// abort marks tasks aborted (their responses are never sent) and waits for
+// those already executing to finish, so the TMF response follows them.
+func (c *conn) abort(tasks []*task) {
+	for _, t := range tasks {
+		t.aborted.Store(true)
+		c.mu.Lock()
+		started := t.started
+		if !started {
+			t.started = true
+			for ttt, tt := range c.byTTT {
+				if tt == t {
+					delete(c.byTTT, ttt)
+				}
+			}
+		}
+		c.mu.Unlock()
+		if !started {
+			c.sess.mu.Lock()
+			if c.sess.waiting[t.cmdSN] == t {
+				delete(c.sess.waiting, t.cmdSN)
+			}
+			c.sess.mu.Unlock()
+			c.finish(t)
+		}
+	}
+	for _, t := range tasks {
+		select {
+		case <-t.done:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// handleLogout closes the session or the connection (RFC 7143 section
+// 11.14) once outstanding commands have completed.
+func (c *conn) handleLogout(p *PDU) {
+	reason := p.Flags() & 0x7f
+	var resp byte
+	switch reason {
+	case 0, 1: // close the session / close this connection
+		if reason == 1 && uint16(p.BHS[20])<<8|uint16(p.BHS[21]) != c.sessCID() {
+			resp = 1 // CID not found
+		}
+	case 2:
+		resp = 2 // connection recovery is not supported at ERL 0
+	default:
+		c.reject(p, rejectInvalidField)
+		return
+	}
+	if resp == 0 {
+		// Wait for outstanding commands so their responses precede ours.
+		for _, t := range c.tasksWhere(func(*task) bool { return true }) {
+			select {
+			case <-t.done:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+	}
+	r := new(PDU)
+	r.setOpcode(opLogoutResp, flagFinal)
+	r.BHS[2] = resp
+	r.setU32(16, p.ITT())
+	r.BHS[40], r.BHS[41] = 0, byte(c.sess.params.DefaultTime2Wait)
+	r.BHS[42], r.BHS[43] = 0, byte(c.sess.params.DefaultTime2Retain)
+	done := make(chan struct{})
+	c.send(outMsg{pdu: r, advance: true, after: func() { close(done) }})
+	if resp != 0 {
+		return
+	}
+	select {
+	case <-done:
+	case <-c.ctx.Done():
+	case <-time.After(5 * time.Second):
+	}
+	c.flushAndWait(time.Second)
+	c.shutdown(errLogout)
+}
+
+var errLogout = errors.New("logged out")
+
+func (c *conn) sessCID() uint16 { return c.cid }
+
+// handleText answers Text Requests: SendTargets (discovery), and a
+// continuation of a long response (RFC 7143 section 11.10).
+func (c *conn) handleText(p *PDU) error {
+	if p.Flags()&flagContinue != 0 {
+		return &protoError{rejectNotSupported, "continued text requests are not supported"}
+	}
+	var out []byte
+	ttt := p.u32(20)
+	if ttt != reservedTag {
+		c.mu.Lock()
+		if ttt != c.textTTT || c.textRem == nil {
+			c.mu.Unlock()
+			return &protoError{rejectInvalidField, "text continuation with unknown TTT"}
+		}
+		out = c.textRem
+		c.textRem = nil
+		c.mu.Unlock()
+	} else {
+		pairs, err := parseText(p.Data, false)
+		if err != nil {
+			return &protoError{rejectProtocolError, err.Error()}
+		}
+		var resp []kv
+		for _, kv0 := range pairs {
+			switch kv0.Key {
+			case "SendTargets":
+				resp = append(resp, c.sendTargets(kv0.Value)...)
+			default:
+				resp = append(resp, kv{kv0.Key, "NotUnderstood"})
+			}
+		}
+		out = encodeText(resp)
+	}
+	r := new(PDU)
+	maxSeg := int(c.params.MaxXmitDataSegmentLength)
+	f := byte(flagFinal)
+	nextTTT := uint32(reservedTag)
+	if len(out) > maxSeg {
+		f = flagContinue
+		c.mu.Lock()
+		c.nextTTT++
+		if c.nextTTT >= 0x80000000 {
+			c.nextTTT = 1
+		}
+		c.textTTT = c.nextTTT
+		nextTTT = c.textTTT
+		c.textRem = out[maxSeg:]
+		c.mu.Unlock()
+		out = out[:maxSeg]
+	}
+	r.setOpcode(opTextResp, f)
+	copy(r.BHS[8:16], p.BHS[8:16])
+	r.setU32(16, p.ITT())
+	r.setU32(20, nextTTT)
+	r.Data = out
+	c.send(outMsg{pdu: r, advance: true})
+	return nil
+}
+
+// sendTargets lists targets with this connection's portal address: every
+// target for "All" in a discovery session, else the named or current one.
+func (c *conn) sendTargets(v string) []kv {
+	addr := c.portalAddr()
+	var names []string
+	switch {
+	case v == "All" && c.sess.discovery:
+		names = c.srv.TargetNames()
+	case v == "All" || v == "":
+		if c.sess.tgt != nil {
+			names = []string{c.sess.tgt.cfg.Name}
+		}
+	default:
+		if c.srv.lookupTarget(v) != nil {
+			names = []string{v}
+		}
+	}
+	var out []kv
+	for _, n := range names {
+		out = append(out, kv{"TargetName", n}, kv{"TargetAddress", addr})
+	}
+	return out
+}
+
+// portalAddr is "ip:port,tpgt" of the address the initiator connected to.
+func (c *conn) portalAddr() string {
+	host, port, err := net.SplitHostPort(c.nc.LocalAddr().String())
+	if err != nil {
+		return c.nc.LocalAddr().String()
+	}
+	ip := net.ParseIP(host)
+	if ip != nil && ip.To4() == nil {
+		host = "[" + host + "]"
+	}
+	return fmt.Sprintf("%s:%s,%s", host, port, strconv.Itoa(int(c.srv.cfg.PortalGroupTag)))
+}

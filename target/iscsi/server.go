@@ -1,0 +1,272 @@
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/scsi"
+)
+
+// TargetConfig describes one iSCSI target (one IQN) and the SCSI target
+// behind it.
+type TargetConfig struct {
+	Name  string // the IQN
+	Alias string // TargetAlias, optional
+	Exec  scsi.Executor
+	// CHAP, when set, requires initiators to authenticate.
+	CHAP *CHAP
+}
+
+// Config configures a Server.
+type Config struct {
+	Log *logrus.Entry
+	// PortalGroupTag is this node's target portal group tag; it is also
+	// the relative target port id and target port group id presented to
+	// SCSI, so every node should have its own.
+	PortalGroupTag uint16
+	Offer          Offer
+	// DiscoveryCHAP, when set, requires discovery sessions to authenticate.
+	DiscoveryCHAP *CHAP
+	// QueueDepth is the CmdSN window: commands in flight per session.
+	QueueDepth uint32
+	// PingInterval is how long a connection may be idle before the target
+	// sends a NOP-In ping; PingTimeout how long it then waits for the
+	// answer before dropping the connection. Zero means the defaults.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+	// LoginTimeout bounds the login phase of a connection.
+	LoginTimeout time.Duration
+	// MaxTransferLength bounds the data of one command (bytes).
+	MaxTransferLength uint32
+}
+
+func (c *Config) setDefaults() {
+	if c.Log == nil {
+		l := logrus.New()
+		c.Log = logrus.NewEntry(l)
+	}
+	if c.PortalGroupTag == 0 {
+		c.PortalGroupTag = 1
+	}
+	if c.Offer == (Offer{}) {
+		c.Offer = DefaultOffer()
+	}
+	if c.QueueDepth == 0 {
+		c.QueueDepth = 256
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 5 * time.Second
+	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = 15 * time.Second
+	}
+	if c.LoginTimeout == 0 {
+		c.LoginTimeout = 15 * time.Second
+	}
+	if c.MaxTransferLength == 0 {
+		c.MaxTransferLength = 32 << 20
+	}
+}
+
+// Server is an iSCSI target server: it accepts connections on any number of
+// portals and serves the registered targets.
+type Server struct {
+	cfg Config
+	log *logrus.Entry
+
+	mu        sync.Mutex
+	targets   map[string]*target
+	sessions  map[sessionKey]*session
+	conns     map[*conn]struct{}
+	listeners map[net.Listener]struct{}
+	nextTSIH  uint16
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+type target struct {
+	cfg  TargetConfig
+	port scsi.Port
+}
+
+type sessionKey struct {
+	initiator string
+	isid      [6]byte
+	target    string // "" for discovery
+}
+
+// NewServer returns a server with no targets and no portals.
+func NewServer(cfg Config) *Server {
+	cfg.setDefaults()
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Log,
+		targets:   map[string]*target{},
+		sessions:  map[sessionKey]*session{},
+		conns:     map[*conn]struct{}{},
+		listeners: map[net.Listener]struct{}{},
+	}
+}
+
+// AddTarget registers a target; it is visible to discovery and logins at
+// once. Adding a name that exists replaces its configuration for new
+// sessions.
+func (s *Server) AddTarget(tc TargetConfig) error {
+	if tc.Name == "" || tc.Exec == nil {
+		return errors.New("iscsi: target needs a name and an executor")
+	}
+	if !validIQN(tc.Name) {
+		return fmt.Errorf("iscsi: %q is not a valid iSCSI name", tc.Name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tpgt := s.cfg.PortalGroupTag
+	s.targets[tc.Name] = &target{cfg: tc, port: scsi.Port{
+		Name:       fmt.Sprintf("%s,t,0x%04x", tc.Name, tpgt),
+		TargetName: tc.Name,
+		RelativeID: tpgt,
+		GroupID:    tpgt,
+	}}
+	return nil
+}
+
+// RemoveTarget unregisters a target and closes every session logged in to
+// it (after their in-flight commands finish).
+func (s *Server) RemoveTarget(name string) {
+	s.mu.Lock()
+	delete(s.targets, name)
+	var victims []*session
+	for k, sess := range s.sessions {
+		if k.target == name {
+			victims = append(victims, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range victims {
+		sess.close(errors.New("target removed"))
+	}
+}
+
+// TargetNames lists the registered targets, sorted.
+func (s *Server) TargetNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.targets))
+	for n := range s.targets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func (s *Server) lookupTarget(name string) *target {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.targets[name]
+}
+
+// Serve accepts connections on l until ctx ends or the server closes. It
+// returns nil on an orderly stop.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("iscsi: server closed")
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("iscsi: accept on %s: %w", l.Addr(), err)
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve(ctx)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Close stops accepting, closes every connection and waits for them.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown(errors.New("server closing"))
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// validIQN accepts iqn., eui. and naa. names with the characters RFC 3722
+// stringprep leaves: lower-case letters, digits, '-', '.', ':'.
+func validIQN(n string) bool {
+	if len(n) < 5 || len(n) > 223 {
+		return false
+	}
+	switch {
+	case len(n) > 4 && n[:4] == "iqn.", len(n) > 4 && n[:4] == "eui.", len(n) > 4 && n[:4] == "naa.":
+	default:
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == ':' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,560 @@
+package iscsi
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/scsi"
+)
+
+// task is one SCSI command on a connection, from its arrival until its
+// response is on the wire.
+type task struct {
+	itt       uint32
+	cmdSN     uint32
+	immediate bool
+	lun       uint64
+	read      bool
+	write     bool
+	edtl      uint32
+	cmd       scsi.Command
+
+	// Data-out state, owned by the reader goroutine.
+	buf         []byte // write data, edtl bytes
+	received    uint32 // bytes of data received so far
+	unsolicited uint32 // bytes the initiator may send without R2T
+	unsolDone   bool   // the unsolicited sequence has ended
+	unsolDataSN uint32
+	nextOffset  uint32 // next offset to solicit with an R2T
+	outstanding int    // R2Ts not yet satisfied
+	r2tSN       uint32
+	delivered   bool // its CmdSN turn has come
+	started     bool // handed to the executor
+	dataSNByTTT map[uint32]uint32
+	remainByTTT map[uint32]uint32
+	aborted     atomic.Bool
+	done        chan struct{} // closed once the task is finished
+	ahsCDB      []byte
+}
+
+// maxCDB bounds the CDB length we accept (16 bytes in the BHS plus an
+// extended-CDB AHS).
+const maxCDB = 260
+
+func (c *conn) handleSCSICmd(p *PDU) error {
+	s := c.sess
+	flags := p.Flags()
+	t := &task{
+		itt:       p.ITT(),
+		cmdSN:     p.u32(24),
+		immediate: p.Immediate(),
+		lun:       decodeLUN(p.LUNField()),
+		read:      flags&flagRead != 0,
+		write:     flags&flagWrite != 0,
+		edtl:      p.u32(20),
+		done:      make(chan struct{}),
+	}
+	cdb := append([]byte(nil), p.BHS[32:48]...)
+	if len(p.AHS) > 0 {
+		ext, err := extendedCDB(p.AHS)
+		if err != nil {
+			c.rd.readData(p, nil)
+			return err
+		}
+		cdb = append(cdb, ext...)
+	}
+	dlen := p.dataLen()
+	if s.discovery {
+		c.rd.readData(p, nil)
+		return &protoError{rejectProtocolError, "SCSI command in a discovery session"}
+	}
+	if t.edtl > c.srv.cfg.MaxTransferLength {
+		// Too large to buffer: swallow its immediate data and fail it
+		// without asking for the rest.
+		c.rd.readData(p, nil)
+		c.admit(t, p)
+		t.write = false
+		t.edtl = 0
+		c.finishEarly(t, senseResult(scsi.SenseIllegalRequest, 0x24, 0x00))
+		return nil
+	}
+	if dlen > 0 && (!t.write || !c.params.ImmediateData || uint32(dlen) > t.edtl || uint32(dlen) > c.params.FirstBurstLength) {
+		c.rd.readData(p, nil)
+		return &protoError{rejectProtocolError, fmt.Sprintf("unexpected immediate data (%d bytes)", dlen)}
+	}
+	c.mu.Lock()
+	_, dup := c.tasks[t.itt]
+	c.mu.Unlock()
+	if dup {
+		c.rd.readData(p, nil)
+		return &protoError{rejectTaskInProgress, fmt.Sprintf("ITT %#x already in use", t.itt)}
+	}
+	if t.write && t.edtl > 0 {
+		t.buf = make([]byte, t.edtl)
+		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
+			if isDigest(err) {
+				// The command is lost; the initiator retries it.
+				return &protoError{rejectDataDigest, err.Error()}
+			}
+			return err
+		}
+		t.received = uint32(dlen)
+		t.unsolicited = min(c.params.FirstBurstLength, t.edtl)
+		if c.params.InitialR2T || t.received >= t.unsolicited {
+			t.unsolDone = true
+		}
+		if c.params.InitialR2T {
+			t.unsolicited = t.received
+		}
+		t.nextOffset = t.unsolicited
+	} else if err := c.rd.readData(p, nil); err != nil {
+		return err
+	}
+	t.cmd = scsi.Command{
+		CDB:         cdb,
+		LUN:         t.lun,
+		Nexus:       s.nexus,
+		Attr:        scsi.TaskAttr(flags & 7),
+		ExpectedLen: t.edtl,
+	}
+	if !c.admit(t, p) {
+		return nil
+	}
+	c.mu.Lock()
+	c.tasks[t.itt] = t
+	c.mu.Unlock()
+	c.progress(t)
+	return nil
+}
+
+// admit places a new command in the CmdSN order. It returns false if the
+// command is outside the window and was dropped.
+func (c *conn) admit(t *task, p *PDU) bool {
+	s := c.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.immediate {
+		t.delivered = true
+		return true
+	}
+	if !s.inWindow(t.cmdSN) {
+		c.log.WithFields(logrus.Fields{"cmdsn": t.cmdSN, "expcmdsn": s.expCmdSN.Load(), "maxcmdsn": s.maxCmdSN()}).
+			Warn("SCSI command outside the CmdSN window; ignored")
+		return false
+	}
+	s.inflight.Add(1)
+	if t.cmdSN == s.expCmdSN.Load() {
+		t.delivered = true
+		s.expCmdSN.Add(1)
+		c.deliverLocked()
+	} else {
+		s.waiting[t.cmdSN] = t
+	}
+	return true
+}
+
+// deliverLocked releases waiting commands whose CmdSN turn has come.
+// Called with sess.mu held.
+func (c *conn) deliverLocked() {
+	s := c.sess
+	for {
+		t, ok := s.waiting[s.expCmdSN.Load()]
+		if !ok {
+			return
+		}
+		delete(s.waiting, t.cmdSN)
+		s.expCmdSN.Add(1)
+		t.delivered = true
+		// A released command may already have all its data.
+		go c.progressLater(t)
+	}
+}
+
+func (c *conn) progressLater(t *task) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.progressLocked(t)
+}
+
+func (c *conn) progress(t *task) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.progressLocked(t)
+}
+
+// progressLocked moves a task forward: solicit data it still needs, or start
+// it once it has everything and its turn has come.
+func (c *conn) progressLocked(t *task) {
+	if t.aborted.Load() || t.started {
+		return
+	}
+	if t.write && t.received < t.edtl {
+		if t.unsolDone {
+			c.solicitLocked(t)
+		}
+		return
+	}
+	if !t.delivered {
+		return
+	}
+	t.started = true
+	t.cmd.DataOut = t.buf
+	if t.read && t.edtl > 0 {
+		t.cmd.DataInBuf = make([]byte, t.edtl)
+	}
+	c.execWG.Add(1)
+	go c.execute(t)
+}
+
+// solicitLocked sends R2Ts for data not yet requested, keeping at most
+// MaxOutstandingR2T in flight, each at most MaxBurstLength.
+func (c *conn) solicitLocked(t *task) {
+	for t.nextOffset < t.edtl && t.outstanding < int(c.params.MaxOutstandingR2T) {
+		n := min(t.edtl-t.nextOffset, c.params.MaxBurstLength)
+		c.nextTTT++
+		if c.nextTTT == reservedTag || c.nextTTT >= 0x80000000 {
+			c.nextTTT = 1
+		}
+		ttt := c.nextTTT
+		if t.dataSNByTTT == nil {
+			t.dataSNByTTT = map[uint32]uint32{}
+			t.remainByTTT = map[uint32]uint32{}
+		}
+		t.dataSNByTTT[ttt] = 0
+		t.remainByTTT[ttt] = n
+		c.byTTT[ttt] = t
+		p := new(PDU)
+		p.setOpcode(opR2T, flagFinal)
+		binary.BigEndian.PutUint64(p.BHS[8:], encodeLUN(t.lun))
+		p.setU32(16, t.itt)
+		p.setU32(20, ttt)
+		p.setU32(36, t.r2tSN)
+		p.setU32(40, t.nextOffset)
+		p.setU32(44, n)
+		t.r2tSN++
+		t.outstanding++
+		t.nextOffset += n
+		// Sending must not block while c.mu is held: the writer never
+		// takes c.mu, so a full queue drains.
+		c.send(outMsg{pdu: p})
+	}
+}
+
+func (c *conn) handleDataOut(p *PDU) error {
+	itt, ttt := p.ITT(), p.u32(20)
+	off, n := p.u32(40), uint32(p.dataLen())
+	dataSN := p.u32(36)
+	c.mu.Lock()
+	var t *task
+	if ttt == reservedTag {
+		t = c.tasks[itt]
+	} else {
+		t = c.byTTT[ttt]
+	}
+	c.mu.Unlock()
+	if t == nil || t.itt != itt || !t.write || t.started {
+		c.rd.readData(p, nil)
+		return &protoError{rejectInvalidField, fmt.Sprintf("Data-Out for unknown task ITT %#x TTT %#x", itt, ttt)}
+	}
+	// Bounds: the data must fall inside the expected length, and inside
+	// what this sequence may carry.
+	if uint64(off)+uint64(n) > uint64(t.edtl) {
+		c.rd.readData(p, nil)
+		return &protoError{rejectProtocolError, fmt.Sprintf("Data-Out offset %d+%d beyond expected length %d", off, n, t.edtl)}
+	}
+	var want uint32
+	if ttt == reservedTag {
+		if t.unsolDone || off+n > t.unsolicited {
+			c.rd.readData(p, nil)
+			return &protoError{rejectProtocolError, "unsolicited Data-Out beyond FirstBurstLength"}
+		}
+		want = t.unsolDataSN
+	} else {
+		c.mu.Lock()
+		want = t.dataSNByTTT[ttt]
+		rem := t.remainByTTT[ttt]
+		c.mu.Unlock()
+		if n > rem {
+			c.rd.readData(p, nil)
+			return &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+		}
+	}
+	if err := c.rd.readData(p, t.buf[off:off+n]); err != nil {
+		if isDigest(err) {
+			// ERL 0 cannot recover a lost data PDU: the command fails.
+			c.failTask(t, senseResult(scsi.SenseAbortedCommand, 0x47, 0x01))
+			return &protoError{rejectDataDigest, err.Error()}
+		}
+		return err
+	}
+	if dataSN != want {
+		// A DataSN gap means lost data; at ERL 0 the command ends with
+		// CHECK CONDITION (protocol service CRC error / sequence error).
+		c.failTask(t, senseResult(scsi.SenseAbortedCommand, 0x0c, 0x0d))
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.received += n
+	if ttt == reservedTag {
+		t.unsolDataSN++
+		if p.Final() || off+n >= t.unsolicited {
+			t.unsolDone = true
+		}
+	} else {
+		t.dataSNByTTT[ttt]++
+		t.remainByTTT[ttt] -= n
+		if p.Final() || t.remainByTTT[ttt] == 0 {
+			delete(c.byTTT, ttt)
+			delete(t.dataSNByTTT, ttt)
+			delete(t.remainByTTT, ttt)
+			t.outstanding--
+		}
+	}
+	if t.received > t.edtl {
+		t.received = t.edtl
+	}
+	c.progressLocked(t)
+	return nil
+}
+
+// failTask ends a task that is still collecting data with the given result.
+func (c *conn) failTask(t *task, res scsi.Result) {
+	c.mu.Lock()
+	if t.started {
+		c.mu.Unlock()
+		return
+	}
+	t.started = true
+	for ttt, tt := range c.byTTT {
+		if tt == t {
+			delete(c.byTTT, ttt)
+		}
+	}
+	c.mu.Unlock()
+	c.send(outMsg{task: t, res: res})
+}
+
+// finishEarly answers a command that never reaches the executor.
+func (c *conn) finishEarly(t *task, res scsi.Result) {
+	c.mu.Lock()
+	c.tasks[t.itt] = t
+	t.started = true
+	c.mu.Unlock()
+	c.send(outMsg{task: t, res: res})
+}
+
+func isDigest(err error) bool {
+	for e := err; e != nil; {
+		if e == ErrDigest {
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
+
+func (c *conn) execute(t *task) {
+	defer c.execWG.Done()
+	res := c.sess.tgt.cfg.Exec.Execute(c.ctx, &t.cmd)
+	c.send(outMsg{task: t, res: res})
+}
+
+// finish removes a task whose response is sent (or dropped).
+func (c *conn) finish(t *task) {
+	c.mu.Lock()
+	if c.tasks[t.itt] == t {
+		delete(c.tasks, t.itt)
+	}
+	c.mu.Unlock()
+	if !t.immediate {
+		c.sess.inflight.Add(-1)
+	}
+	select {
+	case <-t.done:
+	default:
+		close(t.done)
+	}
+}
+
+// writeResult sends a command's data and status: Data-In PDUs of at most
+// MaxXmitDataSegmentLength, the last carrying the status when there is no
+// sense data, otherwise a SCSI Response after them.
+func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result) ([]byte, error) {
+	defer c.finish(t)
+	if t.aborted.Load() {
+		return hdr, nil
+	}
+	s := c.sess
+	// want is how much the command would have moved; the difference to
+	// the expected length is the residual (RFC 7143 section 11.4.5).
+	var data []byte
+	var want int
+	switch {
+	case t.read:
+		data, want = res.Data, len(res.Data)
+	case t.write:
+		want = res.DataOutLen
+	default:
+		want = max(len(res.Data), res.DataOutLen)
+	}
+	if len(data) > int(t.edtl) {
+		data = data[:t.edtl]
+	}
+	var resid uint32
+	var flags byte
+	switch {
+	case want > int(t.edtl):
+		resid, flags = uint32(want)-t.edtl, flagOverflow
+	case want < int(t.edtl):
+		resid, flags = t.edtl-uint32(want), flagUnder
+	}
+	collapse := res.Status == scsi.StatusGood && len(res.Sense) == 0 && len(data) > 0
+	var dataSN uint32
+	maxSeg := int(c.params.MaxXmitDataSegmentLength)
+	burst := int(c.params.MaxBurstLength)
+	var err error
+	for off := 0; off < len(data); {
+		n := min(maxSeg, len(data)-off)
+		// Data-In sequences end at MaxBurstLength boundaries (F bit).
+		if b := burst - off%burst; n > b {
+			n = b
+		}
+		last := off+n == len(data)
+		p := new(PDU)
+		var f byte
+		if last || (off+n)%burst == 0 {
+			f |= flagFinal
+		}
+		if last && collapse {
+			f |= flagStatus | flags
+			p.BHS[3] = res.Status
+			p.setU32(24, c.statSN)
+			c.statSN++
+			p.setU32(44, resid)
+		}
+		p.setOpcode(opDataIn, f)
+		p.setU32(16, t.itt)
+		p.setU32(20, reservedTag)
+		p.setU32(28, s.expCmdSN.Load())
+		p.setU32(32, s.maxCmdSN())
+		p.setU32(36, dataSN)
+		p.setU32(40, uint32(off))
+		p.Data = data[off : off+n]
+		dataSN++
+		if hdr, err = c.writePDU(w, hdr, p); err != nil {
+			return hdr, err
+		}
+		off += n
+	}
+	if collapse {
+		return hdr, nil
+	}
+	p := new(PDU)
+	p.setOpcode(opSCSIResp, flagFinal|flags)
+	p.BHS[2] = 0 // command completed at target
+	p.BHS[3] = res.Status
+	p.setU32(16, t.itt)
+	p.setU32(24, c.statSN)
+	c.statSN++
+	p.setU32(28, s.expCmdSN.Load())
+	p.setU32(32, s.maxCmdSN())
+	p.setU32(36, dataSN)
+	p.setU32(44, resid)
+	if len(res.Sense) > 0 {
+		sd := make([]byte, 2+len(res.Sense))
+		binary.BigEndian.PutUint16(sd, uint16(len(res.Sense)))
+		copy(sd[2:], res.Sense)
+		p.Data = sd
+	}
+	return c.writePDU(w, hdr, p)
+}
+
+// releaseTasks drops every task of a dead connection.
+func (c *conn) releaseTasks() {
+	c.mu.Lock()
+	tasks := make([]*task, 0, len(c.tasks))
+	for _, t := range c.tasks {
+		tasks = append(tasks, t)
+	}
+	c.tasks = map[uint32]*task{}
+	c.byTTT = map[uint32]*task{}
+	c.mu.Unlock()
+	s := c.sess
+	s.mu.Lock()
+	for sn, t := range s.waiting {
+		delete(s.waiting, sn)
+		_ = t
+	}
+	s.mu.Unlock()
+	for _, t := range tasks {
+		t.aborted.Store(true)
+		select {
+		case <-t.done:
+		default:
+			close(t.done)
+		}
+	}
+}
+
+// senseResult builds a CHECK CONDITION with fixed-format sense data.
+func senseResult(key, asc, ascq byte) scsi.Result {
+	sense := make([]byte, 18)
+	sense[0] = 0x70
+	sense[2] = key
+	sense[7] = 10
+	sense[12] = asc
+	sense[13] = ascq
+	return scsi.Result{Status: scsi.StatusCheckCondition, Sense: sense}
+}
+
+// extendedCDB returns the bytes of an Extended CDB AHS (type 1) beyond the
+// 16 in the BHS.
+func extendedCDB(ahs []byte) ([]byte, error) {
+	for len(ahs) >= 4 {
+		l := int(binary.BigEndian.Uint16(ahs))
+		typ := ahs[2]
+		total := (3 + l + 3) &^ 3
+		if total > len(ahs) || l < 1 {
+			return nil, &protoError{rejectInvalidField, "malformed AHS"}
+		}
+		if typ == 1 {
+			ext := ahs[4 : 3+l]
+			if 16+len(ext) > maxCDB {
+				return nil, &protoError{rejectInvalidField, "CDB too long"}
+			}
+			return ext, nil
+		}
+		ahs = ahs[total:]
+	}
+	return nil, nil
+}
+
+// decodeLUN turns the 8-byte LUN field into a flat LUN number (SAM-5
+// peripheral and flat addressing, first level only).
+func decodeLUN(f uint64) uint64 {
+	hi := uint16(f >> 48)
+	switch hi >> 14 {
+	case 0: // peripheral device addressing
+		return uint64(hi & 0xff)
+	case 1: // flat space addressing
+		return uint64(hi & 0x3fff)
+	}
+	return uint64(hi) | 0xffff0000 // unsupported format: a LUN that does not exist
+}
+
+// encodeLUN is the inverse of decodeLUN for LUNs below 16384.
+func encodeLUN(lun uint64) uint64 {
+	if lun < 256 {
+		return lun << 48
+	}
+	return (0x4000 | lun&0x3fff) << 48
+}
