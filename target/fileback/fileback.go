@@ -168,10 +168,10 @@ func (b *File) Unmap(off, length int64) error {
 	return nil
 }
 
-func (b *File) Size() int64              { return b.size }
-func (b *File) ReadOnly() bool           { return b.readOnly }
-func (b *File) Identity() scsi.Identity  { return b.id }
-func (b *File) Close() error             { return b.f.Close() }
+func (b *File) Size() int64             { return b.size }
+func (b *File) ReadOnly() bool          { return b.readOnly }
+func (b *File) Identity() scsi.Identity { return b.id }
+func (b *File) Close() error            { return b.f.Close() }
 
 // Mapped reports whether the block range starting at off is allocated in the
 // file and how far that state extends, using SEEK_DATA / SEEK_HOLE. It lets

@@ -26,9 +26,11 @@ func (c *conn) handleTMF(p *PDU) {
 		t := c.tasks[ref]
 		c.mu.Unlock()
 		switch {
-		case t != nil:
-			c.abort([]*task{t})
+		case t != nil && c.abort([]*task{t}) == 1:
 			resp = scsi.TMFComplete
+		case t != nil:
+			// Its response is already on the way: the task completed.
+			resp = scsi.TMFTaskNotExist
 		case int32(refCmdSN-c.sess.expCmdSN.Load()) < 0:
 			// Already answered: nothing left to abort.
 			resp = scsi.TMFComplete
@@ -92,11 +94,19 @@ func (c *conn) tasksWhere(pred func(*task) bool) []*task {
 }
 
 // abort marks tasks aborted (their responses are never sent) and waits for
-// those already executing to finish, so the TMF response follows them.
-func (c *conn) abort(tasks []*task) {
+// those already executing to finish, so a TMF response follows them. A task
+// whose response is already on its way is left alone. abort returns how
+// many tasks it aborted.
+func (c *conn) abort(tasks []*task) int {
+	var running []*task
+	n := 0
 	for _, t := range tasks {
-		t.aborted.Store(true)
 		c.mu.Lock()
+		if t.responding {
+			c.mu.Unlock()
+			continue
+		}
+		t.aborted.Store(true)
 		started := t.started
 		if !started {
 			t.started = true
@@ -107,22 +117,26 @@ func (c *conn) abort(tasks []*task) {
 			}
 		}
 		c.mu.Unlock()
-		if !started {
-			c.sess.mu.Lock()
-			if c.sess.waiting[t.cmdSN] == t {
-				delete(c.sess.waiting, t.cmdSN)
-			}
-			c.sess.mu.Unlock()
-			c.finish(t)
+		n++
+		if started {
+			running = append(running, t)
+			continue
 		}
+		c.sess.mu.Lock()
+		if c.sess.waiting[t.cmdSN] == t {
+			delete(c.sess.waiting, t.cmdSN)
+		}
+		c.sess.mu.Unlock()
+		c.finish(t)
 	}
-	for _, t := range tasks {
+	for _, t := range running {
 		select {
 		case <-t.done:
 		case <-c.ctx.Done():
-			return
+			return n
 		}
 	}
+	return n
 }
 
 // handleLogout closes the session or the connection (RFC 7143 section
@@ -269,4 +283,33 @@ func (c *conn) portalAddr() string {
 		host = "[" + host + "]"
 	}
 	return fmt.Sprintf("%s:%s,%s", host, port, strconv.Itoa(int(c.srv.cfg.PortalGroupTag)))
+}
+
+// PreemptAbort aborts the tasks on LUN lun of every session whose I_T nexus
+// is among preempted, except the command that asked (SPC-4 PREEMPT AND
+// ABORT). It is a scsi.PreemptAbortFunc; wire it with
+// Target.SetPreemptAbortHandler. It returns once the aborted tasks have
+// finished.
+func (s *Server) PreemptAbort(lun uint64, preempted []scsi.NexusID, except *scsi.Command) {
+	s.mu.Lock()
+	var conns []*conn
+	for _, sess := range s.sessions {
+		if sess.discovery {
+			continue
+		}
+		for _, n := range preempted {
+			if n.InitiatorPort == sess.nexus.InitiatorPort && (n.TargetPort == "" || n.TargetPort == sess.nexus.Port.Name) {
+				sess.mu.Lock()
+				if sess.conn != nil {
+					conns = append(conns, sess.conn)
+				}
+				sess.mu.Unlock()
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.abort(c.tasksWhere(func(t *task) bool { return t.lun == lun && &t.cmd != except }))
+	}
 }

@@ -34,6 +34,7 @@ type task struct {
 	r2tSN       uint32
 	delivered   bool // its CmdSN turn has come
 	started     bool // handed to the executor
+	responding  bool // its response is being sent: too late to abort
 	dataSNByTTT map[uint32]uint32
 	remainByTTT map[uint32]uint32
 	aborted     atomic.Bool
@@ -390,9 +391,13 @@ func (c *conn) finish(t *task) {
 // sense data, otherwise a SCSI Response after them.
 func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result) ([]byte, error) {
 	defer c.finish(t)
+	c.mu.Lock()
 	if t.aborted.Load() {
+		c.mu.Unlock()
 		return hdr, nil
 	}
+	t.responding = true
+	c.mu.Unlock()
 	s := c.sess
 	// want is how much the command would have moved; the difference to
 	// the expected length is the residual (RFC 7143 section 11.4.5).

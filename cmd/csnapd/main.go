@@ -1,0 +1,112 @@
+// Command csnapd is the csnap node daemon: an iSCSI target exporting every
+// volume's origin and snapshots, and a client of each volume's snapshot
+// server. See README.md and SPEC.md for flags and behaviour.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// options are csnapd's settings; every one has a flag (SPEC.md).
+type options struct {
+	dev        bool
+	config     string
+	nodeName   string
+	dataDir    string
+	iscsiAddr  string
+	httpAddr   string
+	serverAddr string
+	consulAddr string
+	logLevel   string
+	logFormat  string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("csnapd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &options{}
+	fs.BoolVar(&o.dev, "dev", false, "run one node with an embedded volume \"dev\", no Consul needed")
+	fs.StringVar(&o.config, "config", "", "cluster mode: HCL configuration `file`")
+	fs.StringVar(&o.nodeName, "node-name", "", "this node's name (default: the host name)")
+	fs.StringVar(&o.dataDir, "data-dir", "", "directory for this node's local state (-dev: default ./csnap-dev)")
+	fs.StringVar(&o.iscsiAddr, "iscsi-addr", "", "iSCSI portal address (default 127.0.0.1:3260)")
+	fs.StringVar(&o.httpAddr, "http-addr", "", "HTTP API address (default 127.0.0.1:7862)")
+	fs.StringVar(&o.serverAddr, "server-addr", "", "snapshot-server protocol listen address")
+	fs.StringVar(&o.consulAddr, "consul-addr", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.dev && o.config != "" {
+		return nil, errors.New("-dev and -config are exclusive")
+	}
+	return o, nil
+}
+
+func newLogger(o *options, w io.Writer) (*logrus.Entry, error) {
+	l := logrus.New()
+	l.SetOutput(w)
+	lvl, err := logrus.ParseLevel(o.logLevel)
+	if err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	l.SetLevel(lvl)
+	switch o.logFormat {
+	case "text":
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return nil, fmt.Errorf("-log-format: %q is neither text nor json", o.logFormat)
+	}
+	return logrus.NewEntry(l), nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "csnapd:", err)
+		return 2
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "csnapd:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	switch {
+	case o.dev:
+		err = runDev(ctx, o, log, stdout)
+	case o.config != "":
+		err = errors.New("cluster mode (-config) is not available in this build yet; use -dev")
+	default:
+		fmt.Fprintln(stderr, "csnapd: give -dev (one node, no Consul) or -config FILE (cluster mode)")
+		return 2
+	}
+	if err != nil {
+		log.WithError(err).Error("csnapd stopped")
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,85 @@
+package scsi
+
+// Unit attention conditions (SAM-5 5.14, SPC-4 5.8.7). They are kept per
+// I_T nexus in the shared LUState, so that an event on one node (say a
+// PREEMPT) reaches the initiators connected to the others.
+
+// Unit attention conditions, as ASC<<8 | ASCQ.
+const (
+	uaPowerOnReset        UnitAttention = 0x2900
+	uaPowerOn             UnitAttention = 0x2901
+	uaBusReset            UnitAttention = 0x2902 // target reset
+	uaBusDeviceReset      UnitAttention = 0x2903 // LUN reset
+	uaModeChanged         UnitAttention = 0x2a01
+	uaReservationsPreempt UnitAttention = 0x2a03
+	uaReservationsRelease UnitAttention = 0x2a04
+	uaRegistrationsPreemp UnitAttention = 0x2a05
+	uaCapacityChanged     UnitAttention = 0x2a09
+	uaReportedLUNsChanged UnitAttention = 0x3f0e
+)
+
+// maxPendingUA bounds the unit attentions queued for one nexus. SPC-4
+// 5.8.7 allows dropping some when the queue is full; the initiator then
+// learns of the rest through the ones it gets.
+const maxPendingUA = 8
+
+// postUA queues ua for nexus n if n is known. A reset or power on condition
+// replaces every other pending condition (SAM-5 6.3.2: it subsumes them);
+// a condition already queued is not queued twice.
+func (s *LUState) postUA(n NexusID, ua UnitAttention) {
+	q, ok := s.Nexuses[n]
+	if !ok {
+		return
+	}
+	if ua.isReset() {
+		s.Nexuses[n] = []UnitAttention{ua}
+		return
+	}
+	for _, p := range q {
+		if p == ua || p.isReset() {
+			// Already pending, or implied by a pending reset.
+			return
+		}
+	}
+	if len(q) >= maxPendingUA {
+		return
+	}
+	s.Nexuses[n] = append(q, ua)
+}
+
+// postUAAll queues ua for every known nexus for which skip returns false
+// (skip may be nil).
+func (s *LUState) postUAAll(ua UnitAttention, skip func(NexusID) bool) {
+	for n := range s.Nexuses {
+		if skip == nil || !skip(n) {
+			s.postUA(n, ua)
+		}
+	}
+}
+
+// takeUA removes and returns the oldest unit attention pending for n.
+func (s *LUState) takeUA(n NexusID) (UnitAttention, bool) {
+	q := s.Nexuses[n]
+	if len(q) == 0 {
+		return 0, false
+	}
+	s.Nexuses[n] = q[1:]
+	return q[0], true
+}
+
+// admitNexus records n as a nexus of the logical unit. The first command of
+// a new I_T nexus reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+// (SAM-5 6.3.2).
+func (s *LUState) admitNexus(n NexusID) {
+	if s.Nexuses == nil {
+		s.Nexuses = make(map[NexusID][]UnitAttention)
+	}
+	if _, ok := s.Nexuses[n]; !ok {
+		s.Nexuses[n] = []UnitAttention{uaPowerOnReset}
+	}
+}
+
+// uaResult is the CHECK CONDITION that reports ua.
+func uaResult(ua UnitAttention) Result {
+	return checkCondition(SenseUnitAttention, ua.asc(), ua.ascq())
+}
