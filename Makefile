@@ -5,8 +5,9 @@ GO      ?= go
 BIN     := bin
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# staticcheck is fetched through the module proxy at a pinned version.
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
+# staticcheck is fetched through the module proxy at a pinned version
+# (v0.6.1 is the 2025.1.1 release).
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 .PHONY: all build run test deps unit integration conformance bench lint fuzz clean
 

@@ -80,13 +80,24 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	}
 	defer be.Close()
 
-	srv := iscsi.NewServer(iscsi.Config{Log: log.WithField("component", "iscsi")})
+	chap, err := chapFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
+	if o.chapDiscovery {
+		if chap == nil {
+			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
+		}
+		icfg.DiscoveryCHAP = chap
+	}
+	srv := iscsi.NewServer(icfg)
 	iqn := iqnPrefix + devVolume
 	exec, err := newExecutor(be, srv)
 	if err != nil {
 		return err
 	}
-	if err := srv.AddTarget(iscsi.TargetConfig{Name: iqn, Alias: "csnap " + devVolume + " origin", Exec: exec}); err != nil {
+	if err := srv.AddTarget(iscsi.TargetConfig{Name: iqn, Alias: "csnap " + devVolume + " origin", Exec: exec, CHAP: chap}); err != nil {
 		return err
 	}
 
@@ -195,4 +206,38 @@ func newExecutor(be scsi.Backend, srv *iscsi.Server) (*scsi.Target, error) {
 	}
 	t.SetPreemptAbortHandler(srv.PreemptAbort)
 	return t, nil
+}
+
+// chapFromEnv reads CHAP credentials from the environment (never from
+// flags, which other users can read in the process list):
+// CSNAP_CHAP_USER and CSNAP_CHAP_SECRET require initiators to authenticate;
+// CSNAP_CHAP_MUTUAL_USER and CSNAP_CHAP_MUTUAL_SECRET let them authenticate
+// the target too. No variables: no CHAP.
+func chapFromEnv(getenv func(string) string) (*iscsi.CHAP, error) {
+	c := &iscsi.CHAP{
+		User:         getenv("CSNAP_CHAP_USER"),
+		Secret:       getenv("CSNAP_CHAP_SECRET"),
+		MutualUser:   getenv("CSNAP_CHAP_MUTUAL_USER"),
+		MutualSecret: getenv("CSNAP_CHAP_MUTUAL_SECRET"),
+	}
+	if *c == (iscsi.CHAP{}) {
+		return nil, nil
+	}
+	if c.User == "" || c.Secret == "" {
+		return nil, errors.New("CHAP: CSNAP_CHAP_USER and CSNAP_CHAP_SECRET must both be set")
+	}
+	if (c.MutualUser == "") != (c.MutualSecret == "") {
+		return nil, errors.New("CHAP: CSNAP_CHAP_MUTUAL_USER and CSNAP_CHAP_MUTUAL_SECRET must both be set")
+	}
+	// RFC 7143 section 12.1.3: secrets of at least 12 bytes; open-iscsi
+	// and Linux LIO refuse shorter ones too.
+	for _, s := range []string{c.Secret, c.MutualSecret} {
+		if s != "" && (len(s) < 12 || len(s) > 256) {
+			return nil, errors.New("CHAP: secrets must be 12 to 256 bytes long")
+		}
+	}
+	if c.MutualUser != "" && c.MutualSecret == c.Secret {
+		return nil, errors.New("CHAP: the mutual secret must differ from the initiator's secret")
+	}
+	return c, nil
 }

@@ -32,6 +32,8 @@ type options struct {
 	consulAddr string
 	logLevel   string
 	logFormat  string
+	// chapDiscovery also requires CHAP on discovery sessions.
+	chapDiscovery bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -48,6 +50,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.consulAddr, "consul-addr", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

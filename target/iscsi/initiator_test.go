@@ -116,7 +116,7 @@ func dialInitiator(t *testing.T, addr string) *testInitiator {
 
 func (in *testInitiator) send(p *PDU) {
 	in.t.Helper()
-	if _, err := in.nc.Write(p.marshal(false, false)); err != nil {
+	if _, err := in.nc.Write(p.marshal(in.rd.headerDigest, in.rd.dataDigest)); err != nil {
 		in.t.Fatalf("send: %v", err)
 	}
 }
@@ -166,6 +166,9 @@ func (in *testInitiator) login(target string, extra ...kv) uint16 {
 	for _, p := range kvs {
 		in.params[p.Key] = p.Value
 	}
+	// Digests apply from the first PDU after the login.
+	in.rd.headerDigest = in.params["HeaderDigest"] == "CRC32C"
+	in.rd.dataDigest = in.params["DataDigest"] == "CRC32C"
 	return status
 }
 
@@ -481,5 +484,96 @@ func TestCmdSNWindow(t *testing.T) {
 	// under the 6.4 s a serial target would take.
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("%d commands took %v: not executed concurrently", n, d)
+	}
+}
+
+// TestDigests negotiates CRC32C header and data digests and moves data both
+// ways; then a corrupted data digest is rejected without losing the session.
+func TestDigests(t *testing.T) {
+	_, addr, _ := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN, kv{"HeaderDigest", "CRC32C,None"}, kv{"DataDigest", "CRC32C"}); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	if !in.rd.headerDigest || !in.rd.dataDigest {
+		t.Fatalf("digests not negotiated: %v", in.params)
+	}
+	data := make([]byte, 40*1024)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	if st, _ := in.scsiCmd(rw10(0x2a, 0, 80), uint32(len(data)), false, data, 8192); st != 0 {
+		t.Fatalf("write %#x", st)
+	}
+	st, got := in.scsiCmd(rw10(0x28, 0, 80), uint32(len(data)), true, nil, 0)
+	if st != 0 || string(got) != string(data) {
+		t.Fatalf("read back with digests failed: status %#x", st)
+	}
+	// A NOP-Out whose data digest is wrong: the target rejects the PDU
+	// (reason: data digest error) and the session goes on.
+	p := new(PDU)
+	p.setOpcode(opNopOut|0x40, flagFinal)
+	p.setU32(16, 4242)
+	p.setU32(20, reservedTag)
+	p.setU32(24, in.cmdSN)
+	p.Data = []byte("ping")
+	b := p.marshal(true, true)
+	b[len(b)-1] ^= 0xff
+	in.nc.Write(b)
+	r := in.recv()
+	if r.Opcode() != opReject || r.BHS[2] != rejectDataDigest {
+		t.Fatalf("corrupt data digest: got opcode %#x reason %#x, want Reject %#x", r.Opcode(), r.BHS[2], rejectDataDigest)
+	}
+	if st, got := in.scsiCmd(rw10(0x28, 0, 80), uint32(len(data)), true, nil, 0); st != 0 || string(got) != string(data) {
+		t.Fatalf("session unusable after a digest error")
+	}
+}
+
+// TestPing checks that the target pings an idle initiator, keeps a session
+// that answers, and drops one that does not.
+func TestPing(t *testing.T) {
+	_, addr, _ := startServer(t, Config{PingInterval: 200 * time.Millisecond, PingTimeout: 400 * time.Millisecond}, nil)
+	alive := dialInitiator(t, addr)
+	dead := dialInitiator(t, addr)
+	for _, in := range []*testInitiator{alive, dead} {
+		if st := in.login(testIQN); st != 0 {
+			t.Fatalf("login %#x", st)
+		}
+	}
+	// The live initiator answers every ping for a while.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	pings := 0
+	for time.Now().Before(deadline) {
+		alive.nc.SetReadDeadline(time.Now().Add(time.Second))
+		r := alive.recv()
+		if r.Opcode() != opNopIn || r.ITT() != reservedTag {
+			t.Fatalf("unexpected opcode %#x", r.Opcode())
+		}
+		pings++
+		p := new(PDU)
+		p.setOpcode(opNopOut|0x40, flagFinal)
+		p.setU32(16, reservedTag)
+		p.setU32(20, r.u32(20))
+		p.setU32(24, alive.cmdSN)
+		alive.send(p)
+	}
+	if pings < 2 {
+		t.Fatalf("only %d pings in 1.5 s with a 200 ms interval", pings)
+	}
+	// The silent one was dropped: reading finds the connection closed
+	// (after any pings it was sent).
+	dead.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		var p PDU
+		if err := dead.rd.readPDU(&p); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("silent initiator was not dropped")
+			}
+			break
+		}
+	}
+	// And the live one still works.
+	if st, _ := alive.scsiCmd(rw10(0x28, 0, 1), 512, true, nil, 0); st != 0 {
+		t.Fatalf("live session broken: %#x", st)
 	}
 }

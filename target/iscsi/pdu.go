@@ -35,8 +35,6 @@ const (
 	bhsLen = 48
 	// reservedTag is the "no task" value of Initiator and Target Task Tags.
 	reservedTag = 0xffffffff
-	// maxAHSBytes bounds the additional header segments we accept.
-	maxAHSBytes = 255 * 4
 )
 
 // Flag bits of byte 1.

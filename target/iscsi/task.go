@@ -39,7 +39,6 @@ type task struct {
 	remainByTTT map[uint32]uint32
 	aborted     atomic.Bool
 	done        chan struct{} // closed once the task is finished
-	ahsCDB      []byte
 }
 
 // maxCDB bounds the CDB length we accept (16 bytes in the BHS plus an

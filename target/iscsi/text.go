@@ -159,15 +159,6 @@ func DefaultOffer() Offer {
 	}
 }
 
-// negError is a negotiation failure that ends the login with the given
-// status class and detail.
-type negError struct {
-	status uint16
-	msg    string
-}
-
-func (e *negError) Error() string { return e.msg }
-
 // numRange validates a numeric value against its RFC range.
 func numRange(key, v string, lo, hi uint64) (uint32, bool) {
 	n, err := strconv.ParseUint(v, 0, 64)
