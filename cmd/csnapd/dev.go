@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/target/fileback"
 	"github.com/csnap/csnap/target/iscsi"
 	"github.com/csnap/csnap/target/scsi"
@@ -136,7 +137,22 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 			}
 		}()
 	}
-	hs := &http.Server{Handler: newAPI(srv), ReadHeaderTimeout: 10 * time.Second}
+	node := o.nodeName
+	if node == "" {
+		node = hostname()
+	}
+	svc := &devService{node: node, iscsi: srv, vol: api.Volume{
+		Name: devVolume, Origin: origin, Store: filepath.Join(dir, "store.img"), Size: be.Size(), Server: node,
+	}}
+	token := os.Getenv("CSNAP_HTTP_TOKEN")
+	if err := checkAPIExposure(hl.Addr(), token); err != nil {
+		hl.Close()
+		for _, l := range listeners {
+			l.Close()
+		}
+		return err
+	}
+	hs := &http.Server{Handler: newAPI(svc, srv, token), ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -1,0 +1,136 @@
+// Package api is csnap's HTTP API (SPEC.md): the JSON types, the Service a
+// node implements, the http.Handler that serves it under /v1/, and the
+// Client csnap-admin uses.
+//
+// Every node serves the API; a node that is not a volume's snapshot server
+// forwards that volume's requests to the server (the Service decides).
+// Errors are JSON objects {"error": "what failed and why"} with an HTTP
+// status that says whose fault it was: 400 bad request, 404 no such
+// volume or snapshot, 409 conflict (exists already, busy), 503 no server
+// for the volume right now, 500 anything else.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Volume is a volume's definition and state.
+type Volume struct {
+	Name      string `json:"name"`
+	Origin    string `json:"origin"`
+	Store     string `json:"store"`
+	Size      int64  `json:"size"`
+	ChunkSize int64  `json:"chunk_size"`
+	// Server is the node serving the volume's snapshot metadata, or ""
+	// when none is elected.
+	Server    string `json:"server,omitempty"`
+	Snapshots int    `json:"snapshots"`
+	// StoreUsed and StoreSize describe the snapshot store's space.
+	StoreUsed int64 `json:"store_used"`
+	StoreSize int64 `json:"store_size"`
+}
+
+// CreateVolume is the body of POST /v1/volumes.
+type CreateVolume struct {
+	Name      string `json:"name"`
+	Origin    string `json:"origin"`
+	Store     string `json:"store"`
+	Size      int64  `json:"size,omitempty"`
+	ChunkSize int64  `json:"chunk_size,omitempty"`
+}
+
+// Snapshot is one snapshot of a volume.
+type Snapshot struct {
+	Name     string    `json:"name"`
+	ID       uint64    `json:"id"`
+	Created  time.Time `json:"created"`
+	Priority int       `json:"priority"`
+	Writable bool      `json:"writable"`
+	// Dropped is set when the store filled up and this snapshot was
+	// sacrificed: its LUN reports errors until it is deleted.
+	Dropped     bool  `json:"dropped,omitempty"`
+	UniqueBytes int64 `json:"unique_bytes"`
+	SharedBytes int64 `json:"shared_bytes"`
+	// Target is the snapshot's iSCSI target name.
+	Target string `json:"target"`
+}
+
+// CreateSnapshot is the body of POST /v1/volumes/V/snapshots.
+type CreateSnapshot struct {
+	Name     string `json:"name"`
+	Priority int    `json:"priority,omitempty"`
+	Writable bool   `json:"writable,omitempty"`
+}
+
+// Server describes a volume's current snapshot server.
+type Server struct {
+	Node    string    `json:"node"`
+	Address string    `json:"address"`
+	Term    uint64    `json:"term"`
+	Since   time.Time `json:"since"`
+}
+
+// ClientEntry is one entry of a volume's client registry.
+type ClientEntry struct {
+	ID   string `json:"id"`
+	Node string `json:"node"`
+	// State is "connected" or "awaited" (known from the registry, not yet
+	// reconnected to a newly elected server).
+	State string `json:"state"`
+	Locks int    `json:"locks"`
+}
+
+// CheckReport is the result of a full consistency check of a store.
+type CheckReport struct {
+	Volume   string   `json:"volume"`
+	Clean    bool     `json:"clean"`
+	Problems []string `json:"problems,omitempty"`
+	Checked  int64    `json:"checked_blocks"`
+}
+
+// Health is GET /v1/health.
+type Health struct {
+	Status  string   `json:"status"`
+	Node    string   `json:"node"`
+	Targets []string `json:"targets"`
+}
+
+// Service is what a node does for the API. Implementations return errors
+// made with the Err* helpers (or wrapping them) so the handler can pick the
+// HTTP status.
+type Service interface {
+	Health(ctx context.Context) (Health, error)
+	Volumes(ctx context.Context) ([]Volume, error)
+	Volume(ctx context.Context, name string) (Volume, error)
+	CreateVolume(ctx context.Context, req CreateVolume) (Volume, error)
+	Snapshots(ctx context.Context, volume string) ([]Snapshot, error)
+	CreateSnapshot(ctx context.Context, volume string, req CreateSnapshot) (Snapshot, error)
+	DeleteSnapshot(ctx context.Context, volume, snapshot string) error
+	Server(ctx context.Context, volume string) (Server, error)
+	Clients(ctx context.Context, volume string) ([]ClientEntry, error)
+	Check(ctx context.Context, volume string) (CheckReport, error)
+}
+
+// Error kinds; wrap them (fmt.Errorf("...: %w", api.ErrNotFound)) so the
+// handler answers with the matching status.
+var (
+	ErrBadRequest  = errors.New("bad request")
+	ErrNotFound    = errors.New("not found")
+	ErrConflict    = errors.New("conflict")
+	ErrUnavailable = errors.New("unavailable")
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidName checks a volume or snapshot name (SPEC.md: 1-63 characters of
+// a-z 0-9 -, starting with a letter or digit).
+func ValidName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: %s name %q must be 1-63 characters of a-z, 0-9 and -, starting with a letter or digit", ErrBadRequest, kind, name)
+	}
+	return nil
+}
