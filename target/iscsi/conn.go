@@ -45,7 +45,11 @@ type conn struct {
 	nextTTT uint32
 	textTTT uint32 // continuation of a long text response
 	textRem []byte
-	execWG  sync.WaitGroup
+	// Tags of tasks aborted while the initiator may still be sending
+	// their data: such Data-Out PDUs are swallowed, not rejected.
+	abortedTags map[uint64]struct{}
+	abortedFIFO []uint64
+	execWG      sync.WaitGroup
 
 	closeOnce sync.Once
 }
@@ -71,6 +75,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		tasks: map[uint32]*task{},
 		byTTT: map[uint32]*task{},
 		out:   make(chan outMsg, 256),
+
+		abortedTags: map[uint64]struct{}{},
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	return c

@@ -110,9 +110,13 @@ func (c *conn) abort(tasks []*task) int {
 		started := t.started
 		if !started {
 			t.started = true
+			if t.write && t.received < t.edtl {
+				c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
+			}
 			for ttt, tt := range c.byTTT {
 				if tt == t {
 					delete(c.byTTT, ttt)
+					c.tombstoneLocked(uint64(t.itt)<<32 | uint64(ttt))
 				}
 			}
 		}
@@ -137,6 +141,24 @@ func (c *conn) abort(tasks []*task) int {
 		}
 	}
 	return n
+}
+
+// maxTombstones bounds the remembered tags of aborted tasks.
+const maxTombstones = 1024
+
+// tombstoneLocked remembers an aborted task's (ITT, TTT) so that its
+// in-flight Data-Out PDUs are discarded quietly (RFC 7143 section
+// 4.2.3.3: data may still arrive after an abort).
+func (c *conn) tombstoneLocked(tag uint64) {
+	if _, ok := c.abortedTags[tag]; ok {
+		return
+	}
+	if len(c.abortedFIFO) >= maxTombstones {
+		delete(c.abortedTags, c.abortedFIFO[0])
+		c.abortedFIFO = c.abortedFIFO[1:]
+	}
+	c.abortedTags[tag] = struct{}{}
+	c.abortedFIFO = append(c.abortedFIFO, tag)
 }
 
 // handleLogout closes the session or the connection (RFC 7143 section

@@ -32,9 +32,9 @@ type task struct {
 	nextOffset  uint32 // next offset to solicit with an R2T
 	outstanding int    // R2Ts not yet satisfied
 	r2tSN       uint32
-	delivered   bool // its CmdSN turn has come
-	started     bool // handed to the executor
-	responding  bool // its response is being sent: too late to abort
+	delivered   atomic.Bool // its CmdSN turn has come (set under sess.mu)
+	started     bool        // handed to the executor
+	responding  bool        // its response is being sent: too late to abort
 	dataSNByTTT map[uint32]uint32
 	remainByTTT map[uint32]uint32
 	aborted     atomic.Bool
@@ -88,6 +88,13 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	}
 	c.mu.Lock()
 	_, dup := c.tasks[t.itt]
+	if !dup {
+		for tag := range c.abortedTags {
+			if uint32(tag>>32) == t.itt {
+				delete(c.abortedTags, tag)
+			}
+		}
+	}
 	c.mu.Unlock()
 	if dup {
 		c.rd.readData(p, nil)
@@ -138,7 +145,7 @@ func (c *conn) admit(t *task, p *PDU) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t.immediate {
-		t.delivered = true
+		t.delivered.Store(true)
 		return true
 	}
 	if !s.inWindow(t.cmdSN) {
@@ -148,7 +155,7 @@ func (c *conn) admit(t *task, p *PDU) bool {
 	}
 	s.inflight.Add(1)
 	if t.cmdSN == s.expCmdSN.Load() {
-		t.delivered = true
+		t.delivered.Store(true)
 		s.expCmdSN.Add(1)
 		c.deliverLocked()
 	} else {
@@ -168,38 +175,41 @@ func (c *conn) deliverLocked() {
 		}
 		delete(s.waiting, t.cmdSN)
 		s.expCmdSN.Add(1)
-		t.delivered = true
+		t.delivered.Store(true)
 		// A released command may already have all its data.
 		go c.progressLater(t)
 	}
 }
 
-func (c *conn) progressLater(t *task) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.progressLocked(t)
-}
+func (c *conn) progressLater(t *task) { c.progress(t) }
 
+// progress moves a task forward: solicit data it still needs, or start it
+// once it has everything and its turn has come. R2Ts are queued after c.mu
+// is released: the writer takes c.mu too, so queueing under it could
+// deadlock on a full queue.
 func (c *conn) progress(t *task) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.progressLocked(t)
+	r2ts := c.progressLocked(t)
+	c.mu.Unlock()
+	for _, p := range r2ts {
+		c.send(outMsg{pdu: p})
+	}
 }
 
-// progressLocked moves a task forward: solicit data it still needs, or start
-// it once it has everything and its turn has come.
-func (c *conn) progressLocked(t *task) {
+// progressLocked does progress's work under c.mu and returns the R2Ts to
+// send.
+func (c *conn) progressLocked(t *task) []*PDU {
 	if t.aborted.Load() || t.started {
-		return
+		return nil
 	}
 	if t.write && t.received < t.edtl {
 		if t.unsolDone {
-			c.solicitLocked(t)
+			return c.solicitLocked(t)
 		}
-		return
+		return nil
 	}
-	if !t.delivered {
-		return
+	if !t.delivered.Load() {
+		return nil
 	}
 	t.started = true
 	t.cmd.DataOut = t.buf
@@ -208,11 +218,13 @@ func (c *conn) progressLocked(t *task) {
 	}
 	c.execWG.Add(1)
 	go c.execute(t)
+	return nil
 }
 
-// solicitLocked sends R2Ts for data not yet requested, keeping at most
+// solicitLocked builds R2Ts for data not yet requested, keeping at most
 // MaxOutstandingR2T in flight, each at most MaxBurstLength.
-func (c *conn) solicitLocked(t *task) {
+func (c *conn) solicitLocked(t *task) []*PDU {
+	var out []*PDU
 	for t.nextOffset < t.edtl && t.outstanding < int(c.params.MaxOutstandingR2T) {
 		n := min(t.edtl-t.nextOffset, c.params.MaxBurstLength)
 		c.nextTTT++
@@ -238,16 +250,17 @@ func (c *conn) solicitLocked(t *task) {
 		t.r2tSN++
 		t.outstanding++
 		t.nextOffset += n
-		// Sending must not block while c.mu is held: the writer never
-		// takes c.mu, so a full queue drains.
-		c.send(outMsg{pdu: p})
+		out = append(out, p)
 	}
+	return out
 }
 
 func (c *conn) handleDataOut(p *PDU) error {
 	itt, ttt := p.ITT(), p.u32(20)
 	off, n := p.u32(40), uint32(p.dataLen())
 	dataSN := p.u32(36)
+	// Validate under the lock (abort and delivery change task state from
+	// other goroutines), then read the data without it.
 	c.mu.Lock()
 	var t *task
 	if ttt == reservedTag {
@@ -255,33 +268,34 @@ func (c *conn) handleDataOut(p *PDU) error {
 	} else {
 		t = c.byTTT[ttt]
 	}
-	c.mu.Unlock()
-	if t == nil || t.itt != itt || !t.write || t.started {
-		c.rd.readData(p, nil)
-		return &protoError{rejectInvalidField, fmt.Sprintf("Data-Out for unknown task ITT %#x TTT %#x", itt, ttt)}
-	}
-	// Bounds: the data must fall inside the expected length, and inside
-	// what this sequence may carry.
-	if uint64(off)+uint64(n) > uint64(t.edtl) {
-		c.rd.readData(p, nil)
-		return &protoError{rejectProtocolError, fmt.Sprintf("Data-Out offset %d+%d beyond expected length %d", off, n, t.edtl)}
-	}
+	var verr error
 	var want uint32
-	if ttt == reservedTag {
-		if t.unsolDone || off+n > t.unsolicited {
-			c.rd.readData(p, nil)
-			return &protoError{rejectProtocolError, "unsolicited Data-Out beyond FirstBurstLength"}
-		}
-		want = t.unsolDataSN
-	} else {
-		c.mu.Lock()
-		want = t.dataSNByTTT[ttt]
-		rem := t.remainByTTT[ttt]
+	_, tomb := c.abortedTags[uint64(itt)<<32|uint64(ttt)]
+	switch {
+	case tomb || (t != nil && t.aborted.Load()):
 		c.mu.Unlock()
-		if n > rem {
-			c.rd.readData(p, nil)
-			return &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+		// Data of an aborted task: discard it quietly.
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
 		}
+		return nil
+	case t == nil || t.itt != itt || !t.write || t.started:
+		verr = &protoError{rejectInvalidField, fmt.Sprintf("Data-Out for unknown task ITT %#x TTT %#x", itt, ttt)}
+	case uint64(off)+uint64(n) > uint64(t.edtl):
+		verr = &protoError{rejectProtocolError, fmt.Sprintf("Data-Out offset %d+%d beyond expected length %d", off, n, t.edtl)}
+	case ttt == reservedTag && (t.unsolDone || off+n > t.unsolicited):
+		verr = &protoError{rejectProtocolError, "unsolicited Data-Out beyond FirstBurstLength"}
+	case ttt != reservedTag && n > t.remainByTTT[ttt]:
+		verr = &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+	case ttt == reservedTag:
+		want = t.unsolDataSN
+	default:
+		want = t.dataSNByTTT[ttt]
+	}
+	c.mu.Unlock()
+	if verr != nil {
+		c.rd.readData(p, nil)
+		return verr
 	}
 	if err := c.rd.readData(p, t.buf[off:off+n]); err != nil {
 		if isDigest(err) {
@@ -298,14 +312,13 @@ func (c *conn) handleDataOut(p *PDU) error {
 		return nil
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	t.received += n
 	if ttt == reservedTag {
 		t.unsolDataSN++
 		if p.Final() || off+n >= t.unsolicited {
 			t.unsolDone = true
 		}
-	} else {
+	} else if _, ok := t.remainByTTT[ttt]; ok {
 		t.dataSNByTTT[ttt]++
 		t.remainByTTT[ttt] -= n
 		if p.Final() || t.remainByTTT[ttt] == 0 {
@@ -318,7 +331,11 @@ func (c *conn) handleDataOut(p *PDU) error {
 	if t.received > t.edtl {
 		t.received = t.edtl
 	}
-	c.progressLocked(t)
+	r2ts := c.progressLocked(t)
+	c.mu.Unlock()
+	for _, p := range r2ts {
+		c.send(outMsg{pdu: p})
+	}
 	return nil
 }
 

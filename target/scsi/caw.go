@@ -26,14 +26,15 @@ func (lu *LU) doCompareAndWrite(r *request, n uint64) Result {
 	if res, ok := lu.checkRange(lba, n); !ok {
 		return res
 	}
-	if n == 0 {
-		return Result{Status: StatusGood}
-	}
 	size := int(n) * BlockSize
 	// The data-out must be exactly the verify and the write data; a
-	// mismatch means initiator and target disagree on what is compared.
+	// mismatch means initiator and target disagree on what is compared
+	// (for instance a length of 256 blocks that wrapped to 0 in the CDB).
 	if r.cmd.ExpectedLen != uint32(2*size) || len(r.cmd.DataOut) < 2*size {
 		return invalidCDB(13, -1)
+	}
+	if n == 0 {
+		return Result{Status: StatusGood}
 	}
 	verify, data := r.cmd.DataOut[:size], r.cmd.DataOut[size:2*size]
 

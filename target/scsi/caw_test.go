@@ -35,6 +35,8 @@ func TestCompareAndWrite(t *testing.T) {
 		t.Fatal("written after miscompare")
 	}
 	wantGood(t, f.run(nexA, cawCDB(5, 0, 0), nil))
+	// 256 blocks wrap to 0 in the CDB: the data-out gives it away.
+	wantSense(t, f.run(nexA, cawCDB(5, 0, 0), make([]byte, 512*BlockSize)), SenseIllegalRequest, 0x24, 0)
 	wantSense(t, f.run(nexA, cawCDB(63, 2, 0), make([]byte, 4*BlockSize)), SenseIllegalRequest, 0x21, 0)
 	wantSense(t, f.run(nexA, cawCDB(0, 1, 0x20), make([]byte, 2*BlockSize)), SenseIllegalRequest, 0x24, 0)
 	// Data-out must be exactly twice the blocks.

@@ -359,14 +359,14 @@ type failingBackend struct {
 	err error
 }
 
-func (b failingBackend) ReadAt(p []byte, off int64) error           { return b.err }
+func (b failingBackend) ReadAt(p []byte, off int64) error            { return b.err }
 func (b failingBackend) WriteAt(p []byte, off int64, fua bool) error { return b.err }
 func (b failingBackend) Flush() error                                { return b.err }
 func (b failingBackend) Unmap(off, n int64) error                    { return b.err }
 
 func TestBackendErrors(t *testing.T) {
 	for _, tc := range []struct {
-		err                            error
+		err                           error
 		rkey, rasc, rascq, wkey, wasc byte
 	}{
 		{errors.New("disk on fire"), SenseMediumError, 0x11, 0, SenseMediumError, 0x0c},

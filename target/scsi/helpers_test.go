@@ -1,7 +1,6 @@
 package scsi
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"testing"
@@ -161,5 +160,3 @@ func (f *fixture) writeBlocks(lba uint64, data []byte) {
 		f.t.Fatal(err)
 	}
 }
-
-var _ = bytes.Equal

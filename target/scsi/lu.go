@@ -14,12 +14,14 @@ const (
 	maxTransferBlocks = 16384
 	// optimalTransferBlocks is the preferred transfer size (1 MiB).
 	optimalTransferBlocks = 2048
-	// maxUnmapBlocks bounds one UNMAP descriptor, and WRITE SAME (256 MiB).
+	// maxUnmapBlocks bounds the blocks of one UNMAP (256 MiB).
 	maxUnmapBlocks = 1 << 19
 	// maxUnmapDescriptors bounds the descriptors of one UNMAP.
 	maxUnmapDescriptors = 256
-	// maxWriteSameBlocks bounds WRITE SAME.
-	maxWriteSameBlocks = maxUnmapBlocks
+	// maxWriteSameBlocks bounds WRITE SAME. It stays below 65536 so that
+	// initiators that test "4-byte lengths" by writing that many blocks
+	// first (libiscsi does) are not led past maxTransferBlocks.
+	maxWriteSameBlocks = 0xffff
 	// maxCAWBlocks bounds COMPARE AND WRITE (its length field is a byte).
 	maxCAWBlocks = 255
 )

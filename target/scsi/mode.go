@@ -50,8 +50,8 @@ func modePage(code, pc byte, mp modeParams) []byte {
 	case pageControl: // SPC-4 7.5.8
 		p = make([]byte, 12)
 		if pc != pcChangeable {
-			p[2] = 0x02 // GLTSD: no implicit log saving
-			p[3] = 0x10 // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+			p[2] = 0x02            // GLTSD: no implicit log saving
+			p[3] = 0x10            // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
 			put16(p[8:10], 0xffff) // BUSY TIMEOUT PERIOD: unlimited
 		}
 	case pageIEC: // SPC-4 7.5.12

@@ -132,6 +132,10 @@ func TestTaskManagement(t *testing.T) {
 			t.Fatalf("TMF %d LUN %d: %d, want %d", tc.fn, tc.lun, got, tc.want)
 		}
 	}
+	// Cold reset from A: A and B get POWER ON OCCURRED.
+	f.ready(nexB)
+	f.tgt.TaskManagement(TMFTargetColdReset, 0, nexA)
+	wantSense(t, f.run(nexB, tur(), nil), SenseUnitAttention, 0x29, 0x01)
 	wantSense(t, f.run(nexA, tur(), nil), SenseUnitAttention, 0x29, 0x01)
 	// Persistent reservations survive resets.
 	wantGood(t, f.prOut(nexA, proutRegisterIgnore, 0, 0, 0xa))

@@ -125,8 +125,8 @@ func (lu *LU) persistentReserveIn(r *request) Result {
 	case prinReportCaps:
 		d = make([]byte, 8)
 		put16(d[0:2], 8)
-		d[2] = 0x10 | 0x04 // CRH, ATP_C (ALL_TG_PT); no SIP_C, no PTPL_C
-		d[3] = 0x80 | 0x10 // TMV, ALLOW COMMANDS 001b
+		d[2] = 0x10 | 0x04                      // CRH, ATP_C (ALL_TG_PT); no SIP_C, no PTPL_C
+		d[3] = 0x80 | 0x10                      // TMV, ALLOW COMMANDS 001b
 		d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02 // WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
 		d[5] = 0x01                             // EX_AC_AR
 		return good(d, alloc)

@@ -378,9 +378,12 @@ func TestSPC2Reserve(t *testing.T) {
 	wantSense(t, f.run(nexB, tur(), nil), SenseUnitAttention, 0x29, 0x00)
 	wantGood(t, f.run(nexB, reserve6, nil))
 	// Target reset too.
-	f.tgt.TaskManagement(TMFTargetWarmReset, 0, nexA)
+	f.tgt.TaskManagement(TMFTargetWarmReset, 0, nexB)
 	wantSense(t, f.run(nexA, reserve6, nil), SenseUnitAttention, 0x29, 0x02)
 	wantGood(t, f.run(nexA, reserve6, nil))
+	// The nexus that asked for the reset is told too.
+	wantSense(t, f.run(nexB, reserve6, nil), SenseUnitAttention, 0x29, 0x02)
+	wantConflict(t, f.run(nexB, reserve6, nil))
 	wantSense(t, f.run(nexA, []byte{opReserve10, 0x10, 0, 0, 0, 0, 0, 0, 0, 0}, nil), SenseIllegalRequest, 0x24, 0)
 	wantGood(t, f.run(nexA, release6, nil))
 	// With persistent registrations, RESERVE conflicts.

@@ -32,7 +32,7 @@ func transferField(op byte) int {
 	return 10
 }
 
-// blocks returns the LBA range of a READ/WRITE style CDB; a transfer length
+// rwRange returns the LBA range of a READ/WRITE style CDB; a transfer length
 // of 0 in READ(6)/WRITE(6) means 256 blocks (SBC-3 5.15).
 func rwRange(cdb []byte) blockRange {
 	br, _ := parseBlockRange(cdb)

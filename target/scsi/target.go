@@ -305,8 +305,9 @@ func (t *Target) TaskManagement(fn TMF, lun uint64, n Nexus) TMFResponse {
 
 // reset does what a logical unit reset or hard reset does to logical unit
 // state (SAM-5 6.3.3, SPC-4 5.12.1): the SPC-2 reservation is released,
-// mode parameters return to their defaults, every nexus gets unit attention
-// ua. Persistent reservations are kept.
+// mode parameters return to their defaults, and every I_T nexus, the one
+// that asked for the reset included, gets unit attention ua (multipath
+// initiators check each path for it). Persistent reservations are kept.
 func (lu *LU) reset(ua UnitAttention) error {
 	lu.mu.Lock()
 	lu.mode = defaultModeParams()
