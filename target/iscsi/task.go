@@ -564,7 +564,10 @@ func extendedCDB(ahs []byte) ([]byte, error) {
 func decodeLUN(f uint64) uint64 {
 	hi := uint16(f >> 48)
 	switch hi >> 14 {
-	case 0: // peripheral device addressing
+	case 0: // peripheral device addressing: byte 0 is the bus identifier
+		if hi>>8 != 0 {
+			return uint64(hi) | 0xffff0000 // another bus: no such LUN here
+		}
 		return uint64(hi & 0xff)
 	case 1: // flat space addressing
 		return uint64(hi & 0x3fff)

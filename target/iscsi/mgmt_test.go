@@ -1,0 +1,114 @@
+package iscsi
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+func TestNopOutEcho(t *testing.T) {
+	_, addr, _ := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	p := new(PDU)
+	p.setOpcode(opNopOut|0x40, flagFinal)
+	p.setU32(16, 77)
+	p.setU32(20, reservedTag)
+	p.setU32(24, in.cmdSN)
+	p.Data = []byte("are you there?")
+	in.send(p)
+	r := in.recv()
+	if r.Opcode() != opNopIn || r.ITT() != 77 || !bytes.Equal(r.Data, p.Data) || r.u32(20) != reservedTag {
+		t.Fatalf("NOP-In: opcode %#x ITT %d data %q", r.Opcode(), r.ITT(), r.Data)
+	}
+}
+
+func TestLogout(t *testing.T) {
+	_, addr, _ := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	p := new(PDU)
+	p.setOpcode(opLogoutReq|0x40, flagFinal|0) // close the session
+	p.setU32(16, 5)
+	p.setU32(24, in.cmdSN)
+	in.send(p)
+	r := in.recv()
+	if r.Opcode() != opLogoutResp || r.BHS[2] != 0 || r.ITT() != 5 {
+		t.Fatalf("logout response: opcode %#x response %d", r.Opcode(), r.BHS[2])
+	}
+	// The target closes the connection after the response.
+	in.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	var q PDU
+	if err := in.rd.readPDU(&q); err == nil {
+		t.Fatalf("connection still open after logout (got opcode %#x)", q.Opcode())
+	}
+}
+
+func TestTaskManagement(t *testing.T) {
+	_, addr, _ := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	tmf := func(fn byte, lun uint64, ref uint32) byte {
+		p := new(PDU)
+		p.setOpcode(opTaskMgmt|0x40, flagFinal|fn)
+		p.BHS[9] = byte(lun)
+		in.itt++
+		p.setU32(16, 1000+in.itt)
+		p.setU32(20, ref)
+		p.setU32(24, in.cmdSN)
+		p.setU32(32, in.cmdSN)
+		in.send(p)
+		r := in.recv()
+		if r.Opcode() != opTaskMgmtRsp {
+			t.Fatalf("TMF %d: opcode %#x", fn, r.Opcode())
+		}
+		return r.BHS[2]
+	}
+	if got := tmf(5, 0, reservedTag); got != 0 {
+		t.Errorf("LUN RESET: response %d", got)
+	}
+	if got := tmf(5, 9, reservedTag); got != 2 {
+		t.Errorf("LUN RESET of a missing LUN: response %d, want 2 (LUN does not exist)", got)
+	}
+	// A LUN on another bus (peripheral addressing, bus 3) does not exist.
+	p := new(PDU)
+	p.setOpcode(opTaskMgmt|0x40, flagFinal|5)
+	p.BHS[8] = 3
+	p.setU32(16, 4242)
+	p.setU32(20, reservedTag)
+	p.setU32(24, in.cmdSN)
+	in.send(p)
+	if r := in.recv(); r.BHS[2] != 2 {
+		t.Errorf("LUN RESET on bus 3: response %d, want 2", r.BHS[2])
+	}
+	if got := tmf(1, 0, 0xdead); got != 1 {
+		t.Errorf("ABORT TASK of an unknown task: response %d, want 1", got)
+	}
+	if got := tmf(8, 0, 1); got != 4 {
+		t.Errorf("TASK REASSIGN: response %d, want 4 (not supported at ERL 0)", got)
+	}
+	if got := tmf(6, 0, reservedTag); got != 0 {
+		t.Errorf("TARGET WARM RESET: response %d", got)
+	}
+	// The session still works.
+	if st, _ := in.scsiCmd(rw10(0x28, 0, 1), 512, true, nil, 0); st != 0 {
+		t.Fatalf("I/O after TMFs: status %#x", st)
+	}
+}
+
+func TestLUNCodec(t *testing.T) {
+	for _, lun := range []uint64{0, 1, 255, 256, 4000, 16383} {
+		if got := decodeLUN(encodeLUN(lun)); got != lun {
+			t.Errorf("LUN %d round-trips to %d", lun, got)
+		}
+	}
+	if got := decodeLUN(0x0305 << 48); got < 1<<16 {
+		t.Errorf("bus 3 LUN 5 decoded to existing LUN %d", got)
+	}
+}
