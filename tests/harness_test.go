@@ -91,7 +91,16 @@ func (s *syncBuffer) String() string {
 // test failed.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, name, args...)
+}
+
+// startEnv is start with extra environment variables ("K=V").
+func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
 	if err := p.cmd.Start(); err != nil {
@@ -172,6 +181,12 @@ type devNode struct {
 // directory (reused if dataDir is not empty).
 func startDev(t *testing.T, dataDir string, extra ...string) *devNode {
 	t.Helper()
+	return startDevEnv(t, dataDir, nil, extra...)
+}
+
+// startDevEnv is startDev with extra environment variables (CHAP, token).
+func startDevEnv(t *testing.T, dataDir string, env []string, extra ...string) *devNode {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
@@ -188,7 +203,7 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devNode {
 		}
 	}
 	args := append([]string{"-dev", "-data-dir", dataDir, "-iscsi-addr", n.iscsiAddr, "-http-addr", n.httpAddr}, extra...)
-	n.proc = start(t, filepath.Join(binDir(t), "csnapd"), args...)
+	n.proc = startEnv(t, env, filepath.Join(binDir(t), "csnapd"), args...)
 	waitTCP(t, n.proc, n.iscsiAddr, 20*time.Second)
 	return n
 }

@@ -577,3 +577,35 @@ func TestPing(t *testing.T) {
 		t.Fatalf("live session broken: %#x", st)
 	}
 }
+
+// TestCHAPTransitEarly: open-iscsi sets T=1 (to operational) on its first
+// security-stage request; the target answers T=0 and carries on with CHAP.
+func TestCHAPTransitEarly(t *testing.T) {
+	_, addr, _ := startServer(t, Config{}, &CHAP{User: "alice", Secret: "alicesecret12"})
+	in := dialInitiator(t, addr)
+	base := []kv{{"InitiatorName", "iqn.2026-11.io.csnap:test-initiator"}, {"SessionType", "Normal"}, {"TargetName", testIQN}, {"AuthMethod", "CHAP,None"}}
+	in.send(in.loginReq(stageSecurity, stageOperational, true, base...))
+	r := in.recv()
+	if st := uint16(r.BHS[36])<<8 | uint16(r.BHS[37]); st != 0 || r.Flags()&flagTransit != 0 {
+		t.Fatalf("first response: status %#x, flags %#x (want success without T)", st, r.Flags())
+	}
+	in.send(in.loginReq(stageSecurity, stageOperational, true, kv{"CHAP_A", "5"}))
+	r = in.recv()
+	m := map[string]string{}
+	kvs, _ := parseText(r.Data, false)
+	for _, p := range kvs {
+		m[p.Key] = p.Value
+	}
+	if r.Flags()&flagTransit != 0 || m["CHAP_C"] == "" {
+		t.Fatalf("second response: flags %#x, keys %v", r.Flags(), m)
+	}
+	id := 0
+	fmt.Sscan(m["CHAP_I"], &id)
+	chal, _ := decodeBinary(m["CHAP_C"])
+	resp := chapResponse("5", byte(id), "alicesecret12", chal)
+	in.send(in.loginReq(stageSecurity, stageOperational, true, kv{"CHAP_N", "alice"}, kv{"CHAP_R", fmt.Sprintf("0x%x", resp)}))
+	r = in.recv()
+	if st := uint16(r.BHS[36])<<8 | uint16(r.BHS[37]); st != 0 || r.Flags()&flagTransit == 0 {
+		t.Fatalf("after CHAP_R: status %#x, flags %#x (want transit)", st, r.Flags())
+	}
+}

@@ -169,20 +169,19 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 	ls.first = false
 
 	if csg == stageSecurity {
-		if ls.authMethod == "" {
-			// The initiator did not offer AuthMethod.
-			if ls.needAuth() {
-				return false, loginFail(loginAuthFailed, "CHAP required but the initiator offered no AuthMethod")
-			}
+		if ls.authMethod == "" && ls.needAuth() {
+			return false, loginFail(loginAuthFailed, "CHAP required but the initiator offered no AuthMethod")
 		}
 		if transit && !ls.authDone {
-			if ls.needAuth() || ls.authMethod == "CHAP" {
-				if ls.authMethod == "CHAP" && ls.chap != nil && ls.chap.step == 2 {
-					ls.authDone = true
-				} else {
-					return false, loginFail(loginAuthFailed, "initiator left the security stage before authenticating")
-				}
-			} else {
+			switch {
+			case ls.authMethod == "CHAP" && ls.chap != nil && ls.chap.step < 2:
+				// The initiator may ask to move on from its first
+				// request; the exchange is not over, so we answer
+				// without the T bit (RFC 7143 section 6.2).
+				transit = false
+			case ls.authMethod == "CHAP" || ls.needAuth():
+				return false, loginFail(loginAuthFailed, "initiator left the security stage before authenticating")
+			default:
 				ls.authDone = true
 			}
 		}
