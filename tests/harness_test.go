@@ -86,15 +86,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// start runs a command in the background; a cleanup stops it by PID
-// (SIGTERM, then SIGKILL after a grace period) and logs its output if the
-// test failed.
-func start(t *testing.T, name string, args ...string) *proc {
-	t.Helper()
-	return startEnv(t, nil, name, args...)
-}
-
-// startEnv is start with extra environment variables ("K=V").
+// startEnv runs a command in the background with extra environment
+// variables ("K=V"); a cleanup stops it by PID (SIGTERM, then SIGKILL after
+// a grace period) and logs its output if the test failed.
 func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}

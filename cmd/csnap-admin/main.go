@@ -40,6 +40,9 @@ The node's address comes from -addr, else $CSNAP_HTTP_ADDR, else 127.0.0.1:7862.
 $CSNAP_HTTP_TOKEN is sent as a bearer token when set.
 `
 
+// version is set at build time (make build: git describe).
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -150,6 +153,10 @@ func run(ctx context.Context, argv []string, getenv func(string) string, stdout,
 			return 2
 		}
 		addr, argv = argv[1], argv[2:]
+	}
+	if len(argv) == 1 && (argv[0] == "version" || argv[0] == "-version" || argv[0] == "--version") {
+		fmt.Fprintln(stdout, "csnap-admin", version)
+		return 0
 	}
 	if len(argv) == 0 || argv[0] == "help" || argv[0] == "-h" || argv[0] == "--help" {
 		fmt.Fprint(stderr, usage)

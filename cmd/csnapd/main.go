@@ -16,6 +16,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// version is set at build time (make build: git describe).
+var version = "dev"
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -32,6 +35,7 @@ type options struct {
 	consulAddr string
 	logLevel   string
 	logFormat  string
+	version    bool
 	// chapDiscovery also requires CHAP on discovery sessions.
 	chapDiscovery bool
 }
@@ -50,6 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.consulAddr, "consul-addr", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -90,6 +95,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "csnapd:", err)
 		return 2
+	}
+	if o.version {
+		fmt.Fprintln(stdout, "csnapd", version)
+		return 0
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {

@@ -32,7 +32,7 @@ func TestLogout(t *testing.T) {
 		t.Fatalf("login %#x", st)
 	}
 	p := new(PDU)
-	p.setOpcode(opLogoutReq|0x40, flagFinal|0) // close the session
+	p.setOpcode(opLogoutReq|0x40, flagFinal) // reason 0: close the session
 	p.setU32(16, 5)
 	p.setU32(24, in.cmdSN)
 	in.send(p)

@@ -23,10 +23,9 @@ func TestPipelinedStress(t *testing.T) {
 	}
 	rng := rand.New(rand.NewSource(1))
 	type cmd struct {
-		write   bool
-		lba     uint32
-		data    []byte
-		aborted bool
+		write bool
+		lba   uint32
+		data  []byte
 	}
 	const n = 400
 	cmds := map[uint32]*cmd{}

@@ -240,12 +240,11 @@ func TestReadWrite(t *testing.T) {
 	f := newFixture(t, 1024)
 	f.ready(nexA)
 	type rwCase struct {
-		name       string
-		write, rd  []byte
-		lba        uint64
-		blocks     int
-		fua        bool
-		wantWrites int
+		name      string
+		write, rd []byte
+		lba       uint64
+		blocks    int
+		fua       bool
 	}
 	cases := []rwCase{
 		{name: "6", write: rw6(opWrite6, 5, 2), rd: rw6(opRead6, 5, 2), lba: 5, blocks: 2},

@@ -109,8 +109,8 @@ func (lu *LU) reportTargetPortGroups(r *request) Result {
 		d = append(d, 0x10, 0, 0, 0) // FORMAT TYPE 1, no transition time
 	}
 	desc := make([]byte, 8, 12)
-	desc[0] = 0x80 | 0x00 // PREF, active/optimized
-	desc[1] = 0x01        // AO_SUP: only active/optimized is ever used
+	desc[0] = 0x80 // PREF set; asymmetric access state 0: active/optimized
+	desc[1] = 0x01 // AO_SUP: only active/optimized is ever used
 	put16(desc[2:4], p.GroupID)
 	desc[7] = 1 // TARGET PORT COUNT
 	desc = append(desc, 0, 0, byte(p.RelativeID>>8), byte(p.RelativeID))
