@@ -22,6 +22,7 @@ const (
 	opVerify10          = 0x2f
 	opPreFetch10        = 0x34
 	opSyncCache10       = 0x35
+	opReadDefectData10  = 0x37
 	opWriteSame10       = 0x41
 	opUnmap             = 0x42
 	opModeSelect10      = 0x55
@@ -33,11 +34,13 @@ const (
 	opRead16            = 0x88
 	opCompareAndWrite   = 0x89
 	opWrite16           = 0x8a
+	opOrWrite16         = 0x8b
 	opWriteVerify16     = 0x8e
 	opVerify16          = 0x8f
 	opPreFetch16        = 0x90
 	opSyncCache16       = 0x91
 	opWriteSame16       = 0x93
+	opWriteAtomic16     = 0x9c
 	opServiceActionIn16 = 0x9e
 	opReportLUNs        = 0xa0
 	opMaintenanceIn     = 0xa3
@@ -45,6 +48,7 @@ const (
 	opWrite12           = 0xaa
 	opWriteVerify12     = 0xae
 	opVerify12          = 0xaf
+	opReadDefectData12  = 0xb7
 )
 
 // Service actions.

@@ -119,6 +119,8 @@ func commandTable() []*command {
 		rw(opVerify10, "VERIFY(10)", (*LU).verify, 0x16, prReadOnly),
 		rw(opPreFetch10, "PRE-FETCH(10)", (*LU).preFetch, 0x02, prReadOnly),
 		rw(opSyncCache10, "SYNCHRONIZE CACHE(10)", (*LU).syncCache, 0x02, prConflict),
+		{op: opReadDefectData10, name: "READ DEFECT DATA(10)", run: (*LU).readDefectData10, conflict: prReadOnly,
+			usage: []byte{opReadDefectData10, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0x04}, timeout: shortTimeout},
 		rw(opWriteSame10, "WRITE SAME(10)", (*LU).writeSame, 0x18, prConflict),
 		{op: opUnmap, name: "UNMAP", run: (*LU).unmap, conflict: prConflict,
 			usage: []byte{opUnmap, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x04}, timeout: longTimeout},
@@ -139,6 +141,7 @@ func commandTable() []*command {
 			usage: []byte{opCompareAndWrite, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 				0, 0, 0, 0xff, 0x1f, 0x04}, timeout: ioTimeout},
 		rw(opWrite16, "WRITE(16)", (*LU).write, 0x18, prConflict),
+		rw(opOrWrite16, "ORWRITE(16)", (*LU).orWrite, 0x18, prConflict),
 		rw(opWriteVerify16, "WRITE AND VERIFY(16)", (*LU).writeVerify, 0x12, prConflict),
 		rw(opVerify16, "VERIFY(16)", (*LU).verify, 0x16, prReadOnly),
 		{op: opPreFetch16, name: "PRE-FETCH(16)", run: (*LU).preFetch, conflict: prReadOnly,
@@ -146,6 +149,11 @@ func commandTable() []*command {
 		{op: opSyncCache16, name: "SYNCHRONIZE CACHE(16)", run: (*LU).syncCache, conflict: prConflict,
 			usage: usage16pf(opSyncCache16), timeout: ioTimeout},
 		rw(opWriteSame16, "WRITE SAME(16)", (*LU).writeSame, 0x19, prConflict),
+		// WRITE ATOMIC(16): ATOMIC BOUNDARY (bytes 10-11) is not
+		// supported, only checked to be zero, so its usage bits are clear.
+		{op: opWriteAtomic16, name: "WRITE ATOMIC(16)", run: (*LU).writeAtomic, conflict: prConflict,
+			usage: []byte{opWriteAtomic16, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+				0, 0, 0xff, 0xff, 0x1f, 0x04}, timeout: ioTimeout},
 		{op: opServiceActionIn16, sa: saReadCapacity16, hasSA: true, name: "READ CAPACITY(16)",
 			run: (*LU).readCapacity16, timeout: shortTimeout,
 			usage: []byte{opServiceActionIn16, saReadCapacity16, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}},
@@ -167,6 +175,9 @@ func commandTable() []*command {
 		rw(opWrite12, "WRITE(12)", (*LU).write, 0x18, prConflict),
 		rw(opWriteVerify12, "WRITE AND VERIFY(12)", (*LU).writeVerify, 0x12, prConflict),
 		rw(opVerify12, "VERIFY(12)", (*LU).verify, 0x16, prReadOnly),
+		{op: opReadDefectData12, name: "READ DEFECT DATA(12)", run: (*LU).readDefectData12, conflict: prReadOnly,
+			usage:   []byte{opReadDefectData12, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04},
+			timeout: shortTimeout},
 	}
 }
 

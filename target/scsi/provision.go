@@ -96,6 +96,17 @@ func isZero(b []byte) bool {
 
 // unmap implements UNMAP (SBC-3 5.27). All descriptors are checked before
 // any block is deallocated.
+//
+// Ranges need not be aligned to the 4 KiB physical blocks (OPTIMAL UNMAP
+// GRANULARITY is only a hint in the Block Limits page): every range, and every WRITE
+// SAME with UNMAP, goes to Backend.Unmap as named, in logical blocks, and
+// the Backend contract is that the whole range then reads as zeros
+// (LBPRZ). A backend that allocates in larger units either deallocates
+// the units the range covers whole and zeroes the rest (fileback punches
+// a hole: the kernel frees the whole pages and zeroes the partial ones,
+// which stay mapped) or tracks blocks itself (MemBackend). Never is a
+// block outside the range touched, and never does a block inside it keep
+// its old data.
 func (lu *LU) unmap(r *request) Result {
 	n := int(be16(r.cdb[7:9]))
 	res := lu.doUnmap(r, n)

@@ -255,6 +255,10 @@ func (lu *LU) readCapacity16(r *request) Result {
 	}
 	put64(d[0:8], last)
 	put32(d[8:12], BlockSize)
+	// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (see physBlockExp).
+	// LOWEST ALIGNED LOGICAL BLOCK ADDRESS (bytes 14-15, low 14 bits) is
+	// 0: LBA 0 starts a physical block.
+	d[13] = physBlockExp
 	d[14] = 0x80 | 0x40 // LBPME (thin provisioned), LBPRZ (unmapped reads zeros)
 	return good(d, alloc)
 }

@@ -1,0 +1,211 @@
+// Package wire is the binary protocol between csnap snapshot clients and a
+// volume's snapshot server, over TCP: framing, every message, and their
+// limits. It does no IO of its own beyond Reader and Writer, holds no
+// state, and never panics on input: every malformed byte sequence is an
+// error that says what was wrong.
+//
+// All integers are big-endian. Signed integers are two's complement.
+//
+// # Frames
+//
+// Every message travels in one frame: a 20-byte header, then the body.
+//
+//	offset size field
+//	0      2    magic            0xC5 0x4E
+//	2      1    frame version    1 (the header layout; messages are versioned by HELLO)
+//	3      1    message type     see below
+//	4      8    request id       u64
+//	12     4    body length      u32, at most MaxBody (1 MiB)
+//	16     4    checksum         CRC-32C (Castagnoli) of bytes 0..15, then of the body
+//	20     n    body
+//
+// A receiver checks magic, version and length before reading the body, so
+// a garbage or hostile header never makes it allocate. A bad magic,
+// version, length or checksum (ErrCorrupt) leaves the stream out of sync:
+// the connection is closed. A frame that is intact but carries an unknown
+// type or a malformed body (*MessageError) can be answered with ERROR
+// (code 2, bad request) for its request id; the server closes the
+// connection anyway if a peer keeps doing it.
+//
+// # Request ids and pipelining
+//
+// Each message type is a request, a reply or a notice (MsgType.Kind):
+//
+//   - A request carries a nonzero id chosen by its sender, unique among
+//     that sender's outstanding requests. The peer answers it with exactly
+//     one reply with the same id, or ERROR.
+//   - A reply carries the id of the request it answers. Replies may come
+//     in any order: a connection has many requests in flight (up to
+//     HELLO_OK's MaxInFlight from a client) and the server answers each
+//     when ready; a slow copy-out does not hold up a snapshot read.
+//   - A notice carries id 0 and has no reply (FINISH_SNAPSHOT_READ,
+//     UPLOAD_LOCKS).
+//   - ERROR with id 0 reports a connection-level failure just before its
+//     sender closes the connection.
+//
+// Both sides may send requests: the server sends INVALIDATE (and PING).
+// Id spaces are per sender; the receiver knows from the type whether a
+// frame is a request to it or a reply to one of its own.
+//
+// A client numbers its requests from one counter that it never resets,
+// across reconnects and failovers, so that the id of a SNAPSHOT_READ can
+// serve as the handle of the read lock it granted for as long as that
+// lock lives. After a reconnect it re-sends its unanswered requests with
+// their old ids.
+//
+// The server applies FINISH_SNAPSHOT_READ and UPLOAD_LOCKS/UPLOAD_DONE in
+// the order it reads them, before it reads the next frame; everything
+// else may complete in any order.
+//
+// # Connection life
+//
+//	client                                 server
+//	HELLO (id 1)                  ->
+//	                              <-       HELLO_OK (id 1)  or  HELLO_REJECT (id 1), close
+//	UPLOAD_LOCKS (id 0) ...       ->       (zero or more; the locks it still holds)
+//	UPLOAD_DONE (id 2)            ->
+//	                              <-       OK (id 2)
+//	requests, pipelined           <->      replies, any order; INVALIDATE at any time
+//
+// The client must send UPLOAD_DONE (with its UPLOAD_LOCKS before it) as
+// the first thing after HELLO_OK, even with no locks: it tells a server
+// that this client has re-declared everything, which a newly elected
+// server waits for (from every client in its registry) before it approves
+// writes that could conflict. The client may pipeline further requests
+// right behind UPLOAD_DONE.
+//
+// The server rejects a HELLO with reason stale term (4) when the client
+// already knows a term newer than the server's: that server has been
+// deposed and must stop serving. A client whose known term is older just
+// records the new one from HELLO_OK.
+//
+// # Bodies
+//
+// Body fields follow each other with no padding; a body must be consumed
+// exactly (trailing bytes are an error). Building blocks:
+//
+//	bool        u8, 0 or 1 (any other value is an error)
+//	name        u8 length n, then n bytes. Volume and snapshot names match
+//	            ^[a-z0-9][a-z0-9-]{0,62}$; node names are 1-253 bytes of
+//	            [A-Za-z0-9._-] starting with a letter or digit (Consul node
+//	            names are host names).
+//	text        u16 length n (at most MaxText, 4096), then n bytes of UTF-8
+//	client id   16 bytes, not all zero
+//	ranges      u16 n (1..MaxRanges, 256), then n times {u64 start chunk,
+//	            u32 count}: counts nonzero, start+count < 2^64, ranges
+//	            strictly ascending and disjoint, at most MaxChunks (16384)
+//	            chunks in all
+//	extents     u32 n (1..MaxExtents), then n times:
+//	              u64 start chunk, u32 count, u8 kind,
+//	              kind 0 (origin): nothing more;
+//	              kind 1 (store):  u64 store byte offset of the first chunk
+//	                               (chunk start+i is at offset + i*chunk size)
+//	            same ordering rules and chunk limit as ranges
+//	snapshot    u32 id (0 = by name), name (empty = by id): exactly one set
+//	  ref
+//	snapshot    u32 id (nonzero), name, i64 created (unix ns), i32 priority,
+//	  entry     u8 flags (bit 0 writable, bit 1 dropped, bit 2 deleting;
+//	            other bits must be zero), u64 unique bytes, u64 shared bytes
+//
+// Messages (type byte, kind, body):
+//
+//	0x01 HELLO               req    u16 min version, u16 max version (1 <= min <= max),
+//	                                client id, u64 term last known (0: none),
+//	                                name node, name volume
+//	0x02 HELLO_OK            reply  u16 version chosen, u64 term, name server node,
+//	                                u32 chunk size (power of two, 512..2^30),
+//	                                u64 volume size in bytes, 16 bytes store UUID,
+//	                                u64 snapshot generation, u32 max requests in
+//	                                flight (>= 1), u32 max read locks held
+//	0x03 HELLO_REJECT        reply  u16 reason (1 version unsupported, 2 foreign
+//	                                volume, 3 not the server, 4 stale term, 5 node
+//	                                not a cluster member, 6 shutting down),
+//	                                u64 server term, text message
+//	0x04 PING                req    empty
+//	0x05 PONG                reply  empty
+//	0x06 ERROR               reply  u16 code (nonzero; see ErrorCode), text message
+//	0x07 OK                  reply  empty
+//	0x10 ORIGIN_WRITE        req    ranges
+//	0x11 ORIGIN_WRITE_OK     reply  u64 generation the approval holds under
+//	0x12 SNAPSHOT_READ       req    u32 snapshot id (nonzero), ranges
+//	0x13 SNAPSHOT_READ_OK    reply  extents, tiling the requested ranges in order
+//	0x14 FINISH_SNAPSHOT_READ notice u64 handle (the SNAPSHOT_READ's request id)
+//	0x15 SNAPSHOT_WRITE      req    u32 snapshot id (nonzero), ranges
+//	0x16 SNAPSHOT_WRITE_OK   reply  extents, all of kind store, tiling the ranges
+//	0x17 UPLOAD_LOCKS        notice u16 n (1..MaxUploadLocks, 1024), then n times
+//	                                {u64 handle, u32 snapshot id, ranges};
+//	                                handles nonzero and strictly ascending
+//	0x18 UPLOAD_DONE         req    u32 number of locks uploaded in all -> OK
+//	0x20 INVALIDATE          req    u64 new generation (server -> client)
+//	0x21 INVALIDATE_ACK      reply  u64 the same generation
+//	0x30 CREATE_SNAPSHOT     req    name, i32 priority, bool writable
+//	0x31 CREATE_SNAPSHOT_OK  reply  snapshot entry
+//	0x32 DELETE_SNAPSHOT     req    snapshot ref -> OK
+//	0x33 LIST_SNAPSHOTS      req    u32 after id, u16 max entries (1..1024)
+//	0x34 SNAPSHOT_LIST       reply  bool more, u16 n (0..1024), n snapshot entries
+//	                                in strictly ascending id order
+//	0x35 SET_PRIORITY        req    snapshot ref, i32 priority -> OK
+//	0x36 STATUS              req    empty
+//	0x37 STATUS_OK           reply  u64 term, i64 since (unix ns), name server node,
+//	                                name volume, u64 generation, u16 n (0..4096),
+//	                                n times {client id, name node, bool connected,
+//	                                u32 locks held}, client ids strictly ascending
+//	0x38 CHECK               req    empty
+//	0x39 CHECK_OK            reply  u32 problems omitted, u16 n (0..1024), n texts
+//
+// For example, ORIGIN_WRITE with request id 7 for chunks 5 and 6:
+//
+//	c5 4e 01 10  00 00 00 00 00 00 00 07  00 00 00 0e  <crc32c>
+//	00 01  00 00 00 00 00 00 00 05  00 00 00 02
+//
+// Encodings are canonical: a message has exactly one valid encoding, so
+// decode(encode(m)) == m and encode(decode(b)) == b; the tests and fuzzers
+// check both.
+//
+// # The IO path
+//
+// Origin reads never involve the server. For an origin write the client
+// consults its cache of chunks known unique since generation G; for the
+// others it sends ORIGIN_WRITE and writes after ORIGIN_WRITE_OK, which the
+// server sends once the chunks are copied out, committed, and no read lock
+// granted before the query still covers them. The reply's generation is
+// what the client caches the chunks under.
+//
+// A snapshot read sends SNAPSHOT_READ. Store extents are read from the
+// store device; origin extents are read from the origin under a read lock
+// that the server took atomically with the lookup, and that the client
+// releases with FINISH_SNAPSHOT_READ once those origin reads are done (it
+// owes one exactly when SnapshotReadOK.HoldsLock). A dropped snapshot
+// gets ERROR code 5 (never data), a deleted one code 4.
+//
+// FINISH_SNAPSHOT_READ has no reply, as in ddsnap, because a reply would
+// tell the client nothing it can use: once sent, the client does not
+// touch those origin chunks again, and releasing a lock cannot fail in a
+// way the client could repair (an unknown handle is a client bug, which
+// the server logs). The client keeps its own exact count of locks held
+// (for MaxLocks) because the server applies FINISH in order: any request
+// sent after it is processed after the release. If the connection drops
+// before the server reads it, the lock is either dropped with the
+// connection or not re-declared in the client's upload; both release it.
+// A reply per read would add a message to every snapshot read for none
+// of this.
+//
+// # Snapshot creation barrier
+//
+// To take a snapshot the server sends INVALIDATE{G'} to every client and
+// holds new write approvals. Each client drops its whole unique-chunk
+// cache (later writes ask again), waits until every origin write it had
+// approved (cached or ORIGIN_WRITE_OK) under an older generation has been
+// written, and answers INVALIDATE_ACK{G'}. When all have answered (or
+// been struck off), no write acknowledged before the snapshot began is
+// still in flight, and the server records the snapshot. A client must
+// answer INVALIDATE even while it is waiting for other replies.
+//
+// # Versioning
+//
+// HELLO offers [MinVersion, MaxVersion]; HELLO_OK names the version
+// chosen. A new message type or field means a new version; a peer never
+// sends a type the negotiated version does not define. Reject reasons and
+// error codes a receiver does not know are accepted and treated as fatal
+// for the request (so a server can add codes without a version bump).
+package wire

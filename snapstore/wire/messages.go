@@ -1,0 +1,1115 @@
+package wire
+
+import (
+	"fmt"
+	"math/bits"
+)
+
+// Protocol versions this package speaks. A HELLO offers a range; the server
+// picks the highest version both sides support.
+const (
+	MinVersion uint16 = 1
+	MaxVersion uint16 = 1
+)
+
+// Limits. Decoders enforce them before allocating; encoders refuse to
+// produce messages that exceed them, so a peer never has to guess.
+const (
+	MaxBody        = 1 << 20 // bytes in one frame body
+	MaxRanges      = 256     // ranges in one range list
+	MaxChunks      = 16384   // chunks covered by one range or extent list
+	MaxExtents     = MaxChunks
+	MaxNameLen     = 63   // volume and snapshot names
+	MaxNodeNameLen = 253  // node names (DNS host name length)
+	MaxText        = 4096 // bytes of an error message or check problem
+	MaxUploadLocks = 1024 // locks in one UPLOAD_LOCKS message
+	MaxListEntries = 1024 // snapshots in one SNAPSHOT_LIST page
+	MaxProblems    = 1024 // problems in one CHECK_OK
+	MaxClients     = 4096 // clients in one STATUS_OK
+)
+
+// ClientID identifies a client (one csnapd's attachment to one volume) for
+// its whole life, across reconnects and server failovers. 16 random bytes:
+// nodes can mint them without coordination. The zero ID is invalid.
+type ClientID [16]byte
+
+func (c ClientID) String() string { return fmt.Sprintf("%x", c[:]) }
+
+// Range is a run of Count origin chunks starting at chunk Start. Its shape
+// matches locks.Range, so one converts to the other with a type conversion.
+type Range struct {
+	Start uint64
+	Count uint32
+}
+
+// Extent says where the chunks [Start, Start+Count) of a snapshot live:
+// on the origin (Origin true: at their own offsets, under a read lock), or
+// on the store device, chunk Start+i at byte StoreOffset + i*ChunkSize.
+type Extent struct {
+	Start       uint64
+	Count       uint32
+	Origin      bool
+	StoreOffset uint64 // zero for origin extents
+}
+
+// MsgType is the message type byte of a frame.
+type MsgType uint8
+
+// Message types. Gaps are deliberate: 0x0_ connection, 0x1_ IO path,
+// 0x2_ server-initiated, 0x3_ admin.
+const (
+	TypeHello              MsgType = 0x01
+	TypeHelloOK            MsgType = 0x02
+	TypeHelloReject        MsgType = 0x03
+	TypePing               MsgType = 0x04
+	TypePong               MsgType = 0x05
+	TypeError              MsgType = 0x06
+	TypeOK                 MsgType = 0x07
+	TypeOriginWrite        MsgType = 0x10
+	TypeOriginWriteOK      MsgType = 0x11
+	TypeSnapshotRead       MsgType = 0x12
+	TypeSnapshotReadOK     MsgType = 0x13
+	TypeFinishSnapshotRead MsgType = 0x14
+	TypeSnapshotWrite      MsgType = 0x15
+	TypeSnapshotWriteOK    MsgType = 0x16
+	TypeUploadLocks        MsgType = 0x17
+	TypeUploadDone         MsgType = 0x18
+	TypeInvalidate         MsgType = 0x20
+	TypeInvalidateAck      MsgType = 0x21
+	TypeCreateSnapshot     MsgType = 0x30
+	TypeCreateSnapshotOK   MsgType = 0x31
+	TypeDeleteSnapshot     MsgType = 0x32
+	TypeListSnapshots      MsgType = 0x33
+	TypeSnapshotList       MsgType = 0x34
+	TypeSetPriority        MsgType = 0x35
+	TypeStatus             MsgType = 0x36
+	TypeStatusOK           MsgType = 0x37
+	TypeCheck              MsgType = 0x38
+	TypeCheckOK            MsgType = 0x39
+)
+
+// Kind says how a message relates to request ids.
+type Kind uint8
+
+const (
+	// KindRequest: the sender picks a nonzero id; the peer answers with
+	// exactly one reply carrying that id.
+	KindRequest Kind = iota + 1
+	// KindReply: answers the peer's request with the same id.
+	KindReply
+	// KindNotice: carries request id 0 and gets no reply.
+	KindNotice
+)
+
+var typeNames = map[MsgType]string{
+	TypeHello: "HELLO", TypeHelloOK: "HELLO_OK", TypeHelloReject: "HELLO_REJECT",
+	TypePing: "PING", TypePong: "PONG", TypeError: "ERROR", TypeOK: "OK",
+	TypeOriginWrite: "ORIGIN_WRITE", TypeOriginWriteOK: "ORIGIN_WRITE_OK",
+	TypeSnapshotRead: "SNAPSHOT_READ", TypeSnapshotReadOK: "SNAPSHOT_READ_OK",
+	TypeFinishSnapshotRead: "FINISH_SNAPSHOT_READ",
+	TypeSnapshotWrite:      "SNAPSHOT_WRITE", TypeSnapshotWriteOK: "SNAPSHOT_WRITE_OK",
+	TypeUploadLocks: "UPLOAD_LOCKS", TypeUploadDone: "UPLOAD_DONE",
+	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
+	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
+	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
+	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
+	TypeStatus: "STATUS", TypeStatusOK: "STATUS_OK", TypeCheck: "CHECK", TypeCheckOK: "CHECK_OK",
+}
+
+func (t MsgType) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("MsgType(%#02x)", uint8(t))
+}
+
+// Kind returns the type's kind, or 0 for an unknown type.
+func (t MsgType) Kind() Kind {
+	switch t {
+	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
+		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
+		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck:
+		return KindRequest
+	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
+		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
+		TypeSnapshotList, TypeStatusOK, TypeCheckOK:
+		return KindReply
+	case TypeFinishSnapshotRead, TypeUploadLocks:
+		return KindNotice
+	}
+	return 0
+}
+
+// Replies lists the reply types that may answer a request of type t (ERROR
+// may answer any request and is always included); nil if t is no request.
+// A client uses it to reject a mismatched answer.
+func (t MsgType) Replies() []MsgType {
+	var r MsgType
+	switch t {
+	case TypeHello:
+		return []MsgType{TypeHelloOK, TypeHelloReject, TypeError}
+	case TypePing:
+		r = TypePong
+	case TypeOriginWrite:
+		r = TypeOriginWriteOK
+	case TypeSnapshotRead:
+		r = TypeSnapshotReadOK
+	case TypeSnapshotWrite:
+		r = TypeSnapshotWriteOK
+	case TypeInvalidate:
+		r = TypeInvalidateAck
+	case TypeCreateSnapshot:
+		r = TypeCreateSnapshotOK
+	case TypeListSnapshots:
+		r = TypeSnapshotList
+	case TypeStatus:
+		r = TypeStatusOK
+	case TypeCheck:
+		r = TypeCheckOK
+	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority:
+		r = TypeOK
+	default:
+		return nil
+	}
+	return []MsgType{r, TypeError}
+}
+
+// Message is one protocol message. The set is closed: only this package's
+// types implement it.
+type Message interface {
+	Type() MsgType
+	validate() error
+	marshal(e *encoder)
+	unmarshal(d *decoder)
+}
+
+// newMessage returns a zero message of type t, or nil if t is unknown.
+func newMessage(t MsgType) Message {
+	switch t {
+	case TypeHello:
+		return new(Hello)
+	case TypeHelloOK:
+		return new(HelloOK)
+	case TypeHelloReject:
+		return new(HelloReject)
+	case TypePing:
+		return new(Ping)
+	case TypePong:
+		return new(Pong)
+	case TypeError:
+		return new(Error)
+	case TypeOK:
+		return new(OK)
+	case TypeOriginWrite:
+		return new(OriginWrite)
+	case TypeOriginWriteOK:
+		return new(OriginWriteOK)
+	case TypeSnapshotRead:
+		return new(SnapshotRead)
+	case TypeSnapshotReadOK:
+		return new(SnapshotReadOK)
+	case TypeFinishSnapshotRead:
+		return new(FinishSnapshotRead)
+	case TypeSnapshotWrite:
+		return new(SnapshotWrite)
+	case TypeSnapshotWriteOK:
+		return new(SnapshotWriteOK)
+	case TypeUploadLocks:
+		return new(UploadLocks)
+	case TypeUploadDone:
+		return new(UploadDone)
+	case TypeInvalidate:
+		return new(Invalidate)
+	case TypeInvalidateAck:
+		return new(InvalidateAck)
+	case TypeCreateSnapshot:
+		return new(CreateSnapshot)
+	case TypeCreateSnapshotOK:
+		return new(CreateSnapshotOK)
+	case TypeDeleteSnapshot:
+		return new(DeleteSnapshot)
+	case TypeListSnapshots:
+		return new(ListSnapshots)
+	case TypeSnapshotList:
+		return new(SnapshotList)
+	case TypeSetPriority:
+		return new(SetPriority)
+	case TypeStatus:
+		return new(Status)
+	case TypeStatusOK:
+		return new(StatusOK)
+	case TypeCheck:
+		return new(Check)
+	case TypeCheckOK:
+		return new(CheckOK)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Connection
+
+// Hello opens a connection (client -> server). The server answers HELLO_OK
+// or HELLO_REJECT and, after a reject, closes the connection.
+type Hello struct {
+	MinVersion, MaxVersion uint16   // protocol versions the client speaks
+	Client                 ClientID // nonzero, stable across reconnects
+	Term                   uint64   // newest server term the client knows; 0 if none
+	Node                   string   // the client's node name
+	Volume                 string   // the volume it wants
+}
+
+func (*Hello) Type() MsgType { return TypeHello }
+
+func (m *Hello) validate() error {
+	if m.MinVersion == 0 || m.MinVersion > m.MaxVersion {
+		return fmt.Errorf("version range [%d,%d] is empty or starts at 0: %w", m.MinVersion, m.MaxVersion, ErrMalformed)
+	}
+	if m.Client == (ClientID{}) {
+		return fmt.Errorf("client id is zero: %w", ErrMalformed)
+	}
+	if err := checkNodeName("node", m.Node); err != nil {
+		return err
+	}
+	return checkName("volume", m.Volume)
+}
+
+func (m *Hello) marshal(e *encoder) {
+	e.u16(m.MinVersion)
+	e.u16(m.MaxVersion)
+	e.id(m.Client)
+	e.u64(m.Term)
+	e.name(m.Node)
+	e.name(m.Volume)
+}
+
+func (m *Hello) unmarshal(d *decoder) {
+	m.MinVersion = d.u16("min version")
+	m.MaxVersion = d.u16("max version")
+	m.Client = d.id("client id")
+	m.Term = d.u64("term")
+	m.Node = d.name("node")
+	m.Volume = d.name("volume")
+}
+
+// HelloOK accepts a connection and tells the client what it needs to do IO.
+type HelloOK struct {
+	Version     uint16   // the version chosen, within the client's range
+	Term        uint64   // the server's term (epoch); the client records it
+	Node        string   // the server's node name
+	ChunkSize   uint32   // bytes per chunk: a power of two, 512 B to 1 GiB
+	VolumeSize  uint64   // origin size in bytes
+	StoreUUID   [16]byte // the store's UUID: the client checks its store device
+	Generation  uint64   // current snapshot generation
+	MaxInFlight uint32   // requests the client may have outstanding (>= 1)
+	MaxLocks    uint32   // read locks the client may hold at once
+}
+
+func (*HelloOK) Type() MsgType { return TypeHelloOK }
+
+func (m *HelloOK) validate() error {
+	if m.Version == 0 {
+		return fmt.Errorf("version 0: %w", ErrMalformed)
+	}
+	if err := checkNodeName("server node", m.Node); err != nil {
+		return err
+	}
+	if bits.OnesCount32(m.ChunkSize) != 1 || m.ChunkSize < 512 || m.ChunkSize > 1<<30 {
+		return fmt.Errorf("chunk size %d is not a power of two from 512 to 2^30: %w", m.ChunkSize, ErrMalformed)
+	}
+	if m.MaxInFlight == 0 {
+		return fmt.Errorf("max in flight is 0: %w", ErrMalformed)
+	}
+	return nil
+}
+
+func (m *HelloOK) marshal(e *encoder) {
+	e.u16(m.Version)
+	e.u64(m.Term)
+	e.name(m.Node)
+	e.u32(m.ChunkSize)
+	e.u64(m.VolumeSize)
+	e.id(m.StoreUUID)
+	e.u64(m.Generation)
+	e.u32(m.MaxInFlight)
+	e.u32(m.MaxLocks)
+}
+
+func (m *HelloOK) unmarshal(d *decoder) {
+	m.Version = d.u16("version")
+	m.Term = d.u64("term")
+	m.Node = d.name("server node")
+	m.ChunkSize = d.u32("chunk size")
+	m.VolumeSize = d.u64("volume size")
+	m.StoreUUID = d.id("store uuid")
+	m.Generation = d.u64("generation")
+	m.MaxInFlight = d.u32("max in flight")
+	m.MaxLocks = d.u32("max locks")
+}
+
+// RejectReason says why a server refused a HELLO.
+type RejectReason uint16
+
+const (
+	// RejectVersion: no protocol version in common.
+	RejectVersion RejectReason = 1
+	// RejectForeignVolume: this server does not serve that volume.
+	RejectForeignVolume RejectReason = 2
+	// RejectNotServer: this node is not (or no longer) the volume's server;
+	// ask Consul who is.
+	RejectNotServer RejectReason = 3
+	// RejectStaleTerm: the client knows a newer term than this server's,
+	// so this server has been deposed and must step down.
+	RejectStaleTerm RejectReason = 4
+	// RejectNotMember: the client's node is not a cluster member.
+	RejectNotMember RejectReason = 5
+	// RejectShuttingDown: the server is stopping; retry elsewhere later.
+	RejectShuttingDown RejectReason = 6
+)
+
+func (r RejectReason) String() string {
+	switch r {
+	case RejectVersion:
+		return "version unsupported"
+	case RejectForeignVolume:
+		return "foreign volume"
+	case RejectNotServer:
+		return "not the server"
+	case RejectStaleTerm:
+		return "stale term"
+	case RejectNotMember:
+		return "node not a cluster member"
+	case RejectShuttingDown:
+		return "server shutting down"
+	}
+	return fmt.Sprintf("reject reason %d", uint16(r))
+}
+
+// HelloReject refuses a connection. Reasons unknown to the receiver are
+// accepted (a newer server may add some) and treated as fatal.
+type HelloReject struct {
+	Reason  RejectReason // nonzero
+	Term    uint64       // the server's term, so the client learns it
+	Message string
+}
+
+func (*HelloReject) Type() MsgType { return TypeHelloReject }
+
+func (m *HelloReject) validate() error {
+	if m.Reason == 0 {
+		return fmt.Errorf("reject reason 0: %w", ErrMalformed)
+	}
+	return checkText("message", m.Message)
+}
+
+func (m *HelloReject) marshal(e *encoder) { e.u16(uint16(m.Reason)); e.u64(m.Term); e.text(m.Message) }
+func (m *HelloReject) unmarshal(d *decoder) {
+	m.Reason = RejectReason(d.u16("reason"))
+	m.Term = d.u64("term")
+	m.Message = d.text("message")
+}
+
+// Ping asks for a Pong; either side may send it (liveness).
+type Ping struct{}
+
+func (*Ping) Type() MsgType      { return TypePing }
+func (*Ping) validate() error    { return nil }
+func (*Ping) marshal(*encoder)   {}
+func (*Ping) unmarshal(*decoder) {}
+
+// Pong answers a Ping.
+type Pong struct{}
+
+func (*Pong) Type() MsgType      { return TypePong }
+func (*Pong) validate() error    { return nil }
+func (*Pong) marshal(*encoder)   {}
+func (*Pong) unmarshal(*decoder) {}
+
+// OK is the empty success reply (UPLOAD_DONE, DELETE_SNAPSHOT, SET_PRIORITY).
+type OK struct{}
+
+func (*OK) Type() MsgType      { return TypeOK }
+func (*OK) validate() error    { return nil }
+func (*OK) marshal(*encoder)   {}
+func (*OK) unmarshal(*decoder) {}
+
+// ErrorCode classifies an ERROR reply.
+type ErrorCode uint16
+
+const (
+	CodeInternal        ErrorCode = 1  // the server failed (IO error, bug)
+	CodeBadRequest      ErrorCode = 2  // malformed, or not valid in this state
+	CodeNotServer       ErrorCode = 3  // the server lost its role: reconnect
+	CodeNoSuchSnapshot  ErrorCode = 4  // unknown or deleted snapshot
+	CodeSnapshotDropped ErrorCode = 5  // dropped to free store space
+	CodeNotWritable     ErrorCode = 6  // SNAPSHOT_WRITE to a read-only snapshot
+	CodeExists          ErrorCode = 7  // CREATE_SNAPSHOT of a taken name
+	CodeLimit           ErrorCode = 8  // too many requests in flight or locks held
+	CodeNoSpace         ErrorCode = 9  // store full and nothing to drop
+	CodeOutOfRange      ErrorCode = 10 // chunk beyond the end of the volume
+	CodeUnsupported     ErrorCode = 11 // message type not accepted from this peer
+	CodeShuttingDown    ErrorCode = 12 // the server is stopping
+)
+
+func (c ErrorCode) String() string {
+	switch c {
+	case CodeInternal:
+		return "internal error"
+	case CodeBadRequest:
+		return "bad request"
+	case CodeNotServer:
+		return "not the server"
+	case CodeNoSuchSnapshot:
+		return "no such snapshot"
+	case CodeSnapshotDropped:
+		return "snapshot dropped"
+	case CodeNotWritable:
+		return "snapshot not writable"
+	case CodeExists:
+		return "already exists"
+	case CodeLimit:
+		return "limit exceeded"
+	case CodeNoSpace:
+		return "no space"
+	case CodeOutOfRange:
+		return "out of range"
+	case CodeUnsupported:
+		return "unsupported"
+	case CodeShuttingDown:
+		return "shutting down"
+	}
+	return fmt.Sprintf("error code %d", uint16(c))
+}
+
+// Error is the failure reply to any request. With request id 0 it reports a
+// connection-level failure (e.g. a malformed frame) just before the sender
+// closes. Codes unknown to the receiver are accepted and treated as fatal
+// for that request. *Error implements error.
+type Error struct {
+	Code    ErrorCode // nonzero
+	Message string
+}
+
+func (*Error) Type() MsgType { return TypeError }
+
+func (m *Error) Error() string {
+	if m.Message == "" {
+		return m.Code.String()
+	}
+	return m.Code.String() + ": " + m.Message
+}
+
+func (m *Error) validate() error {
+	if m.Code == 0 {
+		return fmt.Errorf("error code 0: %w", ErrMalformed)
+	}
+	return checkText("message", m.Message)
+}
+
+func (m *Error) marshal(e *encoder) { e.u16(uint16(m.Code)); e.text(m.Message) }
+func (m *Error) unmarshal(d *decoder) {
+	m.Code = ErrorCode(d.u16("code"))
+	m.Message = d.text("message")
+}
+
+// ---------------------------------------------------------------------------
+// IO path
+
+// OriginWrite asks whether the client may overwrite these origin chunks.
+// The server answers ORIGIN_WRITE_OK once every chunk is safe: copied out
+// to the store where a snapshot needs it, committed, and no read lock
+// granted before this query still covers it.
+type OriginWrite struct{ Ranges []Range }
+
+func (*OriginWrite) Type() MsgType          { return TypeOriginWrite }
+func (m *OriginWrite) validate() error      { return checkRanges("ranges", m.Ranges) }
+func (m *OriginWrite) marshal(e *encoder)   { e.ranges(m.Ranges) }
+func (m *OriginWrite) unmarshal(d *decoder) { m.Ranges = d.ranges("ranges") }
+
+// OriginWriteOK approves an ORIGIN_WRITE. The chunks need no copy-out while
+// the snapshot generation stays Generation, so the client may cache them
+// as "unique since Generation" and overwrite them again without asking,
+// until an INVALIDATE.
+type OriginWriteOK struct{ Generation uint64 }
+
+func (*OriginWriteOK) Type() MsgType          { return TypeOriginWriteOK }
+func (*OriginWriteOK) validate() error        { return nil }
+func (m *OriginWriteOK) marshal(e *encoder)   { e.u64(m.Generation) }
+func (m *OriginWriteOK) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// SnapshotRead asks where a snapshot's chunks are.
+type SnapshotRead struct {
+	Snapshot uint32 // snapshot id, nonzero
+	Ranges   []Range
+}
+
+func (*SnapshotRead) Type() MsgType { return TypeSnapshotRead }
+func (m *SnapshotRead) validate() error {
+	if m.Snapshot == 0 {
+		return fmt.Errorf("snapshot id 0: %w", ErrMalformed)
+	}
+	return checkRanges("ranges", m.Ranges)
+}
+func (m *SnapshotRead) marshal(e *encoder) { e.u32(m.Snapshot); e.ranges(m.Ranges) }
+func (m *SnapshotRead) unmarshal(d *decoder) {
+	m.Snapshot = d.u32("snapshot")
+	m.Ranges = d.ranges("ranges")
+}
+
+// SnapshotReadOK answers a SNAPSHOT_READ with extents that tile the
+// requested ranges exactly, in order (see CheckExtents). If any extent is an
+// origin extent, the server now holds a read lock on those origin chunks,
+// identified by the request id of the SNAPSHOT_READ (the handle); the
+// client reads them and then sends FINISH_SNAPSHOT_READ with that handle.
+// A dropped or deleted snapshot is answered with ERROR instead.
+type SnapshotReadOK struct{ Extents []Extent }
+
+func (*SnapshotReadOK) Type() MsgType          { return TypeSnapshotReadOK }
+func (m *SnapshotReadOK) validate() error      { return checkExtents("extents", m.Extents, false) }
+func (m *SnapshotReadOK) marshal(e *encoder)   { marshalExtents(e, m.Extents) }
+func (m *SnapshotReadOK) unmarshal(d *decoder) { m.Extents = unmarshalExtents(d) }
+
+// HoldsLock reports whether the answer granted a read lock (some extent
+// points at the origin), i.e. whether the client owes a FINISH_SNAPSHOT_READ.
+func (m *SnapshotReadOK) HoldsLock() bool {
+	for _, x := range m.Extents {
+		if x.Origin {
+			return true
+		}
+	}
+	return false
+}
+
+// FinishSnapshotRead releases the read lock granted to the SNAPSHOT_READ
+// whose request id was Handle. It is a notice (frame id 0, no reply): see
+// the package documentation for why.
+type FinishSnapshotRead struct{ Handle uint64 }
+
+func (*FinishSnapshotRead) Type() MsgType { return TypeFinishSnapshotRead }
+func (m *FinishSnapshotRead) validate() error {
+	if m.Handle == 0 {
+		return fmt.Errorf("handle 0: %w", ErrMalformed)
+	}
+	return nil
+}
+func (m *FinishSnapshotRead) marshal(e *encoder)   { e.u64(m.Handle) }
+func (m *FinishSnapshotRead) unmarshal(d *decoder) { m.Handle = d.u64("handle") }
+
+// SnapshotWrite asks for store chunks private to a writable snapshot, so
+// the client can write them directly.
+type SnapshotWrite struct {
+	Snapshot uint32
+	Ranges   []Range
+}
+
+func (*SnapshotWrite) Type() MsgType { return TypeSnapshotWrite }
+func (m *SnapshotWrite) validate() error {
+	if m.Snapshot == 0 {
+		return fmt.Errorf("snapshot id 0: %w", ErrMalformed)
+	}
+	return checkRanges("ranges", m.Ranges)
+}
+func (m *SnapshotWrite) marshal(e *encoder) { e.u32(m.Snapshot); e.ranges(m.Ranges) }
+func (m *SnapshotWrite) unmarshal(d *decoder) {
+	m.Snapshot = d.u32("snapshot")
+	m.Ranges = d.ranges("ranges")
+}
+
+// SnapshotWriteOK answers a SNAPSHOT_WRITE with store extents (never origin
+// ones) tiling the requested ranges, private to the snapshot.
+type SnapshotWriteOK struct{ Extents []Extent }
+
+func (*SnapshotWriteOK) Type() MsgType          { return TypeSnapshotWriteOK }
+func (m *SnapshotWriteOK) validate() error      { return checkExtents("extents", m.Extents, true) }
+func (m *SnapshotWriteOK) marshal(e *encoder)   { marshalExtents(e, m.Extents) }
+func (m *SnapshotWriteOK) unmarshal(d *decoder) { m.Extents = unmarshalExtents(d) }
+
+func marshalExtents(e *encoder, xs []Extent) {
+	e.u32(uint32(len(xs)))
+	for _, x := range xs {
+		e.u64(x.Start)
+		e.u32(x.Count)
+		if x.Origin {
+			e.u8(extentOrigin)
+		} else {
+			e.u8(extentStore)
+			e.u64(x.StoreOffset)
+		}
+	}
+}
+
+const (
+	extentOrigin = 0
+	extentStore  = 1
+)
+
+func unmarshalExtents(d *decoder) []Extent {
+	n := d.count(int(d.u32("extent count")), MaxExtents, 13, "extents")
+	if n == 0 {
+		return nil
+	}
+	xs := make([]Extent, n)
+	for i := range xs {
+		xs[i].Start = d.u64("extent start")
+		xs[i].Count = d.u32("extent count")
+		switch k := d.u8("extent kind"); k {
+		case extentOrigin:
+			xs[i].Origin = true
+		case extentStore:
+			xs[i].StoreOffset = d.u64("extent store offset")
+		default:
+			d.fail("extent %d: kind %d, want 0 (origin) or 1 (store): %w", i, k, ErrMalformed)
+		}
+	}
+	return xs
+}
+
+// CheckExtents reports whether xs tiles ranges exactly: the same chunks,
+// in order, with no gap or excess. A client checks every SNAPSHOT_READ_OK
+// and SNAPSHOT_WRITE_OK against its request before trusting it.
+func CheckExtents(xs []Extent, ranges []Range) error {
+	i := 0
+	for ri, r := range ranges {
+		next, end := r.Start, r.Start+uint64(r.Count)
+		for next < end {
+			if i >= len(xs) {
+				return fmt.Errorf("chunk %d of range %d has no extent: %w", next, ri, ErrMalformed)
+			}
+			x := xs[i]
+			if x.Start != next || x.Start+uint64(x.Count) > end {
+				return fmt.Errorf("extent %d (%d,+%d) does not continue range %d at chunk %d: %w", i, x.Start, x.Count, ri, next, ErrMalformed)
+			}
+			next += uint64(x.Count)
+			i++
+		}
+	}
+	if i != len(xs) {
+		return fmt.Errorf("%d extents beyond the requested ranges: %w", len(xs)-i, ErrMalformed)
+	}
+	return nil
+}
+
+// HeldLock is one read lock a reconnecting client still holds: the handle
+// it was granted under, the snapshot it reads, the origin chunks.
+type HeldLock struct {
+	Handle   uint64
+	Snapshot uint32
+	Ranges   []Range
+}
+
+// UploadLocks re-declares read locks after (re)connecting. It is a notice:
+// a client sends zero or more UPLOAD_LOCKS, then one UPLOAD_DONE, which
+// the server answers for the whole upload (OK, or ERROR and the upload is
+// void). Splitting keeps each frame bounded however many locks are held.
+type UploadLocks struct{ Locks []HeldLock }
+
+func (*UploadLocks) Type() MsgType { return TypeUploadLocks }
+
+func (m *UploadLocks) validate() error {
+	if len(m.Locks) == 0 {
+		return fmt.Errorf("no locks: %w", ErrMalformed)
+	}
+	if len(m.Locks) > MaxUploadLocks {
+		return fmt.Errorf("%d locks exceeds limit %d: %w", len(m.Locks), MaxUploadLocks, ErrLimit)
+	}
+	for i, l := range m.Locks {
+		if l.Handle == 0 || l.Snapshot == 0 {
+			return fmt.Errorf("lock %d: handle %d, snapshot %d: both must be nonzero: %w", i, l.Handle, l.Snapshot, ErrMalformed)
+		}
+		if i > 0 && l.Handle <= m.Locks[i-1].Handle {
+			return fmt.Errorf("lock %d: handle %d not above %d: handles must ascend: %w", i, l.Handle, m.Locks[i-1].Handle, ErrMalformed)
+		}
+		if err := checkRanges(fmt.Sprintf("lock %d ranges", i), l.Ranges); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *UploadLocks) marshal(e *encoder) {
+	e.u16(uint16(len(m.Locks)))
+	for _, l := range m.Locks {
+		e.u64(l.Handle)
+		e.u32(l.Snapshot)
+		e.ranges(l.Ranges)
+	}
+}
+
+func (m *UploadLocks) unmarshal(d *decoder) {
+	n := d.count(int(d.u16("lock count")), MaxUploadLocks, 14, "locks")
+	if n == 0 {
+		return
+	}
+	m.Locks = make([]HeldLock, n)
+	for i := range m.Locks {
+		m.Locks[i].Handle = d.u64("lock handle")
+		m.Locks[i].Snapshot = d.u32("lock snapshot")
+		m.Locks[i].Ranges = d.ranges("lock ranges")
+	}
+}
+
+// UploadDone ends an upload. Locks is the total number of locks the
+// preceding UPLOAD_LOCKS carried, so the server can check it saw them all.
+type UploadDone struct{ Locks uint32 }
+
+func (*UploadDone) Type() MsgType          { return TypeUploadDone }
+func (*UploadDone) validate() error        { return nil }
+func (m *UploadDone) marshal(e *encoder)   { e.u32(m.Locks) }
+func (m *UploadDone) unmarshal(d *decoder) { m.Locks = d.u32("locks") }
+
+// Invalidate (server -> client request) is the snapshot-creation barrier:
+// the client drops its whole unique-chunk cache, waits until every origin
+// write it had approved under a generation below Generation has completed
+// (been written to the origin device), then answers INVALIDATE_ACK.
+type Invalidate struct{ Generation uint64 }
+
+func (*Invalidate) Type() MsgType          { return TypeInvalidate }
+func (*Invalidate) validate() error        { return nil }
+func (m *Invalidate) marshal(e *encoder)   { e.u64(m.Generation) }
+func (m *Invalidate) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// InvalidateAck answers INVALIDATE, echoing its generation.
+type InvalidateAck struct{ Generation uint64 }
+
+func (*InvalidateAck) Type() MsgType          { return TypeInvalidateAck }
+func (*InvalidateAck) validate() error        { return nil }
+func (m *InvalidateAck) marshal(e *encoder)   { e.u64(m.Generation) }
+func (m *InvalidateAck) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// ---------------------------------------------------------------------------
+// Admin
+
+// SnapshotRef names a snapshot by id or by name: exactly one is set.
+type SnapshotRef struct {
+	ID   uint32
+	Name string
+}
+
+func (r SnapshotRef) check() error {
+	switch {
+	case r.ID == 0 && r.Name == "":
+		return fmt.Errorf("snapshot reference has neither id nor name: %w", ErrMalformed)
+	case r.ID != 0 && r.Name != "":
+		return fmt.Errorf("snapshot reference has both id %d and name %q: %w", r.ID, r.Name, ErrMalformed)
+	case r.Name != "":
+		return checkName("snapshot", r.Name)
+	}
+	return nil
+}
+
+func (r SnapshotRef) marshal(e *encoder) { e.u32(r.ID); e.name(r.Name) }
+func (r *SnapshotRef) unmarshal(d *decoder) {
+	r.ID = d.u32("snapshot id")
+	r.Name = d.name("snapshot name")
+}
+
+// CreateSnapshot takes a snapshot of the origin. The server runs the
+// INVALIDATE barrier across all clients before it counts as taken.
+type CreateSnapshot struct {
+	Name     string
+	Priority int32 // higher survives longer when the store fills
+	Writable bool
+}
+
+func (*CreateSnapshot) Type() MsgType     { return TypeCreateSnapshot }
+func (m *CreateSnapshot) validate() error { return checkName("snapshot", m.Name) }
+func (m *CreateSnapshot) marshal(e *encoder) {
+	e.name(m.Name)
+	e.i32(m.Priority)
+	e.bool(m.Writable)
+}
+func (m *CreateSnapshot) unmarshal(d *decoder) {
+	m.Name = d.name("snapshot name")
+	m.Priority = d.i32("priority")
+	m.Writable = d.bool("writable")
+}
+
+// CreateSnapshotOK describes the snapshot just created.
+type CreateSnapshotOK struct{ Snapshot SnapshotEntry }
+
+func (*CreateSnapshotOK) Type() MsgType          { return TypeCreateSnapshotOK }
+func (m *CreateSnapshotOK) validate() error      { return m.Snapshot.check() }
+func (m *CreateSnapshotOK) marshal(e *encoder)   { m.Snapshot.marshal(e) }
+func (m *CreateSnapshotOK) unmarshal(d *decoder) { m.Snapshot.unmarshal(d) }
+
+// DeleteSnapshot deletes a snapshot; answered with OK.
+type DeleteSnapshot struct{ Snapshot SnapshotRef }
+
+func (*DeleteSnapshot) Type() MsgType          { return TypeDeleteSnapshot }
+func (m *DeleteSnapshot) validate() error      { return m.Snapshot.check() }
+func (m *DeleteSnapshot) marshal(e *encoder)   { m.Snapshot.marshal(e) }
+func (m *DeleteSnapshot) unmarshal(d *decoder) { m.Snapshot.unmarshal(d) }
+
+// SnapshotEntry describes one snapshot (LIST_SNAPSHOTS, CREATE_SNAPSHOT).
+type SnapshotEntry struct {
+	ID          uint32
+	Name        string
+	Created     int64 // unix nanoseconds
+	Priority    int32
+	Writable    bool
+	Dropped     bool // dropped to free store space: reads fail
+	Deleting    bool // deleted, space not yet reclaimed
+	UniqueBytes uint64
+	SharedBytes uint64
+}
+
+const (
+	entryWritable = 1 << iota
+	entryDropped
+	entryDeleting
+	entryKnown = entryWritable | entryDropped | entryDeleting
+)
+
+func (s *SnapshotEntry) check() error {
+	if s.ID == 0 {
+		return fmt.Errorf("snapshot id 0: %w", ErrMalformed)
+	}
+	return checkName("snapshot", s.Name)
+}
+
+func (s *SnapshotEntry) marshal(e *encoder) {
+	e.u32(s.ID)
+	e.name(s.Name)
+	e.i64(s.Created)
+	e.i32(s.Priority)
+	var f uint8
+	if s.Writable {
+		f |= entryWritable
+	}
+	if s.Dropped {
+		f |= entryDropped
+	}
+	if s.Deleting {
+		f |= entryDeleting
+	}
+	e.u8(f)
+	e.u64(s.UniqueBytes)
+	e.u64(s.SharedBytes)
+}
+
+func (s *SnapshotEntry) unmarshal(d *decoder) {
+	s.ID = d.u32("snapshot id")
+	s.Name = d.name("snapshot name")
+	s.Created = d.i64("created")
+	s.Priority = d.i32("priority")
+	f := d.u8("flags")
+	if f&^entryKnown != 0 {
+		d.fail("snapshot flags %#02x: unknown bits: %w", f, ErrMalformed)
+	}
+	s.Writable = f&entryWritable != 0
+	s.Dropped = f&entryDropped != 0
+	s.Deleting = f&entryDeleting != 0
+	s.UniqueBytes = d.u64("unique bytes")
+	s.SharedBytes = d.u64("shared bytes")
+}
+
+// ListSnapshots asks for one page of snapshots: those with id > After, in
+// ascending id order, at most Max (1..MaxListEntries) of them. Paging keeps
+// every frame bounded however many snapshots the store holds.
+type ListSnapshots struct {
+	After uint32
+	Max   uint16
+}
+
+func (*ListSnapshots) Type() MsgType { return TypeListSnapshots }
+func (m *ListSnapshots) validate() error {
+	if m.Max == 0 || m.Max > MaxListEntries {
+		return fmt.Errorf("page size %d not in 1..%d: %w", m.Max, MaxListEntries, ErrLimit)
+	}
+	return nil
+}
+func (m *ListSnapshots) marshal(e *encoder)   { e.u32(m.After); e.u16(m.Max) }
+func (m *ListSnapshots) unmarshal(d *decoder) { m.After = d.u32("after"); m.Max = d.u16("max") }
+
+// SnapshotList is one page of snapshots in ascending id order. More says
+// whether snapshots with higher ids remain (ask again with After set to
+// the last id).
+type SnapshotList struct {
+	Entries []SnapshotEntry
+	More    bool
+}
+
+func (*SnapshotList) Type() MsgType { return TypeSnapshotList }
+
+func (m *SnapshotList) validate() error {
+	if len(m.Entries) > MaxListEntries {
+		return fmt.Errorf("%d entries exceeds limit %d: %w", len(m.Entries), MaxListEntries, ErrLimit)
+	}
+	for i := range m.Entries {
+		if err := m.Entries[i].check(); err != nil {
+			return fmt.Errorf("entry %d: %w", i, err)
+		}
+		if i > 0 && m.Entries[i].ID <= m.Entries[i-1].ID {
+			return fmt.Errorf("entry %d: id %d not above %d: ids must ascend: %w", i, m.Entries[i].ID, m.Entries[i-1].ID, ErrMalformed)
+		}
+	}
+	return nil
+}
+
+func (m *SnapshotList) marshal(e *encoder) {
+	e.bool(m.More)
+	e.u16(uint16(len(m.Entries)))
+	for i := range m.Entries {
+		m.Entries[i].marshal(e)
+	}
+}
+
+func (m *SnapshotList) unmarshal(d *decoder) {
+	m.More = d.bool("more")
+	n := d.count(int(d.u16("entry count")), MaxListEntries, 34, "entries")
+	if n == 0 {
+		return
+	}
+	m.Entries = make([]SnapshotEntry, n)
+	for i := range m.Entries {
+		m.Entries[i].unmarshal(d)
+	}
+}
+
+// SetPriority changes a snapshot's priority; answered with OK.
+type SetPriority struct {
+	Snapshot SnapshotRef
+	Priority int32
+}
+
+func (*SetPriority) Type() MsgType          { return TypeSetPriority }
+func (m *SetPriority) validate() error      { return m.Snapshot.check() }
+func (m *SetPriority) marshal(e *encoder)   { m.Snapshot.marshal(e); e.i32(m.Priority) }
+func (m *SetPriority) unmarshal(d *decoder) { m.Snapshot.unmarshal(d); m.Priority = d.i32("priority") }
+
+// Status asks for the server's state and its client registry.
+type Status struct{}
+
+func (*Status) Type() MsgType      { return TypeStatus }
+func (*Status) validate() error    { return nil }
+func (*Status) marshal(*encoder)   {}
+func (*Status) unmarshal(*decoder) {}
+
+// Check asks for a full consistency check of the store. It can take long;
+// other requests on the connection proceed meanwhile.
+type Check struct{}
+
+func (*Check) Type() MsgType      { return TypeCheck }
+func (*Check) validate() error    { return nil }
+func (*Check) marshal(*encoder)   {}
+func (*Check) unmarshal(*decoder) {}
+
+// ClientStatus is one entry of the server's client registry.
+type ClientStatus struct {
+	Client    ClientID
+	Node      string
+	Connected bool   // false: awaited (known from the registry, not yet reconnected)
+	Locks     uint32 // read locks held
+}
+
+// StatusOK describes the server.
+type StatusOK struct {
+	Term       uint64
+	Since      int64 // unix nanoseconds: when this server took the term
+	Node       string
+	Volume     string
+	Generation uint64
+	Clients    []ClientStatus // ascending by client id
+}
+
+func (*StatusOK) Type() MsgType { return TypeStatusOK }
+
+func (m *StatusOK) validate() error {
+	if err := checkNodeName("server node", m.Node); err != nil {
+		return err
+	}
+	if err := checkName("volume", m.Volume); err != nil {
+		return err
+	}
+	if len(m.Clients) > MaxClients {
+		return fmt.Errorf("%d clients exceeds limit %d: %w", len(m.Clients), MaxClients, ErrLimit)
+	}
+	for i, c := range m.Clients {
+		if c.Client == (ClientID{}) {
+			return fmt.Errorf("client %d: zero id: %w", i, ErrMalformed)
+		}
+		if i > 0 && string(c.Client[:]) <= string(m.Clients[i-1].Client[:]) {
+			return fmt.Errorf("client %d: ids must ascend: %w", i, ErrMalformed)
+		}
+		if err := checkNodeName(fmt.Sprintf("client %d node", i), c.Node); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *StatusOK) marshal(e *encoder) {
+	e.u64(m.Term)
+	e.i64(m.Since)
+	e.name(m.Node)
+	e.name(m.Volume)
+	e.u64(m.Generation)
+	e.u16(uint16(len(m.Clients)))
+	for _, c := range m.Clients {
+		e.id(c.Client)
+		e.name(c.Node)
+		e.bool(c.Connected)
+		e.u32(c.Locks)
+	}
+}
+
+func (m *StatusOK) unmarshal(d *decoder) {
+	m.Term = d.u64("term")
+	m.Since = d.i64("since")
+	m.Node = d.name("server node")
+	m.Volume = d.name("volume")
+	m.Generation = d.u64("generation")
+	n := d.count(int(d.u16("client count")), MaxClients, 22, "clients")
+	if n == 0 {
+		return
+	}
+	m.Clients = make([]ClientStatus, n)
+	for i := range m.Clients {
+		c := &m.Clients[i]
+		c.Client = d.id("client id")
+		c.Node = d.name("client node")
+		c.Connected = d.bool("connected")
+		c.Locks = d.u32("locks")
+	}
+}
+
+// CheckOK reports the problems a consistency check found (none: clean).
+// At most MaxProblems are listed; Omitted counts the rest.
+type CheckOK struct {
+	Problems []string
+	Omitted  uint32
+}
+
+func (*CheckOK) Type() MsgType { return TypeCheckOK }
+
+func (m *CheckOK) validate() error {
+	if len(m.Problems) > MaxProblems {
+		return fmt.Errorf("%d problems exceeds limit %d: %w", len(m.Problems), MaxProblems, ErrLimit)
+	}
+	for i, p := range m.Problems {
+		if err := checkText(fmt.Sprintf("problem %d", i), p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *CheckOK) marshal(e *encoder) {
+	e.u32(m.Omitted)
+	e.u16(uint16(len(m.Problems)))
+	for _, p := range m.Problems {
+		e.text(p)
+	}
+}
+
+func (m *CheckOK) unmarshal(d *decoder) {
+	m.Omitted = d.u32("omitted")
+	n := d.count(int(d.u16("problem count")), MaxProblems, 2, "problems")
+	if n == 0 {
+		return
+	}
+	m.Problems = make([]string, n)
+	for i := range m.Problems {
+		m.Problems[i] = d.text("problem")
+	}
+}
