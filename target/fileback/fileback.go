@@ -4,7 +4,6 @@
 package fileback
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -77,24 +76,8 @@ func Create(path string, size int64) error {
 	return f.Sync()
 }
 
-// IdentityFor derives a stable identity from a name (e.g. the volume's
-// UUID, or its IQN): the same name gives the same serial and NAA designator
-// on every node.
-func IdentityFor(name, product string) scsi.Identity {
-	h := sha256.Sum256([]byte(name))
-	var id scsi.Identity
-	id.Serial = fmt.Sprintf("%x", h[:12])
-	// NAA 6 (IEEE Registered Extended): 4-bit NAA, 24-bit OUI, 36-bit
-	// vendor specific id, 64-bit extension. The OUI is a locally
-	// administered placeholder; the rest comes from the hash.
-	id.NAA[0] = 0x60 | 0x0a
-	id.NAA[1] = 0x00
-	id.NAA[2] = 0x00
-	id.NAA[3] = 0x00 | h[0]&0x0f
-	copy(id.NAA[4:], h[1:13])
-	id.Product = product
-	return id
-}
+// IdentityFor derives a stable identity from a name; see scsi.IdentityFor.
+func IdentityFor(name, product string) scsi.Identity { return scsi.IdentityFor(name, product) }
 
 func (b *File) ReadAt(p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > b.size {
