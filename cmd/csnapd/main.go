@@ -107,6 +107,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if addr := os.Getenv("CSNAP_PPROF"); addr != "" {
+		// Opt-in profiling for performance work: net/http/pprof on its
+		// own listener (loopback only), never on the API.
+		if err := startPprof(addr, log); err != nil {
+			fmt.Fprintln(stderr, "csnapd:", err)
+			return 2
+		}
+	}
 	switch {
 	case o.dev:
 		err = runDev(ctx, o, log, stdout)

@@ -32,9 +32,9 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	out      chan outMsg
-	writerWG sync.WaitGroup
-	statSN   uint32 // owned by the writer after login
+	wr       connWriter
+	pingerWG sync.WaitGroup
+	statSN   uint32 // guarded by wr.mu after login
 
 	lastRecv atomic.Int64 // unix nanos of the last PDU received
 	pingTTT  atomic.Uint32
@@ -54,8 +54,18 @@ type conn struct {
 	closeOnce sync.Once
 }
 
-// outMsg is one thing for the writer to send. Exactly one of pdu and task
-// is set.
+// connWriter serializes output. Senders write under mu, and whoever finds
+// nobody waiting behind it flushes: one sender alone (queue depth 1) pays no
+// goroutine handoff, many senders share flushes.
+type connWriter struct {
+	mu      sync.Mutex
+	w       *bufio.Writer
+	hdr     []byte
+	err     error // the first write error; later sends are dropped
+	waiting atomic.Int32
+}
+
+// outMsg is one thing to send. At most one of pdu and task is set.
 type outMsg struct {
 	pdu *PDU
 	// advance: the PDU carries a new StatSN (responses), otherwise it
@@ -63,7 +73,7 @@ type outMsg struct {
 	advance bool
 	task    *task
 	res     scsi.Result
-	after   func() // run by the writer once the message is on the wire
+	after   func() // run once the message is flushed to the socket
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -74,11 +84,11 @@ func newConn(s *Server, nc net.Conn) *conn {
 		rd:    pduReader{r: bufio.NewReaderSize(nc, 64*1024)},
 		tasks: map[uint32]*task{},
 		byTTT: map[uint32]*task{},
-		out:   make(chan outMsg, 256),
 
 		abortedTags: map[uint64]struct{}{},
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
 	return c
 }
 
@@ -106,15 +116,14 @@ func (c *conn) serve(ctx context.Context) {
 	c.rd.dataDigest = c.params.DataDigest
 	c.rd.maxData = int(c.params.MaxRecvDataSegmentLength)
 	c.lastRecv.Store(time.Now().UnixNano())
-	c.writerWG.Add(2)
-	go c.writer()
+	c.pingerWG.Add(1)
 	go c.pinger()
 	err := c.readLoop()
 	c.shutdown(err)
 	// Let running commands finish (their results are dropped) so the
 	// backend is quiet before the nexus is declared lost.
 	c.execWG.Wait()
-	c.writerWG.Wait()
+	c.pingerWG.Wait()
 	c.releaseTasks()
 	sess.mu.Lock()
 	mine := sess.conn == c
@@ -171,23 +180,9 @@ func (c *conn) readFailed(p *PDU, err error) error {
 		// The header was read but the PDU cannot be framed: reject it,
 		// then close, since the stream cannot be trusted any more.
 		c.reject(p, pe.reason)
-		c.flushAndWait(200 * time.Millisecond)
+		c.send(outMsg{after: func() {}}) // flush before the close
 	}
 	return err
-}
-
-// flushAndWait gives the writer a moment to send queued PDUs before a close.
-func (c *conn) flushAndWait(d time.Duration) {
-	done := make(chan struct{})
-	select {
-	case c.out <- outMsg{after: func() { close(done) }}:
-	case <-c.ctx.Done():
-		return
-	}
-	select {
-	case <-done:
-	case <-time.After(d):
-	}
 }
 
 // handleOther dispatches the PDUs that are not SCSI data transfers.
@@ -274,7 +269,7 @@ func (c *conn) handleNopOut(p *PDU) error {
 // pinger sends a NOP-In when the initiator has been silent for PingInterval
 // and drops the connection if no NOP-Out answers within PingTimeout.
 func (c *conn) pinger() {
-	defer c.writerWG.Done()
+	defer c.pingerWG.Done()
 	iv := c.srv.cfg.PingInterval
 	t := time.NewTicker(iv / 2)
 	defer t.Stop()
@@ -315,11 +310,41 @@ func (c *conn) pinger() {
 	}
 }
 
-// send queues a message for the writer; it gives up if the connection ends.
+// send writes a message to the connection and flushes it unless another
+// sender is already waiting to write (that one will flush both). A message
+// with an after function is always flushed before after runs. Writes that
+// cannot complete within the ping timeout fail, so a peer that stops
+// reading cannot wedge the target.
 func (c *conn) send(m outMsg) {
-	select {
-	case c.out <- m:
-	case <-c.ctx.Done():
+	cw := &c.wr
+	cw.waiting.Add(1)
+	cw.mu.Lock()
+	cw.waiting.Add(-1)
+	if cw.err != nil {
+		cw.mu.Unlock()
+		if m.task != nil {
+			c.finish(m.task)
+		}
+		if m.after != nil {
+			m.after()
+		}
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.PingInterval + c.srv.cfg.PingTimeout))
+	var err error
+	cw.hdr, err = c.write(cw.w, cw.hdr, m)
+	if err == nil && (m.after != nil || cw.waiting.Load() == 0) {
+		err = cw.w.Flush()
+	}
+	if err != nil {
+		cw.err = err
+	}
+	cw.mu.Unlock()
+	if err != nil {
+		c.shutdown(err)
+	}
+	if m.after != nil {
+		m.after()
 	}
 }
 
@@ -332,39 +357,6 @@ func (c *conn) reject(p *PDU, reason byte) {
 	r.setU32(16, reservedTag)
 	r.Data = append([]byte(nil), p.BHS[:]...)
 	c.send(outMsg{pdu: r, advance: true})
-}
-
-// writer sends queued PDUs, batching flushes while the queue is not empty.
-func (c *conn) writer() {
-	defer c.writerWG.Done()
-	w := bufio.NewWriterSize(c.nc, 256*1024)
-	var hdr []byte
-	for {
-		var m outMsg
-		select {
-		case m = <-c.out:
-		case <-c.ctx.Done():
-			return
-		}
-		for {
-			var err error
-			hdr, err = c.write(w, hdr, m)
-			if err != nil {
-				c.shutdown(err)
-				return
-			}
-			select {
-			case m = <-c.out:
-				continue
-			default:
-			}
-			break
-		}
-		if err := w.Flush(); err != nil {
-			c.shutdown(err)
-			return
-		}
-	}
 }
 
 // write puts one message on the wire (buffered).
@@ -385,9 +377,6 @@ func (c *conn) write(w *bufio.Writer, hdr []byte, m outMsg) ([]byte, error) {
 		if err != nil {
 			return hdr, err
 		}
-	}
-	if m.after != nil {
-		m.after()
 	}
 	return hdr, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"time"
 
 	"github.com/csnap/csnap/target/scsi"
 )
@@ -58,16 +57,11 @@ func (c *conn) handleTMF(p *PDU) {
 	r.setOpcode(opTaskMgmtRsp, flagFinal)
 	r.BHS[2] = byte(resp)
 	r.setU32(16, p.ITT())
-	done := make(chan struct{})
-	c.send(outMsg{pdu: r, advance: true, after: func() { close(done) }})
+	// send returns once the response is flushed when it has an after
+	// function; a cold reset then ends the connection (RFC 7143 section
+	// 11.5.1: the target drops all connections after answering).
+	c.send(outMsg{pdu: r, advance: true, after: func() {}})
 	if fn == scsi.TMFTargetColdReset && resp == scsi.TMFComplete {
-		// A cold reset ends every connection, ours last, after the
-		// response is on the wire.
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-		}
-		c.flushAndWait(200 * time.Millisecond)
 		c.shutdown(errors.New("target cold reset"))
 	}
 }
@@ -193,17 +187,10 @@ func (c *conn) handleLogout(p *PDU) {
 	r.setU32(16, p.ITT())
 	r.BHS[40], r.BHS[41] = 0, byte(c.sess.params.DefaultTime2Wait)
 	r.BHS[42], r.BHS[43] = 0, byte(c.sess.params.DefaultTime2Retain)
-	done := make(chan struct{})
-	c.send(outMsg{pdu: r, advance: true, after: func() { close(done) }})
+	c.send(outMsg{pdu: r, advance: true, after: func() {}})
 	if resp != 0 {
 		return
 	}
-	select {
-	case <-done:
-	case <-c.ctx.Done():
-	case <-time.After(5 * time.Second):
-	}
-	c.flushAndWait(time.Second)
 	c.shutdown(errLogout)
 }
 
