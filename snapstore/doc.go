@@ -1,0 +1,250 @@
+// Package snapstore is csnap's snapshot store engine: the copy-on-write
+// metadata and data management the snapshot server runs over one volume's
+// origin device and snapshot-store device.
+//
+// # Model
+//
+// The origin is divided into chunks (a power of two from 4 KiB to 1 MiB,
+// default 64 KiB). A snapshot shares every chunk with the origin until the
+// origin chunk is overwritten; before that happens the engine copies the
+// chunk to the store and records an exception. Snapshot ids are allocated
+// monotonically from 1 and never reused. An exception records the
+// contiguous run of snapshot ids [lo, hi] it serves: when chunk C is first
+// written after snapshots a..b were taken, one copy serves exactly those
+// ids, so a copy-out costs the same with 1 or 4096 live snapshots. Writable
+// snapshots additionally get private exceptions (lo == hi, private flag),
+// which take precedence over a shared one for that snapshot.
+//
+// Deleting a snapshot is O(1) in the foreground (the snapshot stops being
+// readable at once); its space is reclaimed by a background walk of the
+// exception tree, a few entries per critical section, with a cursor that
+// is persisted and resumed after a crash. When the store is full, the
+// lowest-priority live snapshot (oldest among equal priorities) is dropped
+// instead of failing an origin write; a dropped snapshot reads as
+// ErrSnapshotDropped until it is deleted. Per-snapshot unique and shared
+// byte counts are maintained incrementally (see snaptable.go), so listing
+// is instant.
+//
+// # Using the engine (the snapshot server's view)
+//
+//	e, err := snapstore.Open(originDev, storeDev, snapstore.Options{
+//		BeforeReclaim: srv.drainReads, // finish reads of deleted snapshots
+//		OnEvent:       srv.logEvent,
+//	})
+//	e.SetEpoch(ctx, term)                      // at takeover, durable
+//	// origin write query for chunks [c, c+n):
+//	gen, err := e.PrepareOriginWrite(ctx, c, n) // copied out + durable;
+//	// reply "write ok, unique since generation gen"; the client writes the
+//	// origin itself.
+//	// snapshot read query, under the mutex of the server's lock table:
+//	locs, err := e.MapSnapshotRead(ctx, id, c, n)
+//	// grant read locks on the chunks with locs[i].Origin; an origin write
+//	// is approved after PrepareOriginWrite returned AND (under the same
+//	// mutex) the locks granted before have drained. (Or let the engine do
+//	// it: MapSnapshotReadHold + ReleaseOriginRead.)
+//	// snapshot write query (writable snapshots):
+//	offs, err := e.PrepareSnapshotWrite(ctx, id, c, n) // store offsets
+//	// admin:
+//	si, err := e.CreateSnapshot(ctx, "nightly", snapstore.CreateOptions{Priority: 1})
+//	err = e.DeleteSnapshot(ctx, si.ID)
+//	list := e.Snapshots()
+//	res, err := e.Check(ctx, func(p string) { fmt.Println(p) })
+//
+// Every method is safe for concurrent use; copy-outs of different chunks
+// run in parallel and share journal commits. The caller (the server) is
+// responsible for two things the engine cannot see: CreateSnapshot must not
+// be called while an origin write the server already approved is still
+// being written by a client (the point-in-time barrier), and store
+// locations returned for a snapshot must not be used after the snapshot is
+// deleted (BeforeReclaim is the hook to drain them).
+//
+// Generation() is the id of the newest snapshot ever created; it changes
+// on every create and never otherwise, so a client may cache "chunk C
+// needs no copy-out at generation G" (PrepareOriginWrite returns G). Events
+// (snapshot dropped for space, journal recovered, space reclaimed) go to
+// Options.OnEvent for the caller to log and count; Stats().Drops is the
+// persistent number of drops.
+//
+// # Testing
+//
+//	go test ./snapstore/                       # ~15 s: everything below
+//	go test ./snapstore/ -run Model -soak=100000   # long randomized soak
+//	CSNAP_SEED=7 go test ./snapstore/ -run Model -soak=20000
+//	CSNAP_CRASH_STRIDE=1 go test -race ./snapstore/ -run Crash
+//	go test ./snapstore/ -run XXX -fuzz FuzzOpenCorrupt -fuzztime 1m
+//	go test ./snapstore/ -run XXX -bench . -benchtime=1x   # see BENCHMARKS.md
+//
+// TestModel runs random operations (origin writes, snapshot creates and
+// deletes, writable-snapshot writes, priorities, reclamation, reopen)
+// against an in-memory oracle of every snapshot's bytes, with check()
+// after every batch and per-snapshot unique/shared bytes compared with the
+// actual mappings. TestCrash cuts the power (package faultdev: unflushed
+// writes lost, kept or torn per 512-byte sector) at every device operation
+// of several workloads (over 1600 crash points) and verifies recovery
+// against the oracle; TestCrashConcurrent does so with concurrent,
+// group-committed writers. Fuzz targets cover every on-disk decoder and
+// opening a store with corrupted bytes.
+//
+// # Known limits
+//
+// Check holds the engine lock for its whole run (minutes on a very large
+// store). One operation's metadata must fit in one journal transaction (at
+// most 504 blocks, and half the journal): an origin write to a chunk that
+// thousands of writable snapshots have each written privately touches one
+// table block per such snapshot, so a journal much smaller than twice the
+// snapshot table can refuse it (the engine then fails safe). The default
+// journal is large enough for the default table.
+//
+// # Crash safety
+//
+// All metadata lives on the store device and changes only through a
+// write-ahead journal of whole 4 KiB blocks. Copied-out data is written
+// before the exception pointing at it is inserted. The committer writes the
+// transaction (descriptor + block images) in one write and flushes (the
+// commit point), then writes the blocks to their home addresses (made
+// durable by a later flush before their journal space is reused).
+// Copied-out data must be durable no later than the metadata pointing at
+// it: for origin copy-outs the descriptor records the CRC32C of every
+// chunk copied in the transaction, so a single flush covers data and
+// journal, and recovery discards the last transaction if its data did not
+// all reach the disk (only the last can be incomplete; a copied-out chunk
+// cannot change before a later transaction commits). Transactions holding
+// chunks copied for snapshot writes (which the client overwrites later)
+// flush the data first instead. Concurrent operations join the open
+// transaction and wait for the same commit (group commit). Data chunks are reserved in memory and marked in
+// the bitmap only together with the exception that owns them, so a
+// transaction never records an allocation without its owner. Chunks of
+// deleted snapshots are reused only after the deletion is durable. The
+// superblock is written as two copies with a sequence number; the newest
+// valid copy wins, so a torn superblock write leaves the previous one.
+//
+// # On-disk format, version 1
+//
+// All integers are little endian. The store is addressed in 4 KiB blocks;
+// data chunks start at a chunk-aligned block. Layout:
+//
+//	block 0, 1          superblock, two copies
+//	block 2             state block (journaled root of mutable metadata)
+//	block 3 ...         snapshot table    (tableBlocks)
+//	                    journal           (journalBlocks)
+//	                    data bitmap       (dbmBlocks)
+//	                    metadata bitmap   (mbmBlocks)
+//	                    metadata area     (metaBlocks: tree nodes)
+//	dataStart (aligned) data chunks       (dataChunks × chunk size)
+//
+// Every metadata block (all blocks above except data chunks and journal
+// images, which are copies of metadata blocks) starts with this header:
+//
+//	off len field
+//	  0   4 magic 0x424E5343 ("CSNB")
+//	  4   1 kind: 1 superblock, 2 state, 3 snapshot table, 4 data bitmap,
+//	          5 metadata bitmap, 6 tree leaf, 7 tree branch,
+//	          8 journal descriptor
+//	  5   1 format version (1); a newer version is refused (ErrVersion)
+//	  6   2 reserved, zero
+//	  8   4 CRC32C (Castagnoli) of the whole 4096-byte block with this
+//	          field taken as zero
+//	 12   4 reserved, zero
+//	 16   8 the block's own address (block number); a block read from any
+//	          other address is reported as misplaced
+//	 24   8 sequence: superblock write sequence, or the journal
+//	          transaction that last wrote the block
+//	 32  16 volume UUID; a block of another volume is reported as such
+//
+// Superblock (kind 1), after the header:
+//
+//	 48   4 chunk size in bytes
+//	 52   4 block size (4096)
+//	 56   8 origin size in bytes
+//	 64   8 store size in bytes as formatted (a smaller device: ErrTruncated)
+//	 72   8 creation time, Unix nanoseconds
+//	 80   8 epoch: the server term last recorded (SetEpoch)
+//	 88   4 flags: bit 0 clean (set by Close, cleared by Open)
+//	 92   4 snapshot table capacity (slots)
+//	 96   8 tableStart       104 8 tableBlocks
+//	112   8 journalStart     120 8 journalBlocks
+//	128   8 dbmStart         136 8 dbmBlocks
+//	144   8 mbmStart         152 8 mbmBlocks
+//	160   8 metaStart        168 8 metaBlocks
+//	176   8 dataStart        184 8 dataChunks
+//	192   8 journal tail position (block index in the journal)
+//	200   8 journal tail sequence (the next transaction to replay)
+//	208   8 state block address (2): the root of all journaled metadata
+//	232  24 "csnap snapshot store" padded with NULs (second magic)
+//
+// Of the two copies the valid one with the higher sequence is current.
+//
+// State block (kind 2), journaled:
+//
+//	 48   8 tree root block
+//	 56   4 tree height (1: the root is a leaf)
+//	 60   4 next snapshot id
+//	 64   8 generation (id of the newest snapshot created)
+//	 72   8 pending difference counter (int64, see snaptable.go)
+//	 80   8 free data chunks       88 8 free metadata blocks
+//	 96   8 data allocation cursor 104 8 metadata allocation cursor
+//	112   8 snapshots dropped for space (total)
+//	120   1 reclamation pass active (0/1)
+//	121   1 reclamation cursor set (0/1)
+//	128   8 cursor chunk  136 4 cursor lo  140 1 cursor private (0/1)
+//	144   8 number of exceptions in the tree
+//
+// Snapshot table block (kind 3): 31 entries of 128 bytes from offset 48;
+// slot s lives in table block s/31 at entry s%31. A free slot is all zero.
+//
+//	  0   4 snapshot id (nonzero)
+//	  4   1 state: 1 live, 2 deleted (queued for reclamation),
+//	          3 in the current reclamation pass, 4 dropped (tombstone)
+//	  5   1 flags: bit 0 writable, bit 1 dropped for space
+//	  6   1 name length (1..63)
+//	  7   1 reserved
+//	  8   4 priority (int32; lowest dropped first)
+//	 12   4 reserved
+//	 16   8 creation time, Unix nanoseconds
+//	 24   8 difference counter (int64; shared-exception count prefix sums)
+//	 32   8 unique count: exceptions whose only user is this snapshot
+//	 40  64 name (a-z 0-9 -), zero padded
+//	104   8 private exception count
+//	112  16 reserved
+//
+// Bitmap blocks (kinds 4 and 5): bits from offset 48, 32384 per block, bit
+// i at byte i/8, bit i%8; 1 = in use. Data bitmap bit i is data chunk i;
+// metadata bitmap bit i is block metaStart+i.
+//
+// Tree leaf (kind 6): from offset 48 a u16 entry count (max 168), 6 bytes
+// reserved, then from offset 56 entries of 24 bytes sorted by key
+// (chunk, lo, private):
+//
+//	 0   8 origin chunk
+//	 8   4 lo: first snapshot id served
+//	12   4 hi: last snapshot id served (== lo for a private exception)
+//	16   8 bits 0-62: data chunk number in the store; bit 63: private
+//
+// Tree branch (kind 7): u16 child count at 48, entries of 24 bytes from 56:
+//
+//	 0   8 key chunk    8 4 key lo    12 1 key private (0/1)   13 3 zero
+//	16   8 child block address
+//
+// Key i is a lower bound of child i's subtree (key 0 is unused by search)
+// and every key of child i is below key i+1. All leaves are at the same
+// depth.
+//
+// Journal descriptor (kind 8) at journal position p (block journalStart+p):
+//
+//	48   4 number of image blocks n (1..504)
+//	52   4 CRC32C of the n image blocks, concatenated
+//	56   4 number of data entries m (0 if the data was flushed first)
+//	60   4 reserved, zero
+//	64 8×n home block address of each image
+//	 … 12×m data entries: u64 data chunk number, u32 CRC32C of the chunk
+//
+// followed by the n images in blocks p+1..p+n. Transactions are laid out
+// back to back from the tail; one that would run past the end of the
+// journal starts at position 0 instead, after the superblock tail has been
+// moved to 0 (which requires every earlier home write to be durable).
+// Recovery replays, from the superblock's tail, each transaction whose
+// descriptor verifies, carries the expected sequence, and whose images
+// match the CRC; it stops at the first that does not. If the last such
+// transaction has data entries and a listed chunk does not match its CRC,
+// that transaction was never acknowledged and is dropped too.
+package snapstore

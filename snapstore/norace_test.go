@@ -1,0 +1,5 @@
+//go:build !race
+
+package snapstore
+
+const raceEnabled = false

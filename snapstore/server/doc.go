@@ -1,0 +1,171 @@
+// Package server is the snapshot server of one csnap volume: it speaks the
+// snapstore/wire protocol to every client (each csnapd, including the one
+// on its own node), answers metadata questions with the snapstore engine,
+// and keeps the read locks (snapstore/locks) that order snapshot reads of
+// the origin against origin overwrites. Clients move the data themselves,
+// on the shared origin and store devices.
+//
+// # Use (csnapd -dev)
+//
+//	eng, _ := snapstore.Open(originDev, storeDev, snapstore.Options{})
+//	srv, err := server.New(server.Config{
+//		Engine: eng, Volume: "dev", Term: eng.Epoch() + 1, Node: "localhost",
+//		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
+//		Log: logrus.NewEntry(logger),
+//	})
+//	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+//	go srv.Serve(ctx, ln)        // the local client dials ln.Addr()
+//	si, err := srv.CreateSnapshot(ctx, "nightly", snapstore.CreateOptions{Priority: 1})
+//	...
+//	srv.Close(); eng.Close()
+//
+// Admin calls reach the server either over the wire (CREATE_SNAPSHOT,
+// DELETE_SNAPSHOT, LIST_SNAPSHOTS, SET_PRIORITY, STATUS, CHECK from any
+// connected client: a csnapd forwards its HTTP API calls to the volume's
+// server this way) or, in the server's own process, through the same
+// operations as Go methods (CreateSnapshot, DeleteSnapshot, SetPriority,
+// Snapshots, Status, Clients, Check). Both run the same code, including
+// the snapshot barrier.
+//
+// # Connections
+//
+// A client sends HELLO. The server rejects it (HELLO_REJECT, then closes)
+// when it is shutting down, no protocol version is in common, the volume
+// is not ours, the client knows a newer term than ours (we have been
+// deposed: Config.OnDeposed is called), or the client's node is not a
+// cluster member. Otherwise HELLO_OK carries our term, the geometry, the
+// store UUID, the snapshot generation and the limits. The client then
+// re-declares the read locks it holds (UPLOAD_LOCKS notices, then
+// UPLOAD_DONE, answered OK); until then only PING is served. On
+// UPLOAD_DONE the locks enter the table (locks.Upload) and the client is
+// recorded in the Registry. A second HELLO of the same client id (it
+// reconnected while its old connection still looked alive) replaces the
+// old connection, which is closed and whose locks are dropped; the new
+// upload re-declares the ones still held.
+//
+// Requests are pipelined: the connection's reader goroutine applies
+// FINISH_SNAPSHOT_READ and the upload in order, and starts every other
+// request in its own goroutine (at most MaxInFlight per connection; one
+// more is answered ERROR limit, "busy"). Replies go out as they are ready,
+// in any order, through the concurrent wire.Writer; each frame write has a
+// deadline (WriteTimeout), so a client that stops reading is
+// disconnected rather than blocking anyone. Malformed frames are answered
+// ERROR bad request; more than a few, or a corrupt stream, close the
+// connection. Nothing a client sends affects other connections.
+//
+// When a connection is lost, the client's parked writes are cancelled.
+// If it holds no read lock it is forgotten (and deleted from the
+// registry). If it does, it may still be reading the origin under them, so
+// its locks are kept for DetachGrace (default 10s; writes to those chunks
+// wait): if it reconnects, its upload re-declares them (locks.Upload keeps
+// the identical ones, releases those it no longer declares); if not, they
+// are released (locks.DropClient) and the writes they held back are
+// approved. (The design brief said DropClient on every disconnect; that
+// lets a write overwrite a chunk that a client cut off from the server is
+// still reading for a snapshot, and the client re-declares its locks on
+// reconnect precisely to prevent that.) A replaced connection (same
+// client id in a new HELLO) keeps the locks for the new one's upload.
+// NodeLeft and a barrier timeout release locks at once.
+//
+// # Origin writes and snapshot reads
+//
+// ORIGIN_WRITE (ranges):
+//
+//  1. wait while a snapshot barrier runs or awaited clients remain (below);
+//  2. engine.PrepareOriginWrite per range: copies out every chunk a
+//     snapshot still shares, commits, and waits for the engine's
+//     transient origin-read holds on those chunks; it returns generation G;
+//  3. under the server mutex, locks.WaitFor(client/request id, ranges): if
+//     read locks cover the chunks, the write parks until Release,
+//     DropClient or Upload reports it ready. Only locks that exist now are
+//     waited for, so a stream of later readers never starves a writer;
+//  4. if a barrier has started or the generation is no longer G (a
+//     snapshot was created while it was parked), go back to 1: the
+//     copy-out was made for an older generation. Otherwise answer
+//     ORIGIN_WRITE_OK{G}; until that frame is written the approval counts
+//     as a copy-out in progress, which a barrier drains (below).
+//
+// SNAPSHOT_READ (snapshot, ranges):
+//
+//  1. engine.MapSnapshotReadHold per range: the lookup, and a transient
+//     engine hold on every chunk it maps to the origin, atomically;
+//  2. under the server mutex, locks.Acquire(client/request id, the
+//     origin-mapped ranges) (if they are fragmented into more runs than a
+//     lock may have, the requested ranges, a superset);
+//  3. engine.ReleaseOriginRead on the held chunks;
+//  4. on a client's first lock, record it in the registry as holding
+//     locks (before it can read under the lock); answer with the extents.
+//
+// FINISH_SNAPSHOT_READ releases the lock (its handle is the read's request
+// id) and approves the writes that no longer wait.
+//
+// Why this is correct without a lock around metadata IO: take a reader R
+// and a writer W of chunk c. The engine decides R's mapping under its own
+// mutex, and W's copy-out inserts the exception under the same mutex. If
+// R's lookup comes after the insert, R is sent to the store copy and
+// needs no lock. If it comes before, R took an engine hold on c in the
+// same critical section, before the insert; PrepareOriginWrite waits for
+// holds on c after the insert, so it returns only after R released the
+// hold, which R does only after its table lock exists. W's WaitFor runs
+// after PrepareOriginWrite returned, under the mutex that Acquire also
+// took, so it sees R's lock and parks until R finishes. The holds are
+// transient (lookup to Acquire, no IO in between), so a writer never waits
+// long for them, and no server-wide lock is held across engine IO.
+//
+// # The snapshot barrier
+//
+// CREATE_SNAPSHOT (one at a time):
+//
+//  1. gate: new copy-outs (step 2 of ORIGIN_WRITE) wait, and those in
+//     progress, and approvals being sent, drain;
+//  2. engine.CreateSnapshot: the generation becomes the new id G';
+//  3. INVALIDATE{G'} to every connected client (and to clients that finish
+//     their handshake meanwhile). A client acks once it has dropped its
+//     unique-chunk cache and every origin write approved under an older
+//     generation has completed. Parked writes becoming ready meanwhile are
+//     not approved (they redo their copy-out afterwards);
+//  4. when all have acked, open the gate and answer CREATE_SNAPSHOT_OK.
+//
+// The snapshot is then the origin as of the instant the barrier
+// completed: no copy-out ran between 2 and 4, every write approved before
+// 3 had completed, and no write was approved between 1 and 4. A write
+// acknowledged to an initiator before the create began is in it; a write
+// approved after the create returned is copied out first. Because
+// approvals being sent are drained in step 1, every ORIGIN_WRITE_OK{G}
+// precedes INVALIDATE{G'} on its connection: a client never receives an
+// approval for an older generation after acking a newer one. (A client may
+// still check it and re-ask, as a defence.)
+//
+// This orders create before INVALIDATE, unlike the wire package's prose
+// (invalidate, then record): with that order a create that fails after
+// the clients acked G' (name taken, table full, IO error) would leave them
+// expecting a generation that never comes. Holding copy-outs (not just
+// approvals) during the barrier is what makes this order safe: a copy-out
+// for the new snapshot never reads a chunk that a client is still writing
+// through an old-generation approval. Snapshot reads, admin requests and
+// snapshot writes are not held.
+//
+// Trade-off: a client that does not ack within BarrierTimeout is
+// disconnected (logged at error level) and the create completes without
+// it. If that client is alive but unreachable, writes it had already been
+// approved may still land on the origin after the create returned; waiting
+// forever would instead stop every writer of the volume. Its node leaving
+// the cluster (fencing, in the cluster layer) is what ends that risk.
+//
+// # Failover: the client registry and awaited clients
+//
+// The Registry (Consul KV in cluster mode) records each connected client
+// and whether it may hold read locks. New lists it: every entry that may
+// hold locks, on a node that is still a member, is awaited. Until each
+// awaited client has reconnected and uploaded its locks (UPLOAD_DONE), or
+// its node has left (NodeLeft), or AwaitTimeout has passed, no copy-out
+// starts and no origin write is approved; every other request is served.
+// Clients lists awaited clients (Connected false); the logs name them.
+//
+// The term: New records Config.Term in the store (Engine.SetEpoch) and
+// refuses to start (ErrStaleTerm) if the store records a newer one.
+//
+// NodeLeft (the cluster layer calls it when Consul reports a node gone)
+// closes that node's connections, drops their locks (approving the writes
+// they held back), deletes them from the registry and stops awaiting them.
+package server

@@ -1,0 +1,601 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/locks"
+	"github.com/csnap/csnap/snapstore/wire"
+)
+
+// Defaults of the Config durations and limits.
+const (
+	DefaultBarrierTimeout   = 10 * time.Second
+	DefaultAwaitTimeout     = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = 30 * time.Second
+	DefaultMaxInFlight      = 256
+	DefaultDetachGrace      = 10 * time.Second
+	defaultMaxLocks         = 4096 // locks.Limits' default MaxLocks
+	registryTimeout         = 10 * time.Second
+	maxBadFrames            = 16
+)
+
+// ErrServerClosed is returned by Serve after Close, and by operations on a
+// closed server.
+var ErrServerClosed = errors.New("snapshot server closed")
+
+// ErrStaleTerm is wrapped by New when the store records a newer term than
+// the one the server was started with.
+var ErrStaleTerm = errors.New("store has a newer server term")
+
+// Config configures a Server. Engine, Volume, Term and Node are required.
+type Config struct {
+	Engine *snapstore.Engine
+	Volume string // the volume's name (HELLOs for another volume are rejected)
+	Term   uint64 // this server's term (epoch), >= 1; recorded in the store
+	Node   string // this server's node name
+	// Registry is the replicated client registry. Default: a fresh
+	// NewMemRegistry (fine for -dev: nothing to fail over from).
+	Registry Registry
+	// Membership says which nodes may connect. Default: AllowAll.
+	Membership Membership
+	// Log is the base logger; default logrus.StandardLogger(). The server
+	// adds fields volume, term (and client, node, remote per connection).
+	Log    *logrus.Entry
+	Limits locks.Limits // per-client lock table limits
+	// BarrierTimeout bounds how long CreateSnapshot waits for a client's
+	// INVALIDATE_ACK before disconnecting it. Default 10s.
+	BarrierTimeout time.Duration
+	// AwaitTimeout bounds how long origin writes wait, after start, for the
+	// lock-holding clients of the registry to reconnect. Default 30s.
+	AwaitTimeout time.Duration
+	// HandshakeTimeout bounds HELLO and the lock upload. Default 10s.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds writing one frame to a client; a client that
+	// does not read is disconnected. Default 30s.
+	WriteTimeout time.Duration
+	// DetachGrace is how long the read locks of a client whose connection
+	// was lost are kept for it to reconnect and re-declare them (it may
+	// still be reading under them). Writes to those chunks wait meanwhile.
+	// Default 10s; negative: release them at once.
+	DetachGrace time.Duration
+	// MaxInFlight is the number of requests one connection may have
+	// outstanding (HELLO_OK tells the client). Default 256.
+	MaxInFlight int
+	// OnDeposed, if set, is called (once per occurrence, from a connection
+	// goroutine) when a client knows a newer term than ours: this server
+	// has been replaced and the cluster layer should stop it.
+	OnDeposed func(newerTerm uint64)
+	// Now returns the current time (default time.Now).
+	Now func() time.Time
+}
+
+// Server is the snapshot server of one volume.
+type Server struct {
+	cfg   Config
+	eng   *snapstore.Engine
+	reg   Registry
+	mem   Membership
+	log   *logrus.Entry
+	since time.Time
+
+	// create serializes snapshot creations (one barrier at a time).
+	create chan struct{}
+
+	// regMu serializes registry writes, so a disconnect's Delete never
+	// overtakes the Put of the client's next connection.
+	regMu sync.Mutex
+
+	mu        sync.Mutex
+	tab       *locks.Table
+	sessions  map[wire.ClientID]*session  // accepted HELLOs, by client
+	conns     map[*session]struct{}       // every open connection
+	awaited   map[wire.ClientID]Entry     // registry clients not back yet
+	detached  map[wire.ClientID]*detached // lost connections whose locks are kept
+	parked    map[locks.Key]chan struct{}
+	barrier   *barrier
+	preparing int           // origin-write copy-outs in progress
+	changed   chan struct{} // closed and replaced on every state change
+	listeners map[net.Listener]struct{}
+	closed    bool
+	timer     *time.Timer
+	closeCh   chan struct{}
+
+	wg sync.WaitGroup
+}
+
+// barrier is a snapshot creation in progress.
+type barrier struct {
+	gen     uint64 // 0 while draining copy-outs, then the new generation
+	pending map[*session]struct{}
+}
+
+// New builds the server of one volume. It records cfg.Term in the store
+// (if newer than the recorded one) and refuses to start if the store
+// records a newer term: a newer server has existed. It lists the registry:
+// clients that held locks under the previous server are awaited (origin
+// writes wait until each has reconnected and re-declared its locks, its
+// node has left, or AwaitTimeout passes).
+func New(cfg Config) (*Server, error) {
+	if cfg.Engine == nil {
+		return nil, errors.New("snapshot server: no engine")
+	}
+	if !wire.ValidName(cfg.Volume) {
+		return nil, fmt.Errorf("snapshot server: invalid volume name %q", cfg.Volume)
+	}
+	if !wire.ValidNodeName(cfg.Node) {
+		return nil, fmt.Errorf("snapshot server: invalid node name %q", cfg.Node)
+	}
+	if cfg.Term == 0 {
+		return nil, errors.New("snapshot server: term must be at least 1")
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewMemRegistry()
+	}
+	if cfg.Membership == nil {
+		cfg.Membership = AllowAll{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if cfg.BarrierTimeout <= 0 {
+		cfg.BarrierTimeout = DefaultBarrierTimeout
+	}
+	if cfg.AwaitTimeout <= 0 {
+		cfg.AwaitTimeout = DefaultAwaitTimeout
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.DetachGrace == 0 {
+		cfg.DetachGrace = DefaultDetachGrace
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Limits.MaxRanges <= 0 || cfg.Limits.MaxRanges > wire.MaxRanges {
+		cfg.Limits.MaxRanges = wire.MaxRanges
+	}
+	eng := cfg.Engine
+	log := cfg.Log.WithFields(logrus.Fields{"volume": cfg.Volume, "term": cfg.Term})
+
+	switch old := eng.Epoch(); {
+	case old > cfg.Term:
+		return nil, fmt.Errorf("snapshot server for volume %q: our term %d is older than term %d recorded in the store: %w",
+			cfg.Volume, cfg.Term, old, ErrStaleTerm)
+	case old < cfg.Term:
+		ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
+		err := eng.SetEpoch(ctx, cfg.Term)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("snapshot server for volume %q: record term %d: %w", cfg.Volume, cfg.Term, err)
+		}
+	}
+
+	s := &Server{
+		cfg: cfg, eng: eng, reg: cfg.Registry, mem: cfg.Membership, log: log, since: cfg.Now(),
+		create:    make(chan struct{}, 1),
+		tab:       locks.New(cfg.Limits),
+		sessions:  map[wire.ClientID]*session{},
+		conns:     map[*session]struct{}{},
+		awaited:   map[wire.ClientID]Entry{},
+		detached:  map[wire.ClientID]*detached{},
+		parked:    map[locks.Key]chan struct{}{},
+		changed:   make(chan struct{}),
+		listeners: map[net.Listener]struct{}{},
+		closeCh:   make(chan struct{}),
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
+	defer cancel()
+	entries, err := s.reg.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot server for volume %q: list client registry: %w", cfg.Volume, err)
+	}
+	for _, e := range entries {
+		switch {
+		case !e.HoldsLocks:
+			// It held nothing the old server knew of; it re-registers when
+			// it reconnects.
+			_ = s.reg.Delete(ctx, e.ID)
+		case !s.mem.IsMember(e.Node):
+			log.WithFields(logrus.Fields{"client": e.ID.String(), "node": e.Node}).
+				Warn("registry client's node is not a cluster member: not awaiting it")
+			_ = s.reg.Delete(ctx, e.ID)
+		default:
+			s.awaited[e.ID] = e
+		}
+	}
+	if len(s.awaited) > 0 {
+		log.WithFields(logrus.Fields{"awaited": s.awaitedListLocked(), "timeout": cfg.AwaitTimeout.String()}).
+			Warn("origin writes wait until these lock-holding clients reconnect (or their nodes leave)")
+		s.wg.Add(1) // done when the timer has run or was stopped
+		s.timer = time.AfterFunc(cfg.AwaitTimeout, s.awaitExpired)
+	}
+	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
+	return s, nil
+}
+
+func (s *Server) awaitedListLocked() []string {
+	var out []string
+	for _, e := range s.awaited {
+		out = append(out, e.ID.String()+"@"+e.Node)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// awaitExpired gives up on the clients still awaited.
+func (s *Server) awaitExpired() {
+	defer s.wg.Done()
+	s.mu.Lock()
+	var gone []Entry
+	for id, e := range s.awaited {
+		gone = append(gone, e)
+		delete(s.awaited, id)
+		s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+	}
+	if len(gone) > 0 {
+		s.log.WithFields(logrus.Fields{"clients": len(gone), "timeout": s.cfg.AwaitTimeout.String()}).
+			Warn("awaited clients did not reconnect in time; approving origin writes without them")
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	for _, e := range gone {
+		s.log.WithFields(logrus.Fields{"client": e.ID.String(), "node": e.Node}).Warn("awaited client struck off")
+		s.regDelete(e.ID)
+	}
+}
+
+// notifyLocked wakes every goroutine waiting for a state change.
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// waitLocked waits, with s.mu held (released while waiting), until cond
+// holds, ctx ends or the server closes.
+func (s *Server) waitLocked(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		if s.closed {
+			return ErrServerClosed
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.mu.Lock()
+			return ctx.Err()
+		case <-s.closeCh:
+		}
+		s.mu.Lock()
+	}
+	return nil
+}
+
+// wakeLocked answers the parked writes the lock table reports ready.
+func (s *Server) wakeLocked(ready []locks.Key) {
+	for _, k := range ready {
+		if ch, ok := s.parked[k]; ok {
+			close(ch)
+			delete(s.parked, k)
+		}
+	}
+}
+
+// Serve accepts client connections on ln until ctx ends, Close is called,
+// or ln fails. Connections accepted here are closed when ctx ends. Serve
+// may be called for several listeners.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer func() {
+		stop()
+		ln.Close()
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			switch {
+			case closed:
+				return ErrServerClosed
+			case ctx.Err() != nil:
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !s.startSession(ctx, conn) {
+			conn.Close()
+			return ErrServerClosed
+		}
+	}
+}
+
+// Close stops the server: listeners and connections are closed, waiting
+// operations end, and Close returns when every goroutine has. The engine
+// stays open (it is the caller's).
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.closeCh)
+		for ln := range s.listeners {
+			ln.Close()
+		}
+		for ss := range s.conns {
+			ss.kill()
+		}
+		if s.timer != nil && s.timer.Stop() {
+			s.wg.Done()
+		}
+		for _, d := range s.detached {
+			s.stopDetachLocked(d)
+		}
+		s.notifyLocked()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// NodeLeft is called by the cluster layer when a node leaves the cluster:
+// that node's clients are struck off the registry, their locks released
+// (waking the writes parked behind them), their connections closed, and
+// none of them is awaited any more.
+func (s *Server) NodeLeft(node string) {
+	s.mu.Lock()
+	var kill []*session
+	var ids []wire.ClientID
+	for id, ss := range s.sessions {
+		if ss.node == node {
+			kill = append(kill, ss)
+			ids = append(ids, id)
+		}
+	}
+	for _, ss := range kill {
+		s.dropSessionLocked(ss)
+	}
+	for id, d := range s.detached {
+		if d.node == node {
+			s.stopDetachLocked(d)
+			delete(s.detached, id)
+			s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+			ids = append(ids, id)
+		}
+	}
+	for id, e := range s.awaited {
+		if e.Node == node {
+			delete(s.awaited, id)
+			s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+			ids = append(ids, id)
+		}
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	for _, ss := range kill {
+		ss.kill()
+	}
+	for _, id := range ids {
+		s.regDelete(id)
+	}
+	if len(ids) > 0 {
+		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn("node left: its clients struck off")
+	}
+}
+
+// Ways a session ends, for endSessionLocked.
+const (
+	endDrop    = iota // release its locks now (node left, barrier timeout)
+	endDetach         // keep its locks for DetachGrace (connection lost)
+	endReplace        // keep its locks: the client's new connection re-declares them
+)
+
+// dropSessionLocked forgets ss and releases its locks.
+func (s *Server) dropSessionLocked(ss *session) bool { return s.endSessionLocked(ss, endDrop) }
+
+// endSessionLocked forgets ss: it leaves any barrier, its parked writes are
+// cancelled and, depending on how, its locks are released (waking writes)
+// or kept. It reports whether ss was the client's current session.
+func (s *Server) endSessionLocked(ss *session, how int) bool {
+	ss.closed = true
+	if b := s.barrier; b != nil {
+		if _, ok := b.pending[ss]; ok {
+			delete(b.pending, ss)
+			s.notifyLocked()
+		}
+	}
+	if s.sessions[ss.id] != ss {
+		return false
+	}
+	delete(s.sessions, ss.id)
+	c := locks.ClientID(ss.id)
+	if how == endDetach && (s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
+		how = endDrop
+	}
+	switch how {
+	case endDrop:
+		s.wakeLocked(s.tab.DropClient(c))
+	default:
+		for _, k := range s.tab.Parked(c) {
+			s.tab.CancelWrite(k) // its goroutine ends with the session
+		}
+	}
+	if how == endDetach {
+		d := &detached{node: ss.node}
+		s.wg.Add(1) // done when the timer has run or was stopped
+		d.timer = time.AfterFunc(s.cfg.DetachGrace, func() { s.detachExpired(ss.id, d) })
+		s.detached[ss.id] = d
+		ss.log.WithFields(logrus.Fields{"locks": s.tab.Usage(c).Locks, "grace": s.cfg.DetachGrace.String()}).
+			Warn("client connection lost while holding read locks; keeping them until it reconnects")
+	}
+	s.notifyLocked()
+	return true
+}
+
+// detached is a client whose connection was lost while it held read locks.
+type detached struct {
+	node  string
+	timer *time.Timer
+}
+
+// stopDetachLocked stops d's timer.
+func (s *Server) stopDetachLocked(d *detached) {
+	if d.timer.Stop() {
+		s.wg.Done()
+	}
+}
+
+// detachExpired releases the locks of a client that did not reconnect.
+func (s *Server) detachExpired(id wire.ClientID, d *detached) {
+	defer s.wg.Done()
+	s.mu.Lock()
+	if s.detached[id] != d {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.detached, id)
+	n := s.tab.Usage(locks.ClientID(id)).Locks
+	s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+	s.notifyLocked()
+	s.mu.Unlock()
+	s.log.WithFields(logrus.Fields{"client": id.String(), "node": d.node, "locks": n}).
+		Warn("client did not reconnect in time; its read locks are released")
+	s.regDelete(id)
+}
+
+// regDelete removes a client from the registry unless a newer connection
+// of it exists.
+func (s *Server) regDelete(id wire.ClientID) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	s.mu.Lock()
+	_, current := s.sessions[id]
+	s.mu.Unlock()
+	if current {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
+	defer cancel()
+	if err := s.reg.Delete(ctx, id); err != nil {
+		s.log.WithError(err).WithField("client", id.String()).Error("registry: delete client")
+	}
+}
+
+// regPut records a client in the registry, if ss is still its current
+// connection.
+func (s *Server) regPut(ctx context.Context, ss *session, holds bool) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	s.mu.Lock()
+	current := s.sessions[ss.id] == ss && !ss.closed
+	s.mu.Unlock()
+	if !current {
+		return errSessionClosed
+	}
+	if ss.regDone && (ss.regHolds || !holds) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, registryTimeout)
+	defer cancel()
+	if err := s.reg.Put(ctx, Entry{ID: ss.id, Node: ss.node, HoldsLocks: holds}); err != nil {
+		return fmt.Errorf("registry: record client %v: %w", ss.id, err)
+	}
+	ss.regDone, ss.regHolds = true, holds
+	return nil
+}
+
+// ClientInfo describes one client of the registry (the API's "clients").
+type ClientInfo struct {
+	ID        wire.ClientID
+	Node      string
+	Connected bool // false: awaited (in the registry, not reconnected yet)
+	Locks     int  // read locks held
+	Writes    int  // origin writes parked behind read locks
+}
+
+// State is "connected" or "awaited".
+func (c ClientInfo) State() string {
+	if c.Connected {
+		return "connected"
+	}
+	return "awaited"
+}
+
+// Clients lists connected and awaited clients, by id.
+func (s *Server) Clients() []ClientInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []ClientInfo
+	for id, ss := range s.sessions {
+		u := s.tab.Usage(locks.ClientID(id))
+		out = append(out, ClientInfo{ID: id, Node: ss.node, Connected: true, Locks: u.Locks, Writes: u.Writes})
+	}
+	for id, e := range s.awaited {
+		if _, ok := s.sessions[id]; !ok {
+			out = append(out, ClientInfo{ID: id, Node: e.Node})
+		}
+	}
+	for id, d := range s.detached {
+		if _, ok := s.awaited[id]; !ok {
+			out = append(out, ClientInfo{ID: id, Node: d.node, Locks: s.tab.Usage(locks.ClientID(id)).Locks})
+		}
+	}
+	slices.SortFunc(out, func(a, b ClientInfo) int { return bytes.Compare(a.ID[:], b.ID[:]) })
+	return out
+}
+
+// Status is the server's state (admin "server" and "clients").
+type Status struct {
+	Volume     string
+	Node       string
+	Term       uint64
+	Since      time.Time
+	Generation uint64
+	Clients    []ClientInfo
+}
+
+// Status returns the server's state.
+func (s *Server) Status() Status {
+	return Status{Volume: s.cfg.Volume, Node: s.cfg.Node, Term: s.cfg.Term, Since: s.since,
+		Generation: s.eng.Generation(), Clients: s.Clients()}
+}
+
+// Term returns the server's term.
+func (s *Server) Term() uint64 { return s.cfg.Term }
