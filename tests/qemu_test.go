@@ -8,13 +8,19 @@ import (
 )
 
 // qemuIO runs qemu-io commands against an iscsi:// URL and fails the test on
-// any I/O error or pattern mismatch.
+// any I/O error or pattern mismatch. Reads alone open the LUN read-only.
 func qemuIO(t *testing.T, url string, cmds ...string) string {
 	t.Helper()
 	bin := requireTool(t, "qemu-io")
 	args := []string{"-f", "raw"}
+	readOnly := true
 	for _, c := range cmds {
 		args = append(args, "-c", c)
+		readOnly = readOnly && strings.HasPrefix(c, "read ")
+	}
+	if readOnly {
+		// Opened read-only, so read-only (snapshot) LUNs work too.
+		args = append(args, "-r")
 	}
 	args = append(args, url)
 	out, err := runCmd(t, 3*time.Minute, bin, args...)

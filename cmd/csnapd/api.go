@@ -3,88 +3,200 @@ package main
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 
 	"github.com/csnap/csnap/api"
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/client"
+	"github.com/csnap/csnap/snapstore/server"
 	"github.com/csnap/csnap/target/iscsi"
 )
 
-// devService answers the HTTP API for -dev mode. Until the snapshot store
-// is wired into -dev (issue 4), snapshot operations answer 503 with the
-// reason; volume and health queries are real.
+// devService answers the HTTP API in -dev mode, where this node is the
+// volume's snapshot server and its only client. Snapshot operations go
+// through the client (the same path a remote node takes); status comes
+// from the server and the engine in this process.
 type devService struct {
-	node  string
-	vol   api.Volume
-	iscsi *iscsi.Server
+	node       string
+	exp        *export
+	cl         *client.Client
+	srv        *server.Server
+	eng        *snapstore.Engine
+	iscsi      *iscsi.Server
+	serverAddr string
+	origin     string
+	store      string
 }
-
-var errNoSnapshots = fmt.Errorf("%w: this build of csnapd -dev exports the origin from a plain file; snapshots arrive with the snapshot store", api.ErrUnavailable)
 
 func (d *devService) Health(context.Context) (api.Health, error) {
 	return api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}, nil
 }
 
-func (d *devService) Volumes(context.Context) ([]api.Volume, error) { return []api.Volume{d.vol}, nil }
-
-func (d *devService) Volume(_ context.Context, name string) (api.Volume, error) {
-	if name != d.vol.Name {
-		return api.Volume{}, fmt.Errorf("volume %s: %w (csnapd -dev serves only %q)", name, api.ErrNotFound, d.vol.Name)
+func (d *devService) Volumes(ctx context.Context) ([]api.Volume, error) {
+	v, err := d.Volume(ctx, devVolume)
+	if err != nil {
+		return nil, err
 	}
-	return d.vol, nil
+	return []api.Volume{v}, nil
+}
+
+func (d *devService) Volume(ctx context.Context, name string) (api.Volume, error) {
+	if err := d.check(name); err != nil {
+		return api.Volume{}, err
+	}
+	snaps, err := d.liveSnapshots(ctx)
+	if err != nil {
+		return api.Volume{}, err
+	}
+	st := d.eng.Stats()
+	cs := int64(d.eng.ChunkSize())
+	return api.Volume{
+		Name: devVolume, Origin: d.origin, Store: d.store,
+		Size: d.eng.OriginSize(), ChunkSize: cs, Server: d.node, Snapshots: len(snaps),
+		StoreUsed: int64(st.DataChunks-st.FreeChunks) * cs, StoreSize: int64(st.DataChunks) * cs,
+	}, nil
 }
 
 func (d *devService) CreateVolume(_ context.Context, r api.CreateVolume) (api.Volume, error) {
-	return api.Volume{}, fmt.Errorf("%w: csnapd -dev has the one volume %q; volume create needs cluster mode", api.ErrConflict, d.vol.Name)
+	return api.Volume{}, fmt.Errorf("%w: csnapd -dev has the one volume %q; volume create needs cluster mode", api.ErrConflict, devVolume)
 }
 
 func (d *devService) check(volume string) error {
-	_, err := d.Volume(context.Background(), volume)
-	return err
+	if volume != devVolume {
+		return fmt.Errorf("volume %s: %w (csnapd -dev serves only %q)", volume, api.ErrNotFound, devVolume)
+	}
+	return nil
 }
 
-func (d *devService) Snapshots(_ context.Context, v string) ([]api.Snapshot, error) {
+func (d *devService) liveSnapshots(ctx context.Context) ([]client.SnapshotInfo, error) {
+	all, err := d.cl.Snapshots(ctx)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	var out []client.SnapshotInfo
+	for _, s := range all {
+		if !s.Deleting {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func toAPISnapshot(s client.SnapshotInfo) api.Snapshot {
+	return api.Snapshot{
+		Name: s.Name, ID: uint64(s.ID), Created: s.Created.UTC(), Priority: int(s.Priority),
+		Writable: s.Writable, Dropped: s.Dropped,
+		UniqueBytes: int64(s.UniqueBytes), SharedBytes: int64(s.SharedBytes),
+		Target: snapshotIQN(devVolume, s.Name),
+	}
+}
+
+func (d *devService) Snapshots(ctx context.Context, v string) ([]api.Snapshot, error) {
 	if err := d.check(v); err != nil {
 		return nil, err
 	}
-	return nil, errNoSnapshots
+	snaps, err := d.liveSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Snapshot, 0, len(snaps))
+	for _, s := range snaps {
+		out = append(out, toAPISnapshot(s))
+	}
+	return out, nil
 }
 
-func (d *devService) CreateSnapshot(_ context.Context, v string, _ api.CreateSnapshot) (api.Snapshot, error) {
+// CreateSnapshot takes the snapshot (the server's barrier makes it
+// point-in-time across clients) and exports its target before returning.
+func (d *devService) CreateSnapshot(ctx context.Context, v string, r api.CreateSnapshot) (api.Snapshot, error) {
 	if err := d.check(v); err != nil {
 		return api.Snapshot{}, err
 	}
-	return api.Snapshot{}, errNoSnapshots
+	if r.Priority < -128 || r.Priority > 127 {
+		return api.Snapshot{}, fmt.Errorf("%w: priority %d is outside -128..127", api.ErrBadRequest, r.Priority)
+	}
+	s, err := d.cl.CreateSnapshot(ctx, r.Name, int32(r.Priority), r.Writable)
+	if err != nil {
+		return api.Snapshot{}, apiError(err)
+	}
+	if err := d.exp.refresh(ctx); err != nil {
+		return api.Snapshot{}, fmt.Errorf("snapshot %s created, but exporting its target failed: %w", r.Name, err)
+	}
+	return toAPISnapshot(s), nil
 }
 
-func (d *devService) DeleteSnapshot(_ context.Context, v, _ string) error {
+// DeleteSnapshot closes the snapshot's sessions first, then deletes it; the
+// store reclaims its space in the background.
+func (d *devService) DeleteSnapshot(ctx context.Context, v, name string) error {
 	if err := d.check(v); err != nil {
 		return err
 	}
-	return errNoSnapshots
+	snaps, err := d.liveSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, s := range snaps {
+		found = found || s.Name == name
+	}
+	if !found {
+		return fmt.Errorf("snapshot %s of %s: %w", name, v, api.ErrNotFound)
+	}
+	d.exp.unexport(name)
+	if err := d.cl.DeleteSnapshot(ctx, name); err != nil {
+		d.exp.refresh(ctx) // put the target back if the delete did not happen
+		return apiError(err)
+	}
+	return nil
 }
 
 func (d *devService) Server(_ context.Context, v string) (api.Server, error) {
 	if err := d.check(v); err != nil {
 		return api.Server{}, err
 	}
-	return api.Server{}, errNoSnapshots
+	st := d.srv.Status()
+	return api.Server{Node: st.Node, Address: d.serverAddr, Term: st.Term, Since: st.Since.UTC()}, nil
 }
 
 func (d *devService) Clients(_ context.Context, v string) ([]api.ClientEntry, error) {
 	if err := d.check(v); err != nil {
 		return nil, err
 	}
-	return nil, errNoSnapshots
+	var out []api.ClientEntry
+	for _, c := range d.srv.Clients() {
+		out = append(out, api.ClientEntry{ID: c.ID.String(), Node: c.Node, State: c.State(), Locks: c.Locks})
+	}
+	return out, nil
 }
 
-func (d *devService) Check(_ context.Context, v string) (api.CheckReport, error) {
+func (d *devService) Check(ctx context.Context, v string) (api.CheckReport, error) {
 	if err := d.check(v); err != nil {
 		return api.CheckReport{}, err
 	}
-	return api.CheckReport{}, errNoSnapshots
+	r, err := d.srv.Check(ctx)
+	if err != nil {
+		return api.CheckReport{}, fmt.Errorf("checking the store: %w", err)
+	}
+	return api.CheckReport{Volume: v, Clean: r.Clean(), Problems: r.Problems, Checked: int64(r.TreeNodes)}, nil
+}
+
+// apiError maps snapshot-client errors to the API's error kinds.
+func apiError(err error) error {
+	switch {
+	case errors.Is(err, client.ErrExists):
+		return fmt.Errorf("%w: %v", api.ErrConflict, err)
+	case errors.Is(err, client.ErrSnapshotGone):
+		return fmt.Errorf("%w: %v", api.ErrNotFound, err)
+	case errors.Is(err, client.ErrTimeout):
+		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	case errors.Is(err, snapstore.ErrBadName):
+		return fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+	}
+	return err
 }
 
 // newAPI mounts the /v1/ API and the Prometheus metrics. With a token set,

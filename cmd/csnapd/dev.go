@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,53 +11,72 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/csnap/csnap/api"
-	"github.com/csnap/csnap/target/fileback"
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/client"
+	"github.com/csnap/csnap/snapstore/server"
 	"github.com/csnap/csnap/target/iscsi"
-	"github.com/csnap/csnap/target/scsi"
 )
 
 // Defaults of the embedded -dev mode (SPEC.md).
 const (
 	devVolume    = "dev"
 	devSize      = 1 << 30
+	devChunkSize = 64 << 10
 	devDataDir   = "./csnap-dev"
 	devISCSIAddr = "127.0.0.1:3260"
 	devHTTPAddr  = "127.0.0.1:7862"
+	devSrvAddr   = "127.0.0.1:0"
 	iqnPrefix    = "iqn.2026-11.io.csnap:"
 )
 
-// volumeID returns the volume's persistent identity, creating it on first
-// start. It names the logical unit (VPD 0x80/0x83), so a restart presents
-// the same device to initiators.
-func volumeID(dir string) (string, error) {
-	p := filepath.Join(dir, "volume.id")
-	b, err := os.ReadFile(p)
-	if err == nil {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	var raw [16]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", err
-	}
-	id := hex.EncodeToString(raw[:])
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	return id, os.Rename(tmp, p)
+// fileDev is a snapstore device over a file that can also punch holes, so
+// unmapped origin chunks are deallocated rather than zero-filled.
+type fileDev struct {
+	*snapstore.FileDevice
+	f *os.File
 }
 
-// runDev runs one node with the embedded volume "dev": no Consul, origin in
-// a sparse file under the data directory.
-func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) error {
+func openFileDev(path string) (*fileDev, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &fileDev{FileDevice: snapstore.NewFileDevice(f), f: f}, nil
+}
+
+// PunchHole deallocates [off, off+n): later reads return zeros.
+func (d *fileDev) PunchHole(off, n int64) error {
+	const punchHole, keepSize = 0x02, 0x01
+	return syscall.Fallocate(int(d.f.Fd()), punchHole|keepSize, off, n)
+}
+
+// createSparse makes a sparse file of size bytes; it reports whether the
+// file was created (false: it existed and is left alone).
+func createSparse(path string, size int64) (bool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return true, err
+	}
+	return true, f.Sync()
+}
+
+// runDev runs one node with the embedded volume "dev": no Consul; origin and
+// snapshot store are sparse files in the data directory; the snapshot
+// server runs in this process on a loopback port and this node is its only
+// client (the same code paths as a cluster, standalone coordination).
+func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) (err error) {
 	dir := o.dataDir
 	if dir == "" {
 		dir = devDataDir
@@ -67,19 +84,77 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	id, err := volumeID(dir)
-	if err != nil {
-		return fmt.Errorf("volume identity in %s: %w", dir, err)
+	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
+	if _, err := createSparse(originPath, devSize); err != nil {
+		return fmt.Errorf("origin %s: %w", originPath, err)
 	}
-	origin := filepath.Join(dir, "origin.img")
-	if err := fileback.Create(origin, devSize); err != nil {
+	fresh, err := createSparse(storePath, devSize)
+	if err != nil {
+		return fmt.Errorf("snapshot store %s: %w", storePath, err)
+	}
+	origin, err := openFileDev(originPath)
+	if err != nil {
 		return err
 	}
-	be, err := fileback.Open(origin, 0, false, fileback.IdentityFor(id, "csnap origin"))
+	defer origin.Close()
+	store, err := openFileDev(storePath)
 	if err != nil {
 		return err
 	}
-	defer be.Close()
+	defer store.Close()
+	if fresh {
+		// Only a store this run created is formatted: an existing file
+		// that does not open is reported, never overwritten.
+		if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: devChunkSize}); err != nil {
+			return fmt.Errorf("formatting the snapshot store %s: %w", storePath, err)
+		}
+		log.WithField("store", storePath).Info("snapshot store formatted")
+	}
+	eng, err := snapstore.Open(origin, store, snapstore.Options{OnEvent: engineEvents(log)})
+	if err != nil {
+		return fmt.Errorf("opening the snapshot store %s: %w", storePath, err)
+	}
+	defer func() {
+		if cerr := eng.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the snapshot store: %w", cerr)
+		}
+	}()
+
+	node := o.nodeName
+	if node == "" {
+		node = hostname()
+	}
+	srvCtx, stopSrv := context.WithCancel(context.Background())
+	defer stopSrv()
+	snapSrv, err := server.New(server.Config{
+		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
+		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
+		Log: log.WithField("component", "snapserver"),
+	})
+	if err != nil {
+		return err
+	}
+	srvAddr := o.serverAddr
+	if srvAddr == "" {
+		srvAddr = devSrvAddr
+	}
+	sl, err := net.Listen("tcp", srvAddr)
+	if err != nil {
+		return fmt.Errorf("snapshot server listener: %w", err)
+	}
+	var srvWG sync.WaitGroup
+	srvWG.Add(1)
+	go func() {
+		defer srvWG.Done()
+		if err := snapSrv.Serve(srvCtx, sl); err != nil && !errors.Is(err, server.ErrServerClosed) {
+			log.WithError(err).Error("snapshot server stopped")
+		}
+	}()
+	defer func() {
+		snapSrv.Close()
+		stopSrv()
+		srvWG.Wait()
+	}()
 
 	chap, err := chapFromEnv(os.Getenv)
 	if err != nil {
@@ -92,13 +167,30 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		}
 		icfg.DiscoveryCHAP = chap
 	}
-	srv := iscsi.NewServer(icfg)
-	iqn := iqnPrefix + devVolume
-	exec, err := newExecutor(be, srv)
+	isrv := iscsi.NewServer(icfg)
+
+	var exp *export
+	cl, err := client.New(ctx, client.Config{
+		Volume: devVolume, Node: node, ID: clientID(node, devVolume),
+		Locator: client.StaticLocator(sl.Addr().String()),
+		Origin:  origin, Store: store,
+		Log: log.WithField("component", "snapclient"),
+		OnChange: func(uint64) {
+			if exp != nil {
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := exp.refresh(rctx); err != nil {
+					log.WithError(err).Warn("refreshing snapshot targets")
+				}
+			}
+		},
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("connecting to the snapshot server: %w", err)
 	}
-	if err := srv.AddTarget(iscsi.TargetConfig{Name: iqn, Alias: "csnap " + devVolume + " origin", Exec: exec, CHAP: chap}); err != nil {
+	defer cl.Close()
+	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, log.WithField("volume", devVolume))
+	if err := exp.start(ctx); err != nil {
 		return err
 	}
 
@@ -108,23 +200,35 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		httpAddr = devHTTPAddr
 	}
 	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
 	for _, a := range portals {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
+			closeAll()
 			return fmt.Errorf("iSCSI portal: %w", err)
 		}
 		listeners = append(listeners, l)
 	}
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
-		for _, l := range listeners {
-			l.Close()
-		}
+		closeAll()
 		return fmt.Errorf("HTTP API: %w", err)
 	}
+	token := os.Getenv("CSNAP_HTTP_TOKEN")
+	if err := checkAPIExposure(hl.Addr(), token); err != nil {
+		hl.Close()
+		closeAll()
+		return err
+	}
+	svc := &devService{
+		node: node, exp: exp, cl: cl, srv: snapSrv, eng: eng, iscsi: isrv,
+		serverAddr: sl.Addr().String(), origin: originPath, store: storePath,
+	}
+	hs := &http.Server{Handler: newAPI(svc, isrv, token), ReadHeaderTimeout: 10 * time.Second}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(listeners)+1)
@@ -132,27 +236,11 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(ctx, l); err != nil {
+			if err := isrv.Serve(ctx, l); err != nil {
 				errc <- err
 			}
 		}()
 	}
-	node := o.nodeName
-	if node == "" {
-		node = hostname()
-	}
-	svc := &devService{node: node, iscsi: srv, vol: api.Volume{
-		Name: devVolume, Origin: origin, Store: filepath.Join(dir, "store.img"), Size: be.Size(), Server: node,
-	}}
-	token := os.Getenv("CSNAP_HTTP_TOKEN")
-	if err := checkAPIExposure(hl.Addr(), token); err != nil {
-		hl.Close()
-		for _, l := range listeners {
-			l.Close()
-		}
-		return err
-	}
-	hs := &http.Server{Handler: newAPI(svc, srv, token), ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -162,18 +250,22 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	}()
 
 	p0 := listeners[0].Addr().String()
-	fmt.Fprintf(stdout, `csnapd -dev: volume %q (%d MiB) in %s
-  iSCSI portal%s %s, target %s, LUN 0
+	iqn := originIQN(devVolume)
+	fmt.Fprintf(stdout, `csnapd -dev: volume %q (%d MiB, snapshot store %d MiB) in %s
+  iSCSI portal%s %s; origin target %s, LUN 0; snapshots appear as %s:SNAPSHOT
   Log in with open-iscsi:
     iscsiadm -m discovery -t sendtargets -p %s
     iscsiadm -m node -T %s -p %s --login
   Or with libiscsi / qemu:
     iscsi-ls -s iscsi://%s
     qemu-io -f raw iscsi://%s/%s/0
-  HTTP API http://%s/v1/health
-`, devVolume, devSize>>20, dir, plural(len(portals)), strings.Join(portals, ", "), iqn,
-		p0, iqn, p0, p0, p0, iqn, hl.Addr())
-	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": dir}).Info("csnapd -dev serving")
+  Snapshots:
+    csnap-admin -addr %s snapshot create %s snap1
+    csnap-admin -addr %s snapshot list %s
+`, devVolume, eng.OriginSize()>>20, devSize>>20, dir, plural(len(portals)), strings.Join(portals, ", "), iqn, iqn,
+		p0, iqn, p0, p0, p0, iqn, hl.Addr(), devVolume, hl.Addr(), devVolume)
+	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": dir,
+		"snapserver": sl.Addr().String(), "term": snapSrv.Term()}).Info("csnapd -dev serving")
 
 	var runErr error
 	select {
@@ -184,12 +276,20 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	hs.Shutdown(shutdownCtx)
-	srv.Close()
+	isrv.Close() // sessions end; running commands finish first
 	wg.Wait()
-	if err := be.Flush(); err != nil && runErr == nil {
+	if err := cl.Origin().Flush(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("final flush: %w", err)
 	}
 	return runErr
+}
+
+// engineEvents logs what the store engine reports (drops, recovery,
+// reclamation) with structured fields.
+func engineEvents(log *logrus.Entry) func(snapstore.Event) {
+	return func(ev snapstore.Event) {
+		log.WithField("component", "snapstore").WithField("event", fmt.Sprintf("%+v", ev)).Warn("snapshot store event")
+	}
 }
 
 func plural(n int) string {
@@ -211,17 +311,6 @@ func splitAddrs(s, def string) []string {
 		}
 	}
 	return out
-}
-
-// newExecutor presents one backend as LUN 0 of a SCSI target whose
-// reservation state is local to this node.
-func newExecutor(be scsi.Backend, srv *iscsi.Server) (*scsi.Target, error) {
-	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, scsi.NewMemStore())
-	if err != nil {
-		return nil, err
-	}
-	t.SetPreemptAbortHandler(srv.PreemptAbort)
-	return t, nil
 }
 
 // chapFromEnv reads CHAP credentials from the environment (never from

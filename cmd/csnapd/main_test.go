@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/target/iscsi"
 )
 
@@ -75,12 +74,13 @@ func TestAPIToken(t *testing.T) {
 	if checkAPIExposure(any, "") == nil {
 		t.Fatal("API on 0.0.0.0 without a token accepted")
 	}
-	h := newAPI(&devService{vol: api.Volume{Name: "dev"}, iscsi: iscsi.NewServer(iscsi.Config{})}, iscsi.NewServer(iscsi.Config{}), "s3cret")
+	isrv := iscsi.NewServer(iscsi.Config{})
+	h := newAPI(&devService{node: "n1", iscsi: isrv}, isrv, "s3cret")
 	for _, tc := range []struct {
 		auth string
 		code int
 	}{{"", 401}, {"Bearer nope", 401}, {"Bearer s3cret", 200}} {
-		req := httptest.NewRequest("GET", "/v1/volumes", nil)
+		req := httptest.NewRequest("GET", "/v1/health", nil)
 		if tc.auth != "" {
 			req.Header.Set("Authorization", tc.auth)
 		}

@@ -1,0 +1,963 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/snapstore/wire"
+)
+
+// Device is an origin or store device the client reads and writes
+// directly. It has the shape of snapstore.Device, so a *snapstore.FileDevice
+// or *snapstore.MemDevice fits. Implementations must be safe for concurrent
+// use. A Device that also implements PunchHoler gets unmapped origin chunks
+// punched instead of zero-filled.
+type Device interface {
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	Flush() error
+	Size() (int64, error)
+}
+
+// PunchHoler is implemented by devices that can deallocate a byte range so
+// that it reads back as zeros (fallocate PUNCH_HOLE, BLKDISCARD with
+// zeroing). An error makes the client fall back to writing zeros.
+type PunchHoler interface {
+	PunchHole(off, n int64) error
+}
+
+// Locator says where a volume's snapshot server is now. The client asks it
+// before every connection attempt, so a Locator that follows the cluster's
+// election (Consul) makes the client follow failovers.
+type Locator interface {
+	Server(ctx context.Context) (addr string, err error)
+}
+
+// StaticLocator is a Locator that always names the same address.
+type StaticLocator string
+
+// Server returns the address.
+func (s StaticLocator) Server(context.Context) (string, error) { return string(s), nil }
+
+// Errors. Every error the client returns wraps one of these or an error
+// of a device; errors from the server also wrap the *wire.Error they came
+// from (errors.As).
+var (
+	// ErrSnapshotGone: the snapshot was deleted or dropped to free store
+	// space. Its LUN must report an error; its data is not available.
+	ErrSnapshotGone = errors.New("snapshot gone")
+	// ErrTimeout: no answer from the snapshot server within IOTimeout
+	// (it is unreachable, or stuck).
+	ErrTimeout = errors.New("snapshot server unreachable")
+	// ErrClosed: the Client was closed.
+	ErrClosed = errors.New("client closed")
+	// ErrReadOnly: a write or unmap to a read-only snapshot.
+	ErrReadOnly = errors.New("read-only snapshot")
+	// ErrOutOfRange: the request reaches beyond the end of the volume.
+	ErrOutOfRange = errors.New("beyond the end of the volume")
+	// ErrExists: CreateSnapshot of a name already taken.
+	ErrExists = errors.New("snapshot name already exists")
+	// ErrProtocol: the server sent something the protocol does not allow
+	// (a reply of the wrong type, extents that do not tile the request).
+	ErrProtocol = errors.New("snapshot server protocol violation")
+	// ErrRejected: the server refused the connection (HELLO_REJECT).
+	ErrRejected = errors.New("connection rejected")
+)
+
+// Config configures a Client. Volume, Node, ID, Locator, Origin and Store
+// are required.
+type Config struct {
+	Volume  string        // volume name
+	Node    string        // this node's name (as known to Consul)
+	ID      wire.ClientID // stable per node and volume, across restarts
+	Locator Locator       // where the volume's server is
+	Origin  Device        // the shared origin device
+	Store   Device        // the shared snapshot-store device
+	Log     *logrus.Entry // nil: logrus.StandardLogger()
+
+	// IOTimeout bounds how long an IO waits for the server (default 25 s,
+	// below the Linux SCSI command timeout of 30 s). While the server is
+	// unreachable IO waits and the client reconnects; once it has been
+	// unreachable for IOTimeout, waiting IO and admin calls fail with
+	// ErrTimeout, and so does new IO that needs the server, until a
+	// connection is made again.
+	IOTimeout time.Duration
+
+	// OnChange is called, from a goroutine of its own and never
+	// concurrently, after the client acknowledged an INVALIDATE (a
+	// snapshot was created) and after every reconnection (snapshots may
+	// have come and gone meanwhile), with the generation then current.
+	// Not called for the connection New makes. Calls are coalesced: a
+	// slow OnChange sees only the latest generation.
+	OnChange func(generation uint64)
+
+	// Optional tuning; zero values pick the defaults.
+	Dial         func(ctx context.Context, addr string) (net.Conn, error) // default: TCP
+	DialTimeout  time.Duration                                            // per attempt, default 3 s
+	PingInterval time.Duration                                            // liveness probe, default 2 s; dead after 3 silent intervals
+	MinBackoff   time.Duration                                            // reconnect backoff start, default 50 ms
+	MaxBackoff   time.Duration                                            // backoff cap, default 1 s
+	CacheBytes   int                                                      // unique-chunk cache bound, default 8 MiB
+}
+
+// callKind classifies a request for flow control and reconnect handling.
+type callKind uint8
+
+const (
+	kindIO       callKind = iota // ORIGIN_WRITE, SNAPSHOT_WRITE: re-sent after a reconnect, old id
+	kindSnapRead                 // SNAPSHOT_READ: re-sent with a new id (the id is the lock handle)
+	kindAdmin                    // admin requests: re-sent, old id
+	kindInternal                 // HELLO-time UPLOAD_DONE, PING: bound to one connection
+)
+
+type result struct {
+	msg wire.Message
+	err error
+}
+
+// call is one request of the client's, from issue to answer.
+type call struct {
+	id       uint64
+	seq      uint64 // issue order, for fair resend
+	kind     callKind
+	msg      wire.Message
+	cn       *conn // the connection it is outstanding on; nil: waiting to be sent
+	sent     bool  // sent at least once (so a resend is a resend)
+	resent   bool
+	done     chan result  // buffered; nil for internal calls
+	cb       func(result) // internal calls: called without c.mu
+	abandon  bool         // the caller gave up; drop the answer
+	snapshot uint32       // kindSnapRead: for the lock record
+}
+
+// Client is one node's client of one volume's snapshot server. It is safe
+// for concurrent use.
+type Client struct {
+	cfg    Config
+	log    *logrus.Entry
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	origin *Volume
+
+	// Fixed by the first HELLO_OK; a server announcing other values is
+	// refused.
+	chunkSize  int64
+	chunkShift uint
+	volSize    int64
+
+	mu       sync.Mutex
+	writersC *sync.Cond // signalled when an origin write completes
+	closed   bool
+	term     uint64 // newest server term seen
+	gen      uint64 // current snapshot generation
+	cache    *chunkCache
+	writers  map[uint64]int // origin writes in flight, by the generation they were approved under
+	nextID   uint64         // request id counter: never reset
+	nextSeq  uint64
+	cn       *conn // nil while disconnected
+	server   string
+	lastErr  error     // why the last connection attempt failed
+	down     time.Time // when the last connection was lost (or the client started); zero while connected
+	unreach  bool      // disconnected for IOTimeout or longer: fail fast
+	pending  map[uint64]*call
+	waiting  []*call // unsent calls, issue order
+	inflight int     // requests outstanding on cn (internal ones included)
+	readsOut int     // SNAPSHOT_READs outstanding on cn
+	locks    map[uint64]wire.HeldLock
+	broken   map[uint64]struct{} // locks held across a lost connection: the read must be redone
+	maxIn    int                 // requests the server allows in flight (for our calls, minus reserve)
+	maxLocks int                 // 0: no limit announced
+
+	changeMu  sync.Mutex
+	changeGen uint64
+	changeSig chan struct{}
+}
+
+// New connects to the volume's server and returns the Client. It waits
+// for the first HELLO_OK (bounded by ctx and IOTimeout), because IO needs
+// the chunk and volume size; after that the client reconnects on its own.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	switch {
+	case cfg.Volume == "", cfg.Node == "":
+		return nil, errors.New("client: volume and node names are required")
+	case cfg.ID == wire.ClientID{}:
+		return nil, errors.New("client: client id is zero")
+	case cfg.Locator == nil:
+		return nil, errors.New("client: no locator")
+	case cfg.Origin == nil || cfg.Store == nil:
+		return nil, errors.New("client: origin and store devices are required")
+	}
+	if cfg.IOTimeout <= 0 {
+		cfg.IOTimeout = 25 * time.Second
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 3 * time.Second
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 2 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 50 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(time.Second, cfg.MinBackoff)
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	log := cfg.Log
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	log = log.WithFields(logrus.Fields{"component": "snapclient", "volume": cfg.Volume})
+	c := &Client{
+		cfg:       cfg,
+		log:       log,
+		cache:     newChunkCache(cfg.CacheBytes),
+		writers:   make(map[uint64]int),
+		pending:   make(map[uint64]*call),
+		locks:     make(map[uint64]wire.HeldLock),
+		broken:    make(map[uint64]struct{}),
+		down:      time.Now(),
+		changeSig: make(chan struct{}, 1),
+	}
+	c.writersC = sync.NewCond(&c.mu)
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.origin = &Volume{c: c}
+
+	ready := make(chan error, 1)
+	c.wg.Add(2)
+	go c.run(ready)
+	go c.notifier()
+
+	t := time.NewTimer(cfg.IOTimeout)
+	defer t.Stop()
+	var err error
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = fmt.Errorf("client: volume %s: connecting: %w", cfg.Volume, ctx.Err())
+	case <-t.C:
+		err = fmt.Errorf("client: volume %s: no server answered within %v: %w", cfg.Volume, cfg.IOTimeout, ErrTimeout)
+	}
+	if err != nil {
+		c.mu.Lock()
+		if c.lastErr != nil {
+			err = fmt.Errorf("%w (last attempt: %v)", err, c.lastErr)
+		}
+		c.mu.Unlock()
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close disconnects and fails every waiting call with ErrClosed. Read
+// locks still held are released by the server with the connection.
+func (c *Client) Close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	cn := c.cn
+	for _, cl := range c.pending {
+		c.finishLocked(cl, result{err: fmt.Errorf("client: %w", ErrClosed)})
+	}
+	c.waiting = nil
+	c.writersC.Broadcast()
+	c.mu.Unlock()
+	c.cancel()
+	if cn != nil {
+		cn.close()
+	}
+	c.wg.Wait()
+}
+
+// Origin returns the volume's origin.
+func (c *Client) Origin() *Volume { return c.origin }
+
+// Snapshot returns snapshot id of the volume; writable says whether the
+// snapshot was created writable (it decides ReadOnly and whether writes
+// are tried at all). The handle is cheap; IO to a deleted or dropped
+// snapshot fails with ErrSnapshotGone.
+func (c *Client) Snapshot(id uint32, writable bool) *Volume {
+	return &Volume{c: c, snap: id, writable: writable}
+}
+
+// ChunkSize returns the volume's chunk size in bytes.
+func (c *Client) ChunkSize() int64 { return c.chunkSize }
+
+// Size returns the volume size in bytes.
+func (c *Client) Size() int64 { return c.volSize }
+
+// Generation returns the snapshot generation the client currently knows.
+func (c *Client) Generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// Term returns the newest server term the client has seen.
+func (c *Client) Term() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.term
+}
+
+// Connected reports whether the client has a connection to a server, and
+// its address.
+func (c *Client) Connected() (bool, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cn != nil, c.server
+}
+
+// ---------------------------------------------------------------------------
+// Calls
+
+// start issues a request: it registers it and sends it if the connection
+// and flow control allow, else queues it for the next chance (a reply
+// freeing a slot, or a reconnection).
+func (c *Client) start(kind callKind, msg wire.Message) (*call, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.unreach && kind != kindInternal {
+		return nil, fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
+	}
+	cl := &call{kind: kind, msg: msg, done: make(chan result, 1)}
+	if r, ok := msg.(*wire.SnapshotRead); ok {
+		cl.snapshot = r.Snapshot
+	}
+	c.nextSeq++
+	cl.seq = c.nextSeq
+	c.nextID++
+	cl.id = c.nextID
+	c.pending[cl.id] = cl
+	c.waiting = append(c.waiting, cl)
+	c.pumpLocked()
+	return cl, nil
+}
+
+// wait waits for the answer to cl until ctx ends or the deadline passes
+// (zero: no deadline).
+func (c *Client) wait(ctx context.Context, cl *call, deadline time.Time) (wire.Message, error) {
+	var tc <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		tc = t.C
+	}
+	var err error
+	select {
+	case r := <-cl.done:
+		return r.msg, r.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-c.ctx.Done():
+		err = ErrClosed
+	case <-tc:
+		err = fmt.Errorf("no answer to %v within %v: %w", cl.msg.Type(), c.cfg.IOTimeout, ErrTimeout)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case r := <-cl.done: // answered meanwhile: use it
+		return r.msg, r.err
+	default:
+	}
+	c.abandonLocked(cl)
+	return nil, err
+}
+
+// do issues msg and waits for its answer.
+func (c *Client) do(ctx context.Context, kind callKind, msg wire.Message, deadline time.Time) (wire.Message, error) {
+	cl, err := c.start(kind, msg)
+	if err != nil {
+		return nil, err
+	}
+	return c.wait(ctx, cl, deadline)
+}
+
+// abandonLocked forgets a call whose caller gave up. A call outstanding on
+// the connection stays registered (it still counts against the server's
+// in-flight limit) until its answer comes, which is then dropped, except
+// that a read lock it granted is released at once.
+func (c *Client) abandonLocked(cl *call) {
+	if c.pending[cl.id] != cl {
+		return
+	}
+	if cl.cn != nil {
+		cl.abandon = true
+		return
+	}
+	delete(c.pending, cl.id)
+	c.removeWaitingLocked(cl)
+}
+
+func (c *Client) removeWaitingLocked(cl *call) {
+	for i, w := range c.waiting {
+		if w == cl {
+			c.waiting = append(c.waiting[:i], c.waiting[i+1:]...)
+			return
+		}
+	}
+}
+
+// finishLocked completes cl with r and unregisters it.
+func (c *Client) finishLocked(cl *call, r result) {
+	if c.pending[cl.id] == cl {
+		delete(c.pending, cl.id)
+	}
+	if cl.done != nil {
+		select {
+		case cl.done <- r:
+		default:
+		}
+	}
+	if cl.cb != nil {
+		cb := cl.cb
+		cl.cb = nil
+		go cb(r)
+	}
+}
+
+// canSendLocked reports whether flow control lets cl go out now.
+func (c *Client) canSendLocked(cl *call) bool {
+	if cl.kind == kindInternal {
+		return true
+	}
+	if c.inflight >= c.maxIn {
+		return false
+	}
+	if cl.kind == kindSnapRead && c.maxLocks > 0 && c.readsOut+len(c.locks) >= c.maxLocks {
+		return false
+	}
+	return true
+}
+
+// pumpLocked sends the waiting calls that flow control admits, in order,
+// skipping (not blocking on) snapshot reads that wait for a lock slot.
+func (c *Client) pumpLocked() {
+	if c.cn == nil || len(c.waiting) == 0 {
+		return
+	}
+	kept := c.waiting[:0]
+	for i, cl := range c.waiting {
+		if c.cn == nil || (cl.kind != kindInternal && c.inflight >= c.maxIn) {
+			kept = append(kept, c.waiting[i:]...)
+			break
+		}
+		if !c.canSendLocked(cl) {
+			kept = append(kept, cl)
+			continue
+		}
+		c.sendLocked(cl)
+	}
+	clear(c.waiting[len(kept):])
+	c.waiting = kept
+}
+
+// sendLocked puts cl on the current connection.
+func (c *Client) sendLocked(cl *call) {
+	cn := c.cn
+	if err := cn.send(cl.id, cl.msg); err != nil {
+		// Only an invalid message fails here (the connection's own
+		// failures surface in its writer): a bug of ours.
+		c.finishLocked(cl, result{err: fmt.Errorf("%v: %w", cl.msg.Type(), err)})
+		return
+	}
+	cl.cn = cn
+	if cl.sent {
+		cl.resent = true
+	}
+	cl.sent = true
+	c.inflight++
+	if cl.kind == kindSnapRead {
+		c.readsOut++
+	}
+}
+
+// deliver hands an answer from cn to the call it answers.
+func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.pending[id]
+	if cl == nil || cl.cn != cn {
+		// A call abandoned and then lost with an old connection, or a
+		// server bug. A read lock granted to nobody is released at once.
+		if ok, is := m.(*wire.SnapshotReadOK); is && ok.HoldsLock() {
+			_ = cn.send(0, &wire.FinishSnapshotRead{Handle: id})
+		}
+		c.log.WithFields(logrus.Fields{"id": id, "type": m.Type()}).Debug("answer to no outstanding request")
+		return
+	}
+	if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeLimit && cl.kind != kindInternal && !cl.abandon {
+		// Busy (a server may free a slot only after its reply is on the
+		// way): ask again shortly, within the caller's deadline.
+		c.inflight--
+		if cl.kind == kindSnapRead {
+			c.readsOut--
+		}
+		cl.cn = nil
+		c.log.WithFields(logrus.Fields{"id": id, "type": cl.msg.Type(), "reason": e.Message}).Debug("server busy; retrying")
+		time.AfterFunc(busyRetry, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.pending[cl.id] == cl && cl.cn == nil && !c.closed {
+				c.waiting = append(c.waiting, cl)
+				c.pumpLocked()
+			}
+		})
+		c.pumpLocked()
+		return
+	}
+	if e, ok := m.(*wire.Error); ok && (e.Code == wire.CodeNotServer || e.Code == wire.CodeShuttingDown) {
+		// The server lost its role: leave the call pending, drop the
+		// connection; the call is re-sent to whoever serves next.
+		c.log.WithFields(logrus.Fields{"server": c.server, "reason": e.Error()}).Warn("server gave up its role; reconnecting")
+		cn.close()
+		return
+	}
+	c.inflight--
+	if cl.kind == kindSnapRead {
+		c.readsOut--
+	}
+	cl.cn = nil
+	r := result{msg: m}
+	if !isReplyTo(cl.msg.Type(), m.Type()) {
+		r = result{err: fmt.Errorf("%v answered with %v: %w", cl.msg.Type(), m.Type(), ErrProtocol)}
+	} else if ok, is := m.(*wire.SnapshotReadOK); is && ok.HoldsLock() {
+		// Record the lock before anyone can see the answer, so that a
+		// reconnection from now on re-declares it.
+		c.locks[id] = wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)}
+		if cl.abandon {
+			c.releaseLockLocked(id)
+		}
+	}
+	c.finishLocked(cl, r)
+	c.pumpLocked()
+}
+
+// busyRetry is how long a request refused with ERROR limit waits before
+// it is sent again.
+const busyRetry = 5 * time.Millisecond
+
+func isReplyTo(req, rep wire.MsgType) bool {
+	for _, t := range req.Replies() {
+		if t == rep {
+			return true
+		}
+	}
+	return false
+}
+
+// lockRanges returns the origin chunks of xs as ranges, merged if need be
+// to fit an UPLOAD_LOCKS entry: declaring a superset of the chunks read is
+// safe, it only holds back writes to them a little longer.
+func lockRanges(xs []wire.Extent) []wire.Range {
+	var rs []wire.Range
+	for _, x := range xs {
+		if !x.Origin {
+			continue
+		}
+		if n := len(rs); n > 0 && rs[n-1].Start+uint64(rs[n-1].Count) == x.Start && uint64(rs[n-1].Count)+uint64(x.Count) <= wire.MaxChunks {
+			rs[n-1].Count += x.Count
+			continue
+		}
+		rs = append(rs, wire.Range{Start: x.Start, Count: x.Count})
+	}
+	if len(rs) <= wire.MaxRanges {
+		return rs
+	}
+	per := (len(rs) + wire.MaxRanges - 1) / wire.MaxRanges
+	var out []wire.Range
+	for i := 0; i < len(rs); i += per {
+		j := min(i+per, len(rs)) - 1
+		out = append(out, wire.Range{Start: rs[i].Start, Count: uint32(rs[j].Start + uint64(rs[j].Count) - rs[i].Start)})
+	}
+	return out
+}
+
+// releaseLocked releases the read lock with handle h: forgets it and tells
+// the current connection (if any; with none, the next upload leaves it
+// out, which releases it too). It reports whether the lock was broken: a
+// connection was lost while it was held, so the server may have released
+// it (a server drops a connection's locks with it) and let the chunks be
+// overwritten; what was read under it cannot be trusted.
+func (c *Client) releaseLockLocked(h uint64) (broken bool) {
+	if _, ok := c.locks[h]; !ok {
+		return false
+	}
+	_, broken = c.broken[h]
+	delete(c.locks, h)
+	delete(c.broken, h)
+	if c.cn != nil {
+		if err := c.cn.send(0, &wire.FinishSnapshotRead{Handle: h}); err != nil {
+			c.log.WithError(err).WithField("handle", h).Error("sending FINISH_SNAPSHOT_READ")
+		}
+	}
+	c.pumpLocked()
+	return broken
+}
+
+func (c *Client) releaseLock(h uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.releaseLockLocked(h)
+}
+
+// ---------------------------------------------------------------------------
+// Connection life
+
+// run connects, serves the connection until it dies, and reconnects with
+// backoff, for the life of the client.
+func (c *Client) run(ready chan<- error) {
+	defer c.wg.Done()
+	backoff := c.cfg.MinBackoff
+	first := true
+	attempts := 0
+	for c.ctx.Err() == nil {
+		cn, hello, err := c.connect()
+		if err == nil {
+			err = c.install(cn, hello, first)
+			if err != nil {
+				cn.close()
+				<-cn.dead
+			}
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.lastErr = err
+			c.mu.Unlock()
+			attempts++
+			l := c.log.WithError(err).WithFields(logrus.Fields{"attempt": attempts, "backoff": backoff})
+			if attempts == 1 || attempts%20 == 0 {
+				l.Warn("cannot reach the snapshot server; retrying")
+			} else {
+				l.Debug("cannot reach the snapshot server; retrying")
+			}
+			c.checkOutage()
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, c.cfg.MaxBackoff)
+			continue
+		}
+		if first {
+			ready <- nil
+			first = false
+		} else {
+			c.notifyChange()
+		}
+		attempts = 0
+		backoff = c.cfg.MinBackoff
+		select {
+		case <-cn.dead:
+		case <-c.ctx.Done():
+			cn.close()
+			<-cn.dead
+		}
+		c.uninstall(cn)
+	}
+}
+
+// checkOutage fails everything waiting once the client has been without
+// a server for IOTimeout, and makes new calls fail fast until it has one.
+func (c *Client) checkOutage() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cn != nil || c.down.IsZero() || c.unreach || time.Since(c.down) < c.cfg.IOTimeout {
+		return
+	}
+	c.unreach = true
+	c.log.WithField("down_for", time.Since(c.down).Round(time.Millisecond)).Error("snapshot server unreachable; failing IO until it is back")
+	err := fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
+	for _, cl := range c.waiting {
+		c.finishLocked(cl, result{err: err})
+	}
+	c.waiting = nil
+}
+
+// connect finds the server, dials it and does the HELLO exchange.
+func (c *Client) connect() (*conn, *wire.HelloOK, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	defer cancel()
+	addr, err := c.cfg.Locator.Server(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("locating the server: %w", err)
+	}
+	nc, err := c.cfg.Dial(ctx, addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	c.mu.Lock()
+	c.nextID++
+	id := c.nextID
+	hello := &wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion,
+		Client: c.cfg.ID, Term: c.term, Node: c.cfg.Node, Volume: c.cfg.Volume}
+	c.mu.Unlock()
+	cn := newConn(c, nc, addr)
+	ok, err := cn.handshake(id, hello, c.cfg.DialTimeout)
+	if err != nil {
+		nc.Close()
+		var rej *rejectError
+		if errors.As(err, &rej) {
+			c.mu.Lock()
+			if rej.r.Reason != wire.RejectStaleTerm && rej.r.Term > c.term {
+				c.term = rej.r.Term
+			}
+			c.mu.Unlock()
+		}
+		return nil, nil, fmt.Errorf("server %s: %w", addr, err)
+	}
+	return cn, ok, nil
+}
+
+// install makes cn the client's connection: it adopts the server's term
+// and generation, re-declares the read locks still held, and (re-)sends
+// every unanswered request, all before any other frame can go out on cn.
+func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	cs := int64(h.ChunkSize)
+	if first {
+		sz, err := c.cfg.Origin.Size()
+		if err != nil {
+			return fmt.Errorf("origin device size: %w", err)
+		}
+		if sz < int64(h.VolumeSize) {
+			return fmt.Errorf("origin device holds %d bytes, the volume is %d", sz, h.VolumeSize)
+		}
+		c.chunkSize, c.volSize = cs, int64(h.VolumeSize)
+		for c.chunkShift = 0; int64(1)<<c.chunkShift < cs; c.chunkShift++ {
+		}
+	} else if cs != c.chunkSize || int64(h.VolumeSize) != c.volSize {
+		return fmt.Errorf("server %s announces chunk size %d and volume size %d, the volume has %d and %d",
+			cn.addr, cs, h.VolumeSize, c.chunkSize, c.volSize)
+	}
+	if h.Term > c.term {
+		c.term = h.Term
+	}
+	if h.Generation != c.gen {
+		// Writes approved before (still in flight) keep counting under
+		// their older generation, so the next INVALIDATE waits for them.
+		c.gen = h.Generation
+		c.cache.clear()
+	}
+	c.maxIn = int(min(h.MaxInFlight, 1<<20))
+	if c.maxIn > 2 {
+		c.maxIn -= 2 // kept for PING and UPLOAD_DONE
+	}
+	c.maxLocks = int(min(h.MaxLocks, 1<<30))
+
+	// Re-declare the locks still held, ascending by handle, in frames
+	// bounded by count and size.
+	hs := make([]uint64, 0, len(c.locks))
+	for h := range c.locks {
+		hs = append(hs, h)
+	}
+	sort.Slice(hs, func(i, j int) bool { return hs[i] < hs[j] })
+	var batch []wire.HeldLock
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := cn.send(0, &wire.UploadLocks{Locks: batch})
+		batch, size = nil, 0
+		return err
+	}
+	for _, h := range hs {
+		l := c.locks[h]
+		n := 14 + 12*len(l.Ranges)
+		if len(batch) == wire.MaxUploadLocks || size+n > wire.MaxBody-64 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		batch = append(batch, l)
+		size += n
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	c.cn, c.server = cn, cn.addr
+	c.down, c.unreach = time.Time{}, false
+	c.inflight, c.readsOut = 0, 0
+	c.nextID++
+	done := &call{id: c.nextID, kind: kindInternal, msg: &wire.UploadDone{Locks: uint32(len(hs))}}
+	done.cb = func(r result) {
+		if r.err == nil {
+			if e, ok := r.msg.(*wire.Error); ok {
+				r.err = e
+			}
+		}
+		if r.err != nil && !errors.Is(r.err, errConnLost) && !errors.Is(r.err, ErrClosed) {
+			c.log.WithError(r.err).WithField("server", cn.addr).Error("server refused the lock upload; reconnecting")
+			cn.close()
+		}
+	}
+	c.pending[done.id] = done
+	c.sendLocked(done)
+
+	// Re-send everything unanswered. A snapshot read gets a new id: its
+	// id is the handle of the lock it may be granted, and a lock granted
+	// under the old id (if the old server answered into the void) must
+	// not be confused with this one.
+	resend := 0
+	for _, cl := range c.waiting {
+		if cl.sent && cl.kind == kindSnapRead {
+			delete(c.pending, cl.id)
+			c.nextID++
+			cl.id = c.nextID
+			c.pending[cl.id] = cl
+		}
+		if cl.sent {
+			resend++
+		}
+	}
+	c.pumpLocked()
+	cn.start()
+	c.log.WithFields(logrus.Fields{"server": cn.addr, "server_node": h.Node, "term": h.Term,
+		"generation": h.Generation, "chunk_size": h.ChunkSize, "locks_uploaded": len(hs),
+		"resent": resend, "waiting": len(c.waiting)}).Info("connected to the snapshot server")
+	return nil
+}
+
+// errConnLost completes internal calls of a connection that died.
+var errConnLost = errors.New("connection lost")
+
+// uninstall forgets a dead connection: its unanswered calls go back to
+// the waiting queue, to be re-sent on the next connection.
+func (c *Client) uninstall(cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cn != cn {
+		return
+	}
+	c.cn = nil
+	c.down = time.Now()
+	c.inflight, c.readsOut = 0, 0
+	c.writersC.Broadcast() // barriers of cn stop waiting
+	for h := range c.locks {
+		c.broken[h] = struct{}{}
+	}
+	var back []*call
+	for _, cl := range c.pending {
+		if cl.cn != cn {
+			continue
+		}
+		cl.cn = nil
+		switch {
+		case cl.kind == kindInternal:
+			c.finishLocked(cl, result{err: errConnLost})
+		case cl.abandon:
+			delete(c.pending, cl.id)
+		default:
+			back = append(back, cl)
+		}
+	}
+	if len(back) > 0 {
+		back = append(back, c.waiting...)
+		sort.Slice(back, func(i, j int) bool { return back[i].seq < back[j].seq })
+		c.waiting = back
+	}
+	if !c.closed {
+		c.log.WithFields(logrus.Fields{"server": cn.addr, "unanswered": len(c.waiting), "locks_held": len(c.locks)}).
+			Warn("lost the connection to the snapshot server; reconnecting")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// The generation barrier
+
+// invalidate handles INVALIDATE{gen} from cn (request id id): from now on
+// approvals under older generations are stale and the cache is empty;
+// once every origin write approved under an older generation is written,
+// it answers INVALIDATE_ACK.
+func (c *Client) invalidate(cn *conn, id, gen uint64) {
+	c.mu.Lock()
+	if gen > c.gen {
+		c.gen = gen
+		c.cache.clear()
+	}
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		start := time.Now()
+		c.mu.Lock()
+		for c.oldWritersLocked(gen) > 0 && !c.closed && !cn.isDead() {
+			c.writersC.Wait()
+		}
+		c.mu.Unlock()
+		if err := cn.send(id, &wire.InvalidateAck{Generation: gen}); err != nil {
+			c.log.WithError(err).Error("sending INVALIDATE_ACK")
+		}
+		c.log.WithFields(logrus.Fields{"generation": gen, "waited": time.Since(start).Round(time.Microsecond)}).Debug("invalidate acknowledged")
+		c.notifyChange()
+	}()
+}
+
+// oldWritersLocked counts origin writes in flight approved under a
+// generation below gen.
+func (c *Client) oldWritersLocked(gen uint64) int {
+	n := 0
+	for g, k := range c.writers {
+		if g < gen {
+			n += k
+		}
+	}
+	return n
+}
+
+func (c *Client) notifyChange() {
+	if c.cfg.OnChange == nil {
+		return
+	}
+	c.changeMu.Lock()
+	c.changeGen = c.Generation()
+	c.changeMu.Unlock()
+	select {
+	case c.changeSig <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) notifier() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.changeSig:
+		}
+		c.changeMu.Lock()
+		g := c.changeGen
+		c.changeMu.Unlock()
+		c.cfg.OnChange(g)
+	}
+}

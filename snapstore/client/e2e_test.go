@@ -1,0 +1,270 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/server"
+	"github.com/csnap/csnap/snapstore/wire"
+)
+
+// e2e is the real engine and server over in-memory devices, and a client
+// sharing those devices (as every node shares the SAN).
+type e2e struct {
+	origin, store *snapstore.MemDevice
+	srv           *server.Server
+	addr          string
+	c             *Client
+}
+
+const e2eChunk = 8192
+
+func newE2E(t *testing.T) *e2e {
+	t.Helper()
+	e := &e2e{origin: snapstore.NewMemDevice(1 << 20), store: snapstore.NewMemDevice(8 << 20)}
+	if err := snapstore.Format(e.origin, e.store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := snapstore.Open(e.origin, e.store, snapstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
+		BarrierTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = srv
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		srv.Close()
+		<-done
+		eng.Close()
+	})
+	e.c = e.client(t, wire.ClientID{1}, "node-1")
+	return e
+}
+
+func (e *e2e) client(t *testing.T, id wire.ClientID, node string) *Client {
+	t.Helper()
+	c, err := New(ctx5(t), Config{Volume: "vol", Node: node, ID: id, Locator: StaticLocator(e.addr),
+		Origin: e.origin, Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestE2EWithRealServer(t *testing.T) {
+	e := newE2E(t)
+	ctx := ctx5(t)
+	o := e.c.Origin()
+	if e.c.ChunkSize() != e2eChunk || o.Size() != 1<<20 {
+		t.Fatalf("geometry %d %d", e.c.ChunkSize(), o.Size())
+	}
+	if err := o.WriteAt(fill(4*e2eChunk, 'A'), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	si, err := e.c.CreateSnapshot(ctx, "snap1", 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Chunk 1 whole, chunk 2 in part: B; chunks 0 and 3 stay shared.
+	if err := o.WriteAt(fill(e2eChunk+100, 'B'), e2eChunk, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4*e2eChunk)
+	if err := e.c.Snapshot(si.ID, false).ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, fill(4*e2eChunk, 'A')) {
+		t.Fatal("snapshot does not hold A")
+	}
+	if err := o.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := fill(4*e2eChunk, 'A')
+	copy(want[e2eChunk:], fill(e2eChunk+100, 'B'))
+	if !bytes.Equal(got, want) {
+		t.Fatal("origin does not hold B")
+	}
+
+	// A second node: its writes are in the next snapshot, and it sees
+	// the first one's.
+	c2 := e.client(t, wire.ClientID{2}, "node-2")
+	if err := c2.Origin().WriteAt(fill(100, 'C'), 3*e2eChunk, false); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := c2.CreateSnapshot(ctx, "snap2", 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.WriteAt(fill(100, 'D'), 3*e2eChunk, false); err != nil { // node 1's cache was invalidated
+		t.Fatal(err)
+	}
+	if err := e.c.Snapshot(s2.ID, true).ReadAt(got[:100], 3*e2eChunk); err != nil || !bytes.Equal(got[:100], fill(100, 'C')) {
+		t.Fatalf("snap2: %v %q", err, got[:4])
+	}
+	if err := e.c.Snapshot(si.ID, false).ReadAt(got[:100], 3*e2eChunk); err != nil || !bytes.Equal(got[:100], fill(100, 'A')) {
+		t.Fatalf("snap1 after more writes: %v", err)
+	}
+	// Writable snapshot.
+	w := c2.Snapshot(s2.ID, true)
+	if err := w.WriteAt(fill(10, 'W'), 5, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Snapshot(s2.ID, true).ReadAt(got[:20], 0); err != nil || !bytes.Equal(got[:20], append(append(fill(5, 'A'), fill(10, 'W')...), fill(5, 'A')...)) {
+		t.Fatalf("writable snapshot: %v %q", err, got[:20])
+	}
+	// Unmap on the origin keeps the snapshot.
+	if err := o.Unmap(0, 2*e2eChunk+10); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.ReadAt(got[:2*e2eChunk+20], 0); err != nil || !bytes.Equal(got[:2*e2eChunk+10], make([]byte, 2*e2eChunk+10)) || got[2*e2eChunk+10] != 'B' {
+		t.Fatalf("origin after unmap: %v", err)
+	}
+	if err := e.c.Snapshot(si.ID, false).ReadAt(got, 0); err != nil || !bytes.Equal(got, fill(4*e2eChunk, 'A')) {
+		t.Fatalf("snapshot after origin unmap: %v", err)
+	}
+
+	// Admin.
+	list, err := e.c.Snapshots(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "snap1" || !list[1].Writable {
+		t.Fatalf("list %+v %v", list, err)
+	}
+	if err := e.c.SetPriority(ctx, "snap1", 9); err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.c.Status(ctx)
+	if err != nil || st.Term != 1 || st.Volume != "vol" || len(st.Clients) != 2 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	ck, err := e.c.Check(ctx)
+	if err != nil || !ck.Clean() {
+		t.Fatalf("check %+v %v", ck, err)
+	}
+	if err := e.c.DeleteSnapshot(ctx, "snap1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Snapshot(si.ID, false).ReadAt(got[:10], 0); !errors.Is(err, ErrSnapshotGone) {
+		t.Fatalf("deleted snapshot read: %v", err)
+	}
+	if _, err := e.c.CreateSnapshot(ctx, "snap2", 0, false); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate create: %v", err)
+	}
+}
+
+func TestE2EPointInTime(t *testing.T) {
+	e := newE2E(t)
+	runPointInTime(t, e.c, e2eChunk)
+}
+
+// hookDev calls beforeRead before every read of the wrapped device.
+type hookDev struct {
+	Device
+	beforeRead func(off int64)
+}
+
+func (d hookDev) ReadAt(p []byte, off int64) (int, error) {
+	d.beforeRead(off)
+	return d.Device.ReadAt(p, off)
+}
+
+// TestE2EConnectionCut cuts the client's connection while a snapshot read
+// holds a read lock and is reading the origin, has another node overwrite
+// that chunk, and checks the read still returns the snapshot's data and IO
+// goes on over the new connection.
+func TestE2EConnectionCut(t *testing.T) {
+	e := newE2E(t)
+	ctx := ctx5(t)
+	if err := e.c.Origin().WriteAt(fill(2*e2eChunk, 'A'), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	si, err := e.c.CreateSnapshot(ctx, "s", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := true
+	conns := make(chan net.Conn, 10)
+	redial := make(chan struct{})
+	dials := 0
+	c3, err := New(ctx, Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
+		Origin: hookDev{e.origin, func(off int64) {
+			if off == 0 && first {
+				first = false
+				close(entered)
+				<-release
+			}
+		}},
+		Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			if dials++; dials > 1 {
+				<-redial // reconnect only once the chunk was overwritten
+			}
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				conns <- nc
+			}
+			return nc, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	nc := <-conns
+	errc := make(chan error, 1)
+	buf := make([]byte, e2eChunk)
+	go func() { errc <- c3.Snapshot(si.ID, false).ReadAt(buf, 0) }()
+	<-entered
+	// The server may release the lock with the connection (then the write
+	// goes through at once, and the read got data it must not trust) or
+	// keep it for a grace period (then the write waits for the reconnected
+	// client's FINISH). Either way the read must return the snapshot's data.
+	nc.Close()
+	werr := make(chan error, 1)
+	go func() { werr <- e.c.Origin().WriteAt(fill(e2eChunk, 'C'), 0, false) }()
+	select {
+	case err := <-werr:
+		werr <- err
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(redial)
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, fill(e2eChunk, 'A')) {
+		t.Fatalf("snapshot read across a cut connection returned %q...", buf[:4])
+	}
+	select {
+	case <-conns:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reconnection")
+	}
+	if err := c3.Origin().WriteAt(fill(10, 'E'), e2eChunk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c3.Snapshot(si.ID, false).ReadAt(buf, e2eChunk); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'A')) {
+		t.Fatalf("after reconnect: %v", err)
+	}
+}
