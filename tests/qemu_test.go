@@ -16,7 +16,7 @@ func qemuIO(t *testing.T, url string, cmds ...string) string {
 	readOnly := true
 	for _, c := range cmds {
 		args = append(args, "-c", c)
-		readOnly = readOnly && strings.HasPrefix(c, "read ")
+		readOnly = readOnly && (strings.HasPrefix(c, "read ") || strings.HasPrefix(c, "aio_read ") || c == "aio_flush")
 	}
 	if readOnly {
 		// Opened read-only, so read-only (snapshot) LUNs work too.
