@@ -39,6 +39,8 @@ conformance: build
 
 bench: build
 	./tests/bench/target-vs-tgtd.sh
+	./tests/bench/snapshot-vs-plain.sh
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./snapstore/
 
 lint:
 	$(GO) vet ./...

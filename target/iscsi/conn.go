@@ -36,8 +36,10 @@ type conn struct {
 	pingerWG sync.WaitGroup
 	statSN   uint32 // guarded by wr.mu after login
 
-	lastRecv atomic.Int64 // unix nanos of the last PDU received
-	pingTTT  atomic.Uint32
+	lastRecv  atomic.Int64 // unix nanos of the last PDU received
+	executing atomic.Int32 // commands executing now
+	readErr   chan error   // the final reader goroutine's error
+	pingTTT   atomic.Uint32
 
 	mu      sync.Mutex
 	tasks   map[uint32]*task // by ITT
@@ -89,6 +91,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
+	c.readErr = make(chan error, 1)
 	return c
 }
 
@@ -118,7 +121,8 @@ func (c *conn) serve(ctx context.Context) {
 	c.lastRecv.Store(time.Now().UnixNano())
 	c.pingerWG.Add(1)
 	go c.pinger()
-	err := c.readLoop()
+	go c.reader()
+	err := <-c.readErr
 	c.shutdown(err)
 	// Let running commands finish (their results are dropped) so the
 	// backend is quiet before the nexus is declared lost.
@@ -138,7 +142,16 @@ func (c *conn) serve(ctx context.Context) {
 	}
 }
 
-// readLoop reads and dispatches PDUs until the connection ends.
+// reader runs readLoop and reports how it ended, unless it handed reading
+// to another goroutine (see conn.start), which then reports instead.
+func (c *conn) reader() {
+	if err := c.readLoop(); !errors.Is(err, errHandedOff) {
+		c.readErr <- err
+	}
+}
+
+// readLoop reads and dispatches PDUs until the connection ends. At most one
+// goroutine runs it at a time.
 func (c *conn) readLoop() error {
 	for {
 		p := new(PDU)

@@ -112,3 +112,48 @@ func TestLUNCodec(t *testing.T) {
 		t.Errorf("bus 3 LUN 5 decoded to existing LUN %d", got)
 	}
 }
+
+// TestSlowInlineCommandHandsOffReading: at queue depth 1 the reader runs a
+// command itself; when that command is slow, reading moves to another
+// goroutine, so a NOP-Out sent behind it is answered first.
+func TestSlowInlineCommandHandsOffReading(t *testing.T) {
+	_, addr, ex := startServer(t, Config{}, nil)
+	ex.delay = 400 * time.Millisecond
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	p := new(PDU)
+	p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
+	p.setU32(16, 1)
+	p.setU32(20, 512)
+	p.setU32(24, in.cmdSN)
+	in.cmdSN++
+	copy(p.BHS[32:], rw10(0x28, 0, 1))
+	in.send(p)
+	time.Sleep(20 * time.Millisecond)
+	nop := new(PDU)
+	nop.setOpcode(opNopOut|0x40, flagFinal)
+	nop.setU32(16, 2)
+	nop.setU32(20, reservedTag)
+	nop.setU32(24, in.cmdSN)
+	start := time.Now()
+	in.send(nop)
+	r := in.recv()
+	if r.Opcode() != opNopIn || r.ITT() != 2 {
+		t.Fatalf("first answer: opcode %#x ITT %d, want the NOP-In", r.Opcode(), r.ITT())
+	}
+	if d := time.Since(start); d > 200*time.Millisecond {
+		t.Fatalf("NOP-In took %v behind a slow command", d)
+	}
+	if r := in.recv(); r.Opcode() != opDataIn || r.ITT() != 1 {
+		t.Fatalf("second answer: opcode %#x ITT %d, want the READ's data", r.Opcode(), r.ITT())
+	}
+	// The session goes on normally afterwards (one reader, not two).
+	ex.delay = 0
+	for i := 0; i < 20; i++ {
+		if st, _ := in.scsiCmd(rw10(0x28, uint32(i), 1), 512, true, nil, 0); st != 0 {
+			t.Fatalf("command %d after the handoff: status %#x", i, st)
+		}
+	}
+}

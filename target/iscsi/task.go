@@ -3,8 +3,10 @@ package iscsi
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -134,8 +136,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	c.mu.Lock()
 	c.tasks[t.itt] = t
 	c.mu.Unlock()
-	c.progress(t)
-	return nil
+	return c.progress(t, true)
 }
 
 // admit places a new command in the CmdSN order. It returns false if the
@@ -181,35 +182,40 @@ func (c *conn) deliverLocked() {
 	}
 }
 
-func (c *conn) progressLater(t *task) { c.progress(t) }
+func (c *conn) progressLater(t *task) { c.progress(t, false) }
 
 // progress moves a task forward: solicit data it still needs, or start it
 // once it has everything and its turn has come. R2Ts are queued after c.mu
 // is released: the writer takes c.mu too, so queueing under it could
-// deadlock on a full queue.
-func (c *conn) progress(t *task) {
+// deadlock on a full queue. onReader says the caller is the reader
+// goroutine, which may run the command itself (see start).
+func (c *conn) progress(t *task, onReader bool) error {
 	c.mu.Lock()
-	r2ts := c.progressLocked(t)
+	r2ts, ready := c.progressLocked(t)
 	c.mu.Unlock()
 	for _, p := range r2ts {
 		c.send(outMsg{pdu: p})
 	}
+	if ready != nil {
+		return c.start(ready, onReader)
+	}
+	return nil
 }
 
 // progressLocked does progress's work under c.mu and returns the R2Ts to
-// send.
-func (c *conn) progressLocked(t *task) []*PDU {
+// send and, when the task is ready to run, the task to start.
+func (c *conn) progressLocked(t *task) ([]*PDU, *task) {
 	if t.aborted.Load() || t.started {
-		return nil
+		return nil, nil
 	}
 	if t.write && t.received < t.edtl {
 		if t.unsolDone {
-			return c.solicitLocked(t)
+			return c.solicitLocked(t), nil
 		}
-		return nil
+		return nil, nil
 	}
 	if !t.delivered.Load() {
-		return nil
+		return nil, nil
 	}
 	t.started = true
 	t.cmd.DataOut = t.buf
@@ -217,8 +223,36 @@ func (c *conn) progressLocked(t *task) []*PDU {
 		t.cmd.DataInBuf = make([]byte, t.edtl)
 	}
 	c.execWG.Add(1)
-	go c.execute(t)
-	return nil
+	return nil, t
+}
+
+// inlineBudget is how long a command may run on the reader goroutine
+// before reading moves to a new goroutine.
+const inlineBudget = time.Millisecond
+
+// errHandedOff tells the old reader goroutine, after a command it ran
+// inline outlived inlineBudget, that another goroutine now reads the
+// connection and it must stop.
+var errHandedOff = errors.New("reading handed to another goroutine")
+
+// start runs a ready task. When the reader goroutine starts a task and no
+// other command is executing (queue depth 1, the latency case), it runs it
+// itself: a new goroutine would make the Go runtime wake a second thread,
+// which costs more than the command. Should the command be slow (a
+// snapshot server round trip, a failover), a timer hands reading to a new
+// goroutine after inlineBudget, so NOP pings and task management are never
+// stuck behind it.
+func (c *conn) start(t *task, onReader bool) error {
+	if !onReader || c.executing.Load() != 0 {
+		go c.execute(t)
+		return nil
+	}
+	timer := time.AfterFunc(inlineBudget, c.reader)
+	c.execute(t)
+	if timer.Stop() {
+		return nil
+	}
+	return errHandedOff
 }
 
 // solicitLocked builds R2Ts for data not yet requested, keeping at most
@@ -331,10 +365,13 @@ func (c *conn) handleDataOut(p *PDU) error {
 	if t.received > t.edtl {
 		t.received = t.edtl
 	}
-	r2ts := c.progressLocked(t)
+	r2ts, ready := c.progressLocked(t)
 	c.mu.Unlock()
 	for _, p := range r2ts {
 		c.send(outMsg{pdu: p})
+	}
+	if ready != nil {
+		return c.start(ready, true)
 	}
 	return nil
 }
@@ -381,6 +418,8 @@ func isDigest(err error) bool {
 
 func (c *conn) execute(t *task) {
 	defer c.execWG.Done()
+	c.executing.Add(1)
+	defer c.executing.Add(-1)
 	res := c.sess.tgt.cfg.Exec.Execute(c.ctx, &t.cmd)
 	c.send(outMsg{task: t, res: res})
 }
