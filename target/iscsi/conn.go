@@ -254,6 +254,11 @@ func (c *conn) acceptCmdSN(p *PDU) bool {
 	if sn == s.expCmdSN.Load() {
 		s.expCmdSN.Add(1)
 		c.deliverLocked()
+	} else if _, taken := s.waiting[sn]; !taken {
+		// Ahead of a gap: its CmdSN is used, so hold its place.
+		ph := &task{cmdSN: sn, placeholder: true, done: make(chan struct{})}
+		ph.aborted.Store(true)
+		s.waiting[sn] = ph
 	}
 	return true
 }

@@ -24,14 +24,19 @@ func (c *conn) handleTMF(p *PDU) {
 		c.mu.Lock()
 		t := c.tasks[ref]
 		c.mu.Unlock()
+		// RFC 7143 section 11.5.1: a task found is aborted; a task not
+		// found whose RefCmdSN is still in the command window and below
+		// the TMF's own CmdSN has not arrived yet: its CmdSN counts as
+		// received (the command will never run) and the abort is
+		// complete; otherwise the task completed already and does not
+		// exist.
 		switch {
 		case t != nil && c.abort([]*task{t}) == 1:
 			resp = scsi.TMFComplete
 		case t != nil:
 			// Its response is already on the way: the task completed.
 			resp = scsi.TMFTaskNotExist
-		case int32(refCmdSN-c.sess.expCmdSN.Load()) < 0:
-			// Already answered: nothing left to abort.
+		case int32(refCmdSN-p.u32(24)) < 0 && c.cancelCmdSN(refCmdSN):
 			resp = scsi.TMFComplete
 		default:
 			resp = scsi.TMFTaskNotExist
@@ -321,4 +326,31 @@ func (s *Server) PreemptAbort(lun uint64, preempted []scsi.NexusID, except *scsi
 	for _, c := range conns {
 		c.abort(c.tasksWhere(func(t *task) bool { return t.lun == lun && &t.cmd != except }))
 	}
+}
+
+// cancelCmdSN marks a command that has not arrived as received, so that it
+// is dropped if it ever comes. It reports false when sn is outside the
+// command window (the command came and went).
+func (c *conn) cancelCmdSN(sn uint32) bool {
+	s := c.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.inWindow(sn) {
+		return false
+	}
+	if t, ok := s.waiting[sn]; ok {
+		// Waiting behind a CmdSN gap: it is a task; abort it there.
+		t.aborted.Store(true)
+		t.placeholder = true
+		return true
+	}
+	ph := &task{cmdSN: sn, placeholder: true, done: make(chan struct{})}
+	ph.aborted.Store(true)
+	if sn == s.expCmdSN.Load() {
+		s.expCmdSN.Add(1)
+		c.deliverLocked()
+		return true
+	}
+	s.waiting[sn] = ph
+	return true
 }

@@ -157,3 +157,49 @@ func TestSlowInlineCommandHandsOffReading(t *testing.T) {
 		}
 	}
 }
+
+// TestAbortBeforeArrival: an ABORT TASK whose RefCmdSN lies ahead of the
+// commands received (and below the TMF's own CmdSN) cancels that CmdSN: the
+// command, arriving late, never runs, and the window moves on.
+func TestAbortBeforeArrival(t *testing.T) {
+	_, addr, ex := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	first := in.cmdSN
+	tm := new(PDU)
+	tm.setOpcode(opTaskMgmt, flagFinal|1) // non-immediate, CmdSN first+1
+	tm.setU32(16, 900)
+	tm.setU32(20, 77) // the ITT the late command will carry
+	tm.setU32(24, first+1)
+	tm.setU32(32, first) // RefCmdSN
+	in.send(tm)
+	if r := in.recv(); r.Opcode() != opTaskMgmtRsp || r.BHS[2] != 0 {
+		t.Fatalf("abort of a command not yet arrived: opcode %#x response %d, want FUNCTION COMPLETE", r.Opcode(), r.BHS[2])
+	}
+	// The late command (a write of 0xab) arrives and must not run.
+	data := bytes.Repeat([]byte{0xab}, 512)
+	w := new(PDU)
+	w.setOpcode(opSCSICmd, flagFinal|flagWrite|1)
+	w.setU32(16, 77)
+	w.setU32(20, 512)
+	w.setU32(24, first)
+	copy(w.BHS[32:], rw10(0x2a, 5, 1))
+	w.Data = data
+	in.send(w)
+	// The next command (CmdSN first+2) runs: the window did not stall.
+	in.cmdSN = first + 2
+	st, got := in.scsiCmd(rw10(0x28, 5, 1), 512, true, nil, 0)
+	if st != 0 {
+		t.Fatalf("command after the cancelled one: status %#x", st)
+	}
+	if bytes.Equal(got, data) {
+		t.Fatal("the cancelled write ran")
+	}
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if ex.data[5*512] == 0xab {
+		t.Fatal("the cancelled write reached the backend")
+	}
+}

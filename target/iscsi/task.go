@@ -37,6 +37,10 @@ type task struct {
 	delivered   atomic.Bool // its CmdSN turn has come (set under sess.mu)
 	started     bool        // handed to the executor
 	responding  bool        // its response is being sent: too late to abort
+	// placeholder stands for a CmdSN that an ABORT TASK cancelled before
+	// the command arrived (or while it waited behind a CmdSN gap): it only
+	// holds the CmdSN's place in order and never runs.
+	placeholder bool
 	dataSNByTTT map[uint32]uint32
 	remainByTTT map[uint32]uint32
 	aborted     atomic.Bool
@@ -154,6 +158,11 @@ func (c *conn) admit(t *task, p *PDU) bool {
 			Warn("SCSI command outside the CmdSN window; ignored")
 		return false
 	}
+	if w, ok := s.waiting[t.cmdSN]; ok && w.placeholder {
+		// Cancelled by an ABORT TASK before it arrived: never run it.
+		c.log.WithField("cmdsn", t.cmdSN).Debug("command aborted before it arrived; dropped")
+		return false
+	}
 	s.inflight.Add(1)
 	if t.cmdSN == s.expCmdSN.Load() {
 		t.delivered.Store(true)
@@ -176,6 +185,13 @@ func (c *conn) deliverLocked() {
 		}
 		delete(s.waiting, t.cmdSN)
 		s.expCmdSN.Add(1)
+		if t.placeholder {
+			if t.itt != 0 || t.cmd.CDB != nil {
+				// A real task cancelled while it waited.
+				go c.finish(t)
+			}
+			continue
+		}
 		t.delivered.Store(true)
 		// A released command may already have all its data.
 		go c.progressLater(t)
