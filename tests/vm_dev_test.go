@@ -17,11 +17,14 @@ const devIQN = "iqn.2026-11.io.csnap:dev"
 
 // TestVMDev drives csnapd -dev with the Linux kernel initiator (open-iscsi
 // in a qemu VM): SendTargets discovery, login, mkfs.ext4, files written and
-// fsynced, logout, a new session that finds exactly those files, fsck, and
-// a clean logout; then the host checks the origin image itself. It runs
-// plain, with one-way CHAP and CRC32C header and data digests, and with
-// mutual CHAP also on the discovery session. The guest's kernel log must
-// show no SCSI, iSCSI or ext4 error.
+// fsynced; csnap-admin snapshot create on the host (file system frozen);
+// the guest keeps writing and deleting; discovery lists the snapshot
+// target; the guest logs in to it, mounts it read-only and finds exactly
+// the files as they were at the snapshot, fsck clean; logs out cleanly; a
+// new origin session sees the later files; the host checks the origin
+// image. It runs plain, with one-way CHAP and CRC32C header and data
+// digests, and with mutual CHAP also on the discovery session. The guest's
+// kernel log must show no SCSI, iSCSI or ext4 error.
 func TestVMDev(t *testing.T) {
 	vm.Require(t)
 	for _, tc := range []struct {
@@ -58,6 +61,7 @@ func TestVMDev(t *testing.T) {
 			o := tc.opts
 			o.Logf = t.Logf
 			o.LogPath = filepath.Join(t.TempDir(), "console.log")
+			snapIQN := devIQN + ":vmsnap"
 			o.Steps = []vm.Step{
 				vm.Discover(p, devIQN),
 				vm.Login("o", devIQN, p),
@@ -67,11 +71,34 @@ func TestVMDev(t *testing.T) {
 				vm.Write("o", "d/big.bin", 3<<20, "b"),
 				vm.WriteRandom("o", "d/rand.bin", 1<<20),
 				vm.Manifest("o", "m1"),
+				// The host takes a snapshot while the file system is
+				// frozen (consistent on disk), then the guest goes on
+				// writing and deleting.
+				vm.Freeze("o"), vm.Pause("snap", 2*time.Minute), vm.Thaw("o"),
+				vm.Remove("o", "hello.txt"),
+				vm.Write("o", "d/after.bin", 1<<20, "a"),
+				vm.Write("o", "d/big.bin", 3<<20, "c"),
+				vm.Sync(),
+				// The snapshot target is listed and holds exactly the
+				// files as they were.
+				vm.Discover(p, devIQN, snapIQN),
+				vm.Login("s", snapIQN, p),
+				vm.MountRO("s"), vm.Verify("s", "m1"), vm.Umount("s"),
+				vm.Fsck("s"),
+				vm.Logout("s"),
 				vm.Umount("o"), vm.Logout("o"),
+				// A new session on the origin sees the later state.
 				vm.Login("o2", devIQN, p),
-				vm.MountRO("o2"), vm.Verify("o2", "m1"), vm.Umount("o2"),
+				vm.MountRO("o2"), vm.Check("o2", "d/after.bin", 1<<20, "a"), vm.Check("o2", "d/big.bin", 3<<20, "c"), vm.Umount("o2"),
 				vm.Fsck("o2"),
 				vm.Logout("o2"),
+			}
+			o.OnPause = func(ctx context.Context, name string) error {
+				out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), "-addr", n.httpAddr, "snapshot", "create", "dev", "vmsnap")
+				if err != nil {
+					return fmt.Errorf("csnap-admin snapshot create: %v: %s", err, out)
+				}
+				return nil
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 			defer cancel()
@@ -86,12 +113,12 @@ func TestVMDev(t *testing.T) {
 			if tc.digest && (d.Params["HeaderDigest"] != "CRC32C" || d.Params["DataDigest"] != "CRC32C") {
 				t.Fatalf("digests not in force: %v", d.Params)
 			}
-			// The host reads the origin image directly: same bytes.
+			// The host reads the origin image directly: the file deleted
+			// after the snapshot is gone there, the file system is clean.
 			n.proc.stop(10 * time.Second)
 			img := filepath.Join(dir, "origin.img")
-			out, err := exec.Command("debugfs", "-R", "cat /hello.txt", img).Output()
-			if err != nil || !bytes.Equal(out, vm.Content("hello.txt", "h", 4096)) {
-				t.Fatalf("debugfs cat /hello.txt: %v (%d bytes)", err, len(out))
+			if out, err := exec.Command("debugfs", "-R", "cat /d/after.bin", img).Output(); err != nil || !bytes.Equal(out, vm.Content("d/after.bin", "a", 1<<20)) {
+				t.Fatalf("debugfs cat /d/after.bin: %v (%d bytes)", err, len(out))
 			}
 			if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
 				t.Fatalf("e2fsck -fn: %v\n%s", err, out)

@@ -206,16 +206,23 @@ func TestStaleApprovalAskedAgain(t *testing.T) {
 	if err := e.c.Origin().WriteAt(fill(10, 'a'), 0, false); err != nil {
 		t.Fatal(err)
 	}
+	// The ack is sent asynchronously (once old writes are done): collect
+	// what the server received until it arrives, within a bound.
 	var ws, acks int
-	for _, r := range e.fs.drain() {
-		switch m := r.m.(type) {
-		case *wire.OriginWrite:
-			ws++
-		case *wire.InvalidateAck:
-			acks++
-			if m.Generation != 2 {
-				t.Fatalf("ack for generation %d", m.Generation)
+	for deadline := time.Now().Add(5 * time.Second); acks == 0 && time.Now().Before(deadline); {
+		for _, r := range e.fs.drain() {
+			switch m := r.m.(type) {
+			case *wire.OriginWrite:
+				ws++
+			case *wire.InvalidateAck:
+				acks++
+				if m.Generation != 2 {
+					t.Fatalf("ack for generation %d", m.Generation)
+				}
 			}
+		}
+		if acks == 0 {
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	if ws != 2 || acks != 1 {
