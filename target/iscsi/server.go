@@ -89,6 +89,7 @@ type Server struct {
 	nextTSIH  uint16
 	closed    bool
 	wg        sync.WaitGroup
+	bufs      bufPool
 }
 
 type target struct {

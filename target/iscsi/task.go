@@ -107,7 +107,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		return &protoError{rejectTaskInProgress, fmt.Sprintf("ITT %#x already in use", t.itt)}
 	}
 	if t.write && t.edtl > 0 {
-		t.buf = make([]byte, t.edtl)
+		t.buf = c.srv.bufs.get(int(t.edtl))
 		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
 			if isDigest(err) {
 				// The command is lost; the initiator retries it.
@@ -236,7 +236,7 @@ func (c *conn) progressLocked(t *task) ([]*PDU, *task) {
 	t.started = true
 	t.cmd.DataOut = t.buf
 	if t.read && t.edtl > 0 {
-		t.cmd.DataInBuf = make([]byte, t.edtl)
+		t.cmd.DataInBuf = c.srv.bufs.get(int(t.edtl))
 	}
 	c.execWG.Add(1)
 	return nil, t
@@ -438,6 +438,11 @@ func (c *conn) execute(t *task) {
 	defer c.executing.Add(-1)
 	res := c.sess.tgt.cfg.Exec.Execute(c.ctx, &t.cmd)
 	c.send(outMsg{task: t, res: res})
+	// The command ran and its response is written (or dropped): nobody
+	// uses its buffers any more. Buffers of tasks that never ran are left
+	// to the garbage collector, since the reader may still be filling them.
+	c.srv.bufs.put(t.buf)
+	c.srv.bufs.put(t.cmd.DataInBuf)
 }
 
 // finish removes a task whose response is sent (or dropped).

@@ -1,0 +1,22 @@
+package iscsi
+
+import "testing"
+
+func TestBufPool(t *testing.T) {
+	var p bufPool
+	for _, n := range []int{1, 512, 4096, 4097, 65536, 1 << 20, 3<<20 + 1, 32 << 20, 33 << 20} {
+		b := p.get(n)
+		if len(b) != n {
+			t.Fatalf("get(%d) has length %d", n, len(b))
+		}
+		if n <= 32<<20 && cap(b)&(cap(b)-1) != 0 {
+			t.Fatalf("get(%d) capacity %d is not a size class", n, cap(b))
+		}
+		p.put(b)
+		if again := p.get(n); len(again) != n {
+			t.Fatalf("reused buffer for %d has length %d", n, len(again))
+		}
+	}
+	p.put(nil)
+	p.put(make([]byte, 100)) // not from the pool: ignored
+}
