@@ -10,6 +10,7 @@ pkgs=(
   e2fsprogs        # debugfs, e2fsck for host-side checks of guest file systems
   iproute2         # ip netns for partition tests
   bc               # arithmetic in the benchmark scripts
+  curl             # API requests timed by the benchmark scripts
 )
 missing=()
 for p in "${pkgs[@]}"; do
