@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/csnap/csnap/api"
 )
@@ -142,6 +143,52 @@ func TestParseSize(t *testing.T) {
 	for _, bad := range []string{"", "x", "-1", "0", "1.5G", "99999999999T"} {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// slow answers after a delay, like a long check or delete.
+type slow struct {
+	d     time.Duration
+	reply string
+}
+
+func (s slow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	time.Sleep(s.d)
+	w.WriteHeader(200)
+	fmt.Fprint(w, s.reply)
+}
+
+// TestProgressOnTerminal: long operations show an elapsed-time line on a
+// terminal (and clear it when done); not on a pipe, not with --json.
+func TestProgressOnTerminal(t *testing.T) {
+	ts := httptest.NewServer(slow{700 * time.Millisecond, `{"volume":"dev","clean":true,"checked_blocks":3}`})
+	defer ts.Close()
+	env := func(k string) string {
+		if k == "CSNAP_HTTP_ADDR" {
+			return strings.TrimPrefix(ts.URL, "http://")
+		}
+		return ""
+	}
+	for _, tc := range []struct {
+		terminal bool
+		argv     []string
+		want     bool
+	}{
+		{true, []string{"check", "dev"}, true},
+		{false, []string{"check", "dev"}, false},
+		{true, []string{"check", "dev", "--json"}, false},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), tc.argv, env, &out, &errb, tc.terminal); code != 0 {
+			t.Fatalf("%v: exit %d: %s", tc.argv, code, errb.String())
+		}
+		got := strings.Contains(errb.String(), "checking the store of dev (")
+		if got != tc.want {
+			t.Errorf("terminal=%v %v: progress shown=%v, want %v (stderr %q)", tc.terminal, tc.argv, got, tc.want, errb.String())
+		}
+		if got && !strings.HasSuffix(errb.String(), "\r\033[K") {
+			t.Errorf("progress line not cleared: %q", errb.String())
 		}
 	}
 }
