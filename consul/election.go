@@ -1,0 +1,227 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// LockAPI is what the election needs of Consul. The implementation over
+// github.com/hashicorp/consul/api binds sessions to serfHealth and to
+// csnapd's own service check, and gives every call a client-side deadline
+// (ctx); tests use an in-memory fake.
+type LockAPI interface {
+	// CreateSession creates a session for this node (bound to its health
+	// checks, with the configured lock-delay) and returns its id.
+	CreateSession(ctx context.Context) (string, error)
+	// DestroySession ends a session, releasing any lock it holds.
+	DestroySession(ctx context.Context, session string) error
+	// Acquire tries to take key for session with value. It reports whether
+	// the lock is now held and the key's LockIndex.
+	Acquire(ctx context.Context, key, session string, value []byte) (bool, uint64, error)
+	// Holder returns the session holding key ("" when free) and its
+	// LockIndex, read consistently.
+	Holder(ctx context.Context, key string) (string, uint64, error)
+	// Release gives key up if session holds it.
+	Release(ctx context.Context, key, session string) error
+}
+
+// ElectionConfig configures RunElection.
+type ElectionConfig struct {
+	Key   string // the lock key, e.g. csnap/volumes/V/server
+	Value []byte // what the key says while held (node, address, term)
+	// Lease is how long the holder may serve after the send time of its
+	// latest confirmation (see Lease); Check how often it confirms;
+	// Retry how often a non-holder tries to acquire; RequestTimeout the
+	// client-side deadline of every Consul call (below Check).
+	Lease, Check, Retry, RequestTimeout time.Duration
+	// OnElected is called when this node starts serving under term;
+	// OnDeposed when it must stop (lease expired, lock lost, or the
+	// election ends). Calls alternate, starting with OnElected, and both
+	// run on the election's goroutine.
+	OnElected func(term uint64)
+	OnDeposed func(term uint64)
+	Log       *logrus.Entry
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// RunElection competes for the lock until ctx ends, serving (between
+// OnElected and OnDeposed) only while its Lease allows. On return it has
+// called OnDeposed if it was serving, released the lock and destroyed its
+// session, best effort.
+func RunElection(ctx context.Context, api LockAPI, cfg ElectionConfig) error {
+	if cfg.Lease <= 0 || cfg.Check <= 0 || cfg.Retry <= 0 || cfg.RequestTimeout <= 0 {
+		return errors.New("consul: election needs positive Lease, Check, Retry and RequestTimeout")
+	}
+	if cfg.Check >= cfg.Lease || cfg.RequestTimeout >= cfg.Lease {
+		return fmt.Errorf("consul: Check (%v) and RequestTimeout (%v) must be shorter than the lease (%v)", cfg.Check, cfg.RequestTimeout, cfg.Lease)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Log
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	log = log.WithField("key", cfg.Key)
+	e := &election{api: api, cfg: cfg, log: log, lease: NewLease(cfg.Lease)}
+	defer e.stop()
+	for ctx.Err() == nil {
+		if err := e.round(ctx); err != nil && ctx.Err() == nil {
+			log.WithError(err).Warn("election round failed; retrying")
+		}
+		e.stop()
+		sleep(ctx, cfg.Retry)
+	}
+	return nil
+}
+
+type election struct {
+	api     LockAPI
+	cfg     ElectionConfig
+	log     *logrus.Entry
+	lease   *Lease
+	session string
+	serving bool
+	term    uint64
+}
+
+// call runs one Consul request with the client-side deadline.
+func (e *election) call(ctx context.Context, f func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.RequestTimeout)
+	defer cancel()
+	return f(cctx)
+}
+
+// round creates a session, acquires the lock (retrying) and monitors it
+// until it is lost, the lease runs out, or ctx ends.
+func (e *election) round(ctx context.Context) error {
+	if err := e.call(ctx, func(c context.Context) (err error) {
+		e.session, err = e.api.CreateSession(c)
+		return err
+	}); err != nil {
+		return fmt.Errorf("creating a session: %w", err)
+	}
+	for {
+		sent := e.cfg.Now()
+		var ok bool
+		var idx uint64
+		err := e.call(ctx, func(c context.Context) (err error) {
+			ok, idx, err = e.api.Acquire(c, e.cfg.Key, e.session, e.cfg.Value)
+			return err
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			return fmt.Errorf("acquiring %s: %w", e.cfg.Key, err)
+		}
+		if ok {
+			e.lease.Acquired(sent, idx)
+			break
+		}
+		sleep(ctx, e.cfg.Retry)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if ok, term := e.lease.Serving(e.cfg.Now()); ok {
+		e.serving, e.term = true, term
+		e.log.WithField("term", term).Info("elected: serving")
+		e.cfg.OnElected(term)
+	} else {
+		return errors.New("acquired the lock, but the acquisition took longer than the lease")
+	}
+	return e.monitor(ctx)
+}
+
+// monitor confirms the lock every Check and deposes as soon as the lease
+// does not allow serving, even while a confirmation is still in flight.
+func (e *election) monitor(ctx context.Context) error {
+	type answer struct {
+		sent    time.Time
+		session string
+		idx     uint64
+		err     error
+	}
+	answers := make(chan answer, 1)
+	inFlight := false
+	tick := time.NewTicker(e.cfg.Check)
+	defer tick.Stop()
+	for {
+		now := e.cfg.Now()
+		if ok, _ := e.lease.Serving(now); !ok {
+			return fmt.Errorf("lease of term %d expired or lost", e.term)
+		}
+		// Wake at the next check or at the lease deadline, whichever is
+		// first, so an unanswered confirmation cannot keep us serving.
+		deadline := time.NewTimer(e.lease.Deadline().Sub(now))
+		select {
+		case <-ctx.Done():
+			deadline.Stop()
+			return ctx.Err()
+		case <-deadline.C:
+		case <-tick.C:
+			deadline.Stop()
+			if inFlight {
+				continue
+			}
+			inFlight = true
+			sent := e.cfg.Now()
+			go func() {
+				var a answer
+				a.sent = sent
+				a.err = e.call(ctx, func(c context.Context) (err error) {
+					a.session, a.idx, err = e.api.Holder(c, e.cfg.Key)
+					return err
+				})
+				answers <- a
+			}()
+		case a := <-answers:
+			deadline.Stop()
+			inFlight = false
+			switch {
+			case a.err != nil:
+				e.log.WithError(a.err).Warn("could not confirm the lock; the lease keeps running")
+			case a.session != e.session:
+				e.lease.Lost()
+				return fmt.Errorf("lock of term %d taken by session %q", e.term, a.session)
+			default:
+				if err := e.lease.Confirmed(a.sent, a.idx); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// stop ends serving (OnDeposed) and gives the lock and session up, best
+// effort, with fresh deadlines.
+func (e *election) stop() {
+	if e.serving {
+		e.serving = false
+		e.lease.Lost()
+		e.log.WithField("term", e.term).Warn("deposed: stopped serving")
+		e.cfg.OnDeposed(e.term)
+	}
+	if e.session == "" {
+		return
+	}
+	bg := context.Background()
+	e.call(bg, func(c context.Context) error { return e.api.Release(c, e.cfg.Key, e.session) })
+	e.call(bg, func(c context.Context) error { return e.api.DestroySession(c, e.session) })
+	e.session = ""
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
