@@ -140,6 +140,25 @@ func (a fakeAPI) Release(ctx context.Context, key, s string) error {
 	return nil
 }
 
+// syncBuf is a goroutine-safe output buffer for child processes.
+type syncBuf struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}
+
 // timeline records when each node served.
 type timeline struct {
 	mu     sync.Mutex
