@@ -82,8 +82,25 @@ func devAgent(t *testing.T) *api.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Ready: a leader, and this node registered with serfHealth passing
+	// (sessions bound to it cannot be created before).
+	ready := func() bool {
+		if l, err := c.Status().Leader(); err != nil || l == "" {
+			return false
+		}
+		checks, _, err := c.Health().Node("n1", nil)
+		if err != nil {
+			return false
+		}
+		for _, hc := range checks {
+			if hc.CheckID == "serfHealth" && hc.Status == api.HealthPassing {
+				return true
+			}
+		}
+		return false
+	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if l, err := c.Status().Leader(); err == nil && l != "" {
+		if ready() {
 			break
 		}
 		if time.Now().After(deadline) {
