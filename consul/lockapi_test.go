@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,4 +173,72 @@ func TestAPILockWithConsul(t *testing.T) {
 		t.Fatalf("terms %v: want a newer LockIndex for the new holder", terms)
 	}
 	t.Logf("terms (LockIndex) %v", terms)
+}
+
+// TestKVRegistryWithConsul: the holder of the volume's lock writes the
+// client registry; a session that does not hold it (a deposed server)
+// cannot; a new holder reads every entry consistently.
+func TestKVRegistryWithConsul(t *testing.T) {
+	c := devAgent(t)
+	ctx := context.Background()
+	const lockKey, prefix = "csnap/volumes/v/server", "csnap/volumes/v/clients/"
+	lock, err := NewAPILock(c, SessionConfig{Node: "n1", Name: lockKey, LockDelay: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, err := lock.CreateSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := lock.Acquire(ctx, lockKey, s1, []byte("n1")); err != nil || !ok {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	current := s1
+	reg, err := NewKVRegistry(c, prefix, lockKey, func() string { return current })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ClientRecord{ID: [16]byte{1}, Node: "n1"}
+	b := ClientRecord{ID: [16]byte{2}, Node: "n2", HoldsLocks: true}
+	for _, r := range []ClientRecord{a, b} {
+		if err := reg.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := reg.List(ctx)
+	if err != nil || len(got) != 2 || got[0] != a || got[1] != b {
+		t.Fatalf("list: %+v %v", got, err)
+	}
+	// Another session (a server that lost the lock) cannot write.
+	s2, err := lock.CreateSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current = s2
+	if err := reg.Put(ctx, ClientRecord{ID: [16]byte{3}, Node: "n3"}); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("write by a non-holder: %v, want ErrNotHolder", err)
+	}
+	if err := reg.Delete(ctx, a.ID); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("delete by a non-holder: %v, want ErrNotHolder", err)
+	}
+	// The holder hands over; the new holder sees both entries and writes.
+	if err := lock.Release(ctx, lockKey, s1); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := lock.Acquire(ctx, lockKey, s2, []byte("n2")); err != nil || !ok {
+		t.Fatalf("second acquire: %v %v", ok, err)
+	}
+	if got, err := reg.List(ctx); err != nil || len(got) != 2 {
+		t.Fatalf("new holder's list: %+v %v", got, err)
+	}
+	if err := reg.Delete(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	current = s1 // the old holder again: refused
+	if err := reg.Put(ctx, a); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("write by the old holder: %v, want ErrNotHolder", err)
+	}
+	if got, _ := reg.List(ctx); len(got) != 1 || got[0] != b {
+		t.Fatalf("final list: %+v", got)
+	}
 }
