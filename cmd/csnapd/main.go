@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -38,7 +39,29 @@ type options struct {
 	version    bool
 	// chapDiscovery also requires CHAP on discovery sessions.
 	chapDiscovery bool
+
+	// cluster: not -dev and some setting given (-config or flags alone).
+	cluster bool
+
+	// Cluster mode only.
+	portalGroupTag int           // this node's portal group tag / relative port id (1-65535)
+	consulPrefix   string        // KV prefix, default "csnap/"
+	lockDelay      time.Duration // Consul lock-delay of the server lock sessions
+	checkInterval  time.Duration // interval of csnapd's own Consul health check
+	lease          time.Duration // self-fencing lease of a server
+	ioTimeout      time.Duration // how long IO waits for a snapshot server before failing
+	awaitTimeout   time.Duration // how long a new server waits for the old one's clients
 }
+
+// Cluster-mode defaults (docs/CLUSTER.md explains the timings).
+const (
+	defaultConsulPrefix  = "csnap/"
+	defaultLockDelay     = time.Second
+	defaultCheckInterval = time.Second
+	defaultLease         = 2 * time.Second
+	defaultIOTimeout     = 25 * time.Second
+	defaultAwaitTimeout  = 30 * time.Second
+)
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("csnapd", flag.ContinueOnError)
@@ -56,6 +79,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
+	fs.IntVar(&o.portalGroupTag, "portal-group-tag", 0, "cluster: this node's portal group tag and relative target port id, 1-65535, distinct per node (default: derived from the node name)")
+	fs.StringVar(&o.consulPrefix, "consul-prefix", defaultConsulPrefix, "cluster: Consul KV prefix")
+	fs.DurationVar(&o.lockDelay, "lock-delay", defaultLockDelay, "cluster: Consul lock-delay of the server lock")
+	fs.DurationVar(&o.checkInterval, "check-interval", defaultCheckInterval, "cluster: interval of csnapd's own Consul health check")
+	fs.DurationVar(&o.lease, "lease", defaultLease, "cluster: a server stops serving when it could not confirm its lock for this long")
+	fs.DurationVar(&o.ioTimeout, "io-timeout", defaultIOTimeout, "cluster: how long IO waits for an unreachable snapshot server before failing")
+	fs.DurationVar(&o.awaitTimeout, "await-timeout", defaultAwaitTimeout, "cluster: how long a newly elected server waits for the previous server's clients")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -65,6 +95,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.dev && o.config != "" {
 		return nil, errors.New("-dev and -config are exclusive")
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.config != "" {
+		// Flags given on the command line override the file.
+		if err := applyConfigFile(o, o.config, set); err != nil {
+			return nil, err
+		}
+	}
+	o.cluster = !o.dev && len(set) > 0
 	return o, nil
 }
 
