@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/hashicorp/consul/api v1.30.0
+	github.com/hashicorp/hcl v1.0.0
 	github.com/sirupsen/logrus v1.10.2
 	golang.org/x/sys v0.38.0
 )

@@ -63,10 +63,10 @@ const (
 	defaultAwaitTimeout  = 30 * time.Second
 )
 
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
+// newFlagSet defines csnapd's flags, each bound to its field of o.
+func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("csnapd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	o := &options{}
 	fs.BoolVar(&o.dev, "dev", false, "run one node with an embedded volume \"dev\", no Consul needed")
 	fs.StringVar(&o.config, "config", "", "cluster mode: HCL configuration `file`")
 	fs.StringVar(&o.nodeName, "node-name", "", "this node's name (default: the host name)")
@@ -86,6 +86,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.lease, "lease", defaultLease, "cluster: a server stops serving when it could not confirm its lock for this long")
 	fs.DurationVar(&o.ioTimeout, "io-timeout", defaultIOTimeout, "cluster: how long IO waits for an unreachable snapshot server before failing")
 	fs.DurationVar(&o.awaitTimeout, "await-timeout", defaultAwaitTimeout, "cluster: how long a newly elected server waits for the previous server's clients")
+	return fs
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o, stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,28 @@
+# csnapd configuration of node n1 of a 3-node cluster (n1, n2, n3 on 127.0.0.1-3).
+# Install as /etc/csnap/csnapd.hcl; run: csnapd -config /etc/csnap/csnapd.hcl
+# Every setting is also a flag (the key with '-' for '_', e.g. -node-name), and a
+# flag overrides the file. On real hosts replace 127.0.0.1 by the host's address.
+
+node_name = "n1"                  # this node's name, unique in the cluster (default: the host name)
+data_dir  = "/var/lib/csnap"      # this node's local state
+
+iscsi_addr  = "127.0.0.1:3260"    # iSCSI portal initiators log in to (comma-separate several)
+http_addr   = "127.0.0.1:7862"    # HTTP API for csnap-admin; off loopback it needs $CSNAP_HTTP_TOKEN
+server_addr = "127.0.0.1:7863"    # snapshot-server protocol listener, reachable from the other nodes
+portal_group_tag = 1              # portal group tag / relative target port id, 1-65535, distinct per node
+
+consul_addr   = "127.0.0.1:8500"  # HTTP API of this node's own Consul agent (consul-agent.hcl)
+consul_prefix = "csnap/"          # Consul KV prefix, the same on every node
+
+log_level      = "info"           # debug, info, warn or error
+log_format     = "text"           # text or json
+chap_discovery = false            # also require CHAP on discovery sessions ($CSNAP_CHAP_USER etc.)
+
+# Failover timing. These are the safe defaults; keep them equal on every node. The lease
+# must stay shorter than Consul's node-failure detection plus lock_delay, and longer than
+# check_interval.
+lock_delay     = "1s"             # no node may take a lost server lock for this long (default 1s)
+check_interval = "1s"             # interval of csnapd's own Consul health check (default 1s)
+lease          = "2s"             # a server stops serving after this long without confirming its lock (default 2s)
+io_timeout     = "25s"            # IO waits this long for an unreachable snapshot server, then fails (default 25s)
+await_timeout  = "30s"            # a new server waits this long for the old server's clients (default 30s)
