@@ -38,13 +38,24 @@ type ElectionConfig struct {
 	// Retry how often a non-holder tries to acquire; RequestTimeout the
 	// client-side deadline of every Consul call (below Check).
 	Lease, Check, Retry, RequestTimeout time.Duration
-	// OnElected is called when this node starts serving under term;
-	// OnDeposed when it must stop (lease expired, lock lost, or the
-	// election ends). Calls alternate, starting with OnElected, and both
-	// run on the election's goroutine.
-	OnElected func(term uint64)
-	OnDeposed func(term uint64)
-	Log       *logrus.Entry
+	// OnElected is called when this node starts serving under term, with
+	// the session holding the lock (registry writes check it); OnDeposed
+	// when it must stop (lease expired, lock lost, or the election ends).
+	// Calls alternate, starting with OnElected, and both run on the
+	// election's goroutine. An error from OnElected ends the term (and
+	// OnDeposed is called for it).
+	OnElected func(term uint64, session string) error
+	// OnDeposed's leaseValid reports whether the lease still held when
+	// it was called (a graceful stop, or a failed start): the lock is
+	// still ours until OnDeposed returns, so a clean shutdown may write
+	// to shared storage. When false, another node may already serve:
+	// write nothing more.
+	OnDeposed func(term uint64, leaseValid bool)
+	// Announce, if set, gives the key's value once elected and OnElected
+	// has returned (so it can name the term): the holder re-acquires the
+	// key with it, which updates the value without changing LockIndex.
+	Announce func(term uint64) []byte
+	Log      *logrus.Entry
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -132,11 +143,38 @@ func (e *election) round(ctx context.Context) error {
 	if ok, term := e.lease.Serving(e.cfg.Now()); ok {
 		e.serving, e.term = true, term
 		e.log.WithField("term", term).Info("elected: serving")
-		e.cfg.OnElected(term)
+		if err := e.cfg.OnElected(term, e.session); err != nil {
+			return fmt.Errorf("starting to serve term %d: %w", term, err)
+		}
+		if err := e.announce(ctx, term); err != nil {
+			return err
+		}
 	} else {
 		return errors.New("acquired the lock, but the acquisition took longer than the lease")
 	}
 	return e.monitor(ctx)
+}
+
+// announce rewrites the key's value to name the term, if configured.
+func (e *election) announce(ctx context.Context, term uint64) error {
+	if e.cfg.Announce == nil {
+		return nil
+	}
+	v := e.cfg.Announce(term)
+	var ok bool
+	var idx uint64
+	err := e.call(ctx, func(c context.Context) (err error) {
+		ok, idx, err = e.api.Acquire(c, e.cfg.Key, e.session, v)
+		return err
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("announcing term %d: %w", term, err)
+	case !ok || idx != term:
+		e.lease.Lost()
+		return fmt.Errorf("announcing term %d: the lock moved on (now held=%v, index %d)", term, ok, idx)
+	}
+	return nil
 }
 
 // monitor confirms the lock every Check and deposes as soon as the lease
@@ -204,9 +242,10 @@ func (e *election) monitor(ctx context.Context) error {
 func (e *election) stop() {
 	if e.serving {
 		e.serving = false
+		valid, _ := e.lease.Serving(e.cfg.Now())
 		e.lease.Lost()
-		e.log.WithField("term", e.term).Warn("deposed: stopped serving")
-		e.cfg.OnDeposed(e.term)
+		e.log.WithFields(logrus.Fields{"term": e.term, "lease_valid": valid}).Warn("deposed: stopped serving")
+		e.cfg.OnDeposed(e.term, valid)
 	}
 	if e.session == "" {
 		return

@@ -225,8 +225,8 @@ func startNode(t *testing.T, ctx context.Context, f *fakeConsul, node string, tl
 			Key: "csnap/volumes/v/server", Value: []byte(node),
 			Lease: 300 * time.Millisecond, Check: 50 * time.Millisecond,
 			Retry: 30 * time.Millisecond, RequestTimeout: 100 * time.Millisecond,
-			OnElected: func(term uint64) { tl.add(node, true, term) },
-			OnDeposed: func(term uint64) { tl.add(node, false, term) },
+			OnElected: func(term uint64, _ string) error { tl.add(node, true, term); return nil },
+			OnDeposed: func(term uint64, _ bool) { tl.add(node, false, term) },
 			Log:       logrus.NewEntry(l),
 		})
 	}()
@@ -330,5 +330,68 @@ func TestElectionConfigChecks(t *testing.T) {
 		Lease: time.Second, Check: 2 * time.Second, Retry: time.Second, RequestTimeout: time.Second})
 	if err == nil {
 		t.Fatal("a check interval longer than the lease was accepted")
+	}
+}
+
+// TestElectionStartAndAnnounce: a failed start (OnElected returns an
+// error) ends the term with OnDeposed (lease still valid) and the lock
+// released; the next term announces itself in the key's value without
+// changing LockIndex; a graceful stop reports the lease as still valid.
+func TestElectionStartAndAnnounce(t *testing.T) {
+	f := newFakeConsul(time.Hour, 0)
+	var mu sync.Mutex
+	var events []string
+	failFirst := true
+	var announced []uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunElection(ctx, fakeAPI{f, "n1"}, ElectionConfig{
+			Key: "k", Value: []byte("n1"),
+			Lease: 300 * time.Millisecond, Check: 50 * time.Millisecond,
+			Retry: 20 * time.Millisecond, RequestTimeout: 100 * time.Millisecond,
+			OnElected: func(term uint64, session string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				events = append(events, fmt.Sprintf("elected %d", term))
+				if session == "" {
+					t.Error("OnElected without a session")
+				}
+				if failFirst {
+					failFirst = false
+					return errors.New("engine would not open")
+				}
+				return nil
+			},
+			OnDeposed: func(term uint64, valid bool) {
+				mu.Lock()
+				defer mu.Unlock()
+				events = append(events, fmt.Sprintf("deposed %d valid=%v", term, valid))
+			},
+			Announce: func(term uint64) []byte {
+				mu.Lock()
+				defer mu.Unlock()
+				announced = append(announced, term)
+				return []byte(fmt.Sprint("n1 term ", term))
+			},
+			Log: quietLog(t),
+		})
+	}()
+	waitFor(t, "the second term announced", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(announced) == 1
+	})
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"elected 1", "deposed 1 valid=true", "elected 2", "deposed 2 valid=true"}
+	if fmt.Sprint(events) != fmt.Sprint(want) || announced[0] != 2 {
+		t.Fatalf("events %v, announced %v; want %v and [2]", events, announced, want)
+	}
+	if f.lockIndex != 2 {
+		t.Fatalf("LockIndex %d after two terms, want 2 (the announcement must not count)", f.lockIndex)
 	}
 }

@@ -144,8 +144,8 @@ func TestAPILockWithConsul(t *testing.T) {
 			RunElection(cctx, api, ElectionConfig{Key: "csnap/volumes/v/server", Value: []byte(node),
 				Lease: 2 * time.Second, Check: 250 * time.Millisecond, Retry: 100 * time.Millisecond,
 				RequestTimeout: time.Second, Log: logrus.NewEntry(l),
-				OnElected: func(term uint64) { tl.add(node, true, term) },
-				OnDeposed: func(term uint64) { tl.add(node, false, term) }})
+				OnElected: func(term uint64, _ string) error { tl.add(node, true, term); return nil },
+				OnDeposed: func(term uint64, _ bool) { tl.add(node, false, term) }})
 		}()
 		return func() { cancel(); <-done }
 	}

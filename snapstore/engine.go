@@ -353,6 +353,24 @@ func Format(origin, store Device, o FormatOptions) error {
 // ---------------------------------------------------------------------------
 // Open
 
+// StoreInfo is what a store's superblock says about it.
+type StoreInfo struct {
+	UUID       [16]byte
+	ChunkSize  int
+	OriginSize int64
+	Epoch      uint64 // the newest server term recorded
+}
+
+// Inspect reads a store's superblock without opening the store or writing
+// anything. The error wraps ErrNotStore when the device holds no store.
+func Inspect(store Device) (StoreInfo, error) {
+	sb, _, err := readSuper(store)
+	if err != nil {
+		return StoreInfo{}, err
+	}
+	return StoreInfo{UUID: sb.uuid, ChunkSize: int(sb.chunkSize), OriginSize: int64(sb.originSize), Epoch: sb.epoch}, nil
+}
+
 // readSuper returns the newest valid superblock copy and its slot.
 func readSuper(store Device) (*superblock, uint64, error) {
 	var best *superblock

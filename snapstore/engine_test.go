@@ -600,3 +600,24 @@ func TestDeleteMany(t *testing.T) {
 		t.Fatalf("check: %v %v", err, r.Problems)
 	}
 }
+
+// TestInspect reads a store's identity without opening it, and tells a
+// device holding no store apart.
+func TestInspect(t *testing.T) {
+	od, sd := formatted(t, 1<<20, 8<<20, FormatOptions{ChunkSize: 8192, JournalBlocks: 256})
+	info, err := Inspect(sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Open(od, sd, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if info.UUID != e.UUID() || info.ChunkSize != 8192 || info.OriginSize != 1<<20 {
+		t.Fatalf("Inspect = %+v; engine: uuid %x, chunk %d", info, e.UUID(), e.ChunkSize())
+	}
+	if _, err := Inspect(NewMemDevice(8 << 20)); !errors.Is(err, ErrNotStore) {
+		t.Fatalf("Inspect of zeroes: %v, want ErrNotStore", err)
+	}
+}

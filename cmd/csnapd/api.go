@@ -72,86 +72,31 @@ func (d *devService) check(volume string) error {
 	return nil
 }
 
-func (d *devService) liveSnapshots(ctx context.Context) ([]client.SnapshotInfo, error) {
-	all, err := d.cl.Snapshots(ctx)
-	if err != nil {
-		return nil, apiError(err)
-	}
-	var out []client.SnapshotInfo
-	for _, s := range all {
-		if !s.Deleting {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}
+func (d *devService) ops() volumeOps { return volumeOps{name: devVolume, exp: d.exp, cl: d.cl} }
 
-func toAPISnapshot(s client.SnapshotInfo) api.Snapshot {
-	return api.Snapshot{
-		Name: s.Name, ID: uint64(s.ID), Created: s.Created.UTC(), Priority: int(s.Priority),
-		Writable: s.Writable, Dropped: s.Dropped,
-		UniqueBytes: int64(s.UniqueBytes), SharedBytes: int64(s.SharedBytes),
-		Target: snapshotIQN(devVolume, s.Name),
-	}
+func (d *devService) liveSnapshots(ctx context.Context) ([]client.SnapshotInfo, error) {
+	return d.ops().live(ctx)
 }
 
 func (d *devService) Snapshots(ctx context.Context, v string) ([]api.Snapshot, error) {
 	if err := d.check(v); err != nil {
 		return nil, err
 	}
-	snaps, err := d.liveSnapshots(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]api.Snapshot, 0, len(snaps))
-	for _, s := range snaps {
-		out = append(out, toAPISnapshot(s))
-	}
-	return out, nil
+	return d.ops().snapshots(ctx)
 }
 
-// CreateSnapshot takes the snapshot (the server's barrier makes it
-// point-in-time across clients) and exports its target before returning.
 func (d *devService) CreateSnapshot(ctx context.Context, v string, r api.CreateSnapshot) (api.Snapshot, error) {
 	if err := d.check(v); err != nil {
 		return api.Snapshot{}, err
 	}
-	if r.Priority < -128 || r.Priority > 127 {
-		return api.Snapshot{}, fmt.Errorf("%w: priority %d is outside -128..127", api.ErrBadRequest, r.Priority)
-	}
-	s, err := d.cl.CreateSnapshot(ctx, r.Name, int32(r.Priority), r.Writable)
-	if err != nil {
-		return api.Snapshot{}, apiError(err)
-	}
-	if err := d.exp.refresh(ctx); err != nil {
-		return api.Snapshot{}, fmt.Errorf("snapshot %s created, but exporting its target failed: %w", r.Name, err)
-	}
-	return toAPISnapshot(s), nil
+	return d.ops().createSnapshot(ctx, r)
 }
 
-// DeleteSnapshot closes the snapshot's sessions first, then deletes it; the
-// store reclaims its space in the background.
 func (d *devService) DeleteSnapshot(ctx context.Context, v, name string) error {
 	if err := d.check(v); err != nil {
 		return err
 	}
-	snaps, err := d.liveSnapshots(ctx)
-	if err != nil {
-		return err
-	}
-	found := false
-	for _, s := range snaps {
-		found = found || s.Name == name
-	}
-	if !found {
-		return fmt.Errorf("snapshot %s of %s: %w", name, v, api.ErrNotFound)
-	}
-	d.exp.unexport(name)
-	if err := d.cl.DeleteSnapshot(ctx, name); err != nil {
-		d.exp.refresh(ctx) // put the target back if the delete did not happen
-		return apiError(err)
-	}
-	return nil
+	return d.ops().deleteSnapshot(ctx, name)
 }
 
 func (d *devService) Server(_ context.Context, v string) (api.Server, error) {

@@ -163,10 +163,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case o.dev:
 		err = runDev(ctx, o, log, stdout)
-	case o.config != "":
-		err = errors.New("cluster mode (-config) is not available in this build yet; use -dev")
+	case o.cluster:
+		err = runCluster(ctx, o, log, stdout)
 	default:
-		fmt.Fprintln(stderr, "csnapd: give -dev (one node, no Consul) or -config FILE (cluster mode)")
+		fmt.Fprintln(stderr, "csnapd: give -dev (one node, no Consul), or -config FILE or cluster flags (cluster mode)")
 		return 2
 	}
 	if err != nil {

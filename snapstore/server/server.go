@@ -348,6 +348,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
+// ServeConn serves one client connection (a Mux hands connections over
+// this way). It returns ErrServerClosed, without taking conn, if the
+// server is closed; otherwise conn is the server's, closed when ctx ends.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+	if !s.startSession(ctx, conn) {
+		return ErrServerClosed
+	}
+	return nil
+}
+
 // Close stops the server: listeners and connections are closed, waiting
 // operations end, and Close returns when every goroutine has. The engine
 // stays open (it is the caller's).

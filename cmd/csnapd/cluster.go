@@ -1,0 +1,693 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/client"
+	"github.com/csnap/csnap/snapstore/server"
+	"github.com/csnap/csnap/snapstore/wire"
+	"github.com/csnap/csnap/target/iscsi"
+)
+
+// Cluster-mode listener defaults (SPEC.md).
+const (
+	defaultISCSIAddr  = "127.0.0.1:3260"
+	defaultHTTPAddr   = "127.0.0.1:7862"
+	defaultServerAddr = "127.0.0.1:7863"
+	// refreshInterval: how often every node re-lists each volume's
+	// snapshots, so a snapshot deleted through another node disappears
+	// from this node's targets (creation is pushed by the server's
+	// barrier and appears at once).
+	refreshInterval = time.Second
+)
+
+// clusterNode is csnapd in cluster mode: an iSCSI target exporting every
+// volume published in Consul, a snapshot client of each volume's server,
+// and a candidate in each volume's election.
+type clusterNode struct {
+	o          *options
+	log        *logrus.Entry
+	consul     *capi.Client
+	keys       consul.Keys
+	node       string
+	serverAddr string // where this node's snapshot-server listener is reached
+	isrv       *iscsi.Server
+	chap       *iscsi.CHAP
+	mux        *server.Mux
+	members    *consul.Members
+
+	mu   sync.Mutex
+	vols map[string]*clusterVolume
+	ctx  context.Context // the volumes' context: cancelled to stop them
+	wg   sync.WaitGroup
+}
+
+// runCluster runs csnapd in cluster mode until ctx ends.
+func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) error {
+	ccfg := capi.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, TLS variables
+	if o.consulAddr != "" {
+		ccfg.Address = o.consulAddr
+	}
+	cc, err := capi.NewClient(ccfg)
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	agentNode, err := waitAgent(ctx, cc, log)
+	if err != nil {
+		return err
+	}
+	node := o.nodeName
+	switch {
+	case node == "":
+		node = agentNode
+	case node != agentNode:
+		return fmt.Errorf("-node-name %q differs from the local Consul agent's node name %q: they must match (sessions and health checks are per Consul node)", node, agentNode)
+	}
+	if !wire.ValidNodeName(node) {
+		return fmt.Errorf("node name %q is not valid for csnap", node)
+	}
+	if err := checkTimings(o); err != nil {
+		return err
+	}
+	if o.dataDir != "" {
+		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+			return fmt.Errorf("data directory: %w", err)
+		}
+	}
+	chap, err := chapFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	pgt := o.portalGroupTag
+	if pgt == 0 {
+		pgt = derivedPortalGroupTag(node)
+	}
+	if pgt < 1 || pgt > 65535 {
+		return fmt.Errorf("-portal-group-tag %d is outside 1-65535", pgt)
+	}
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), PortalGroupTag: uint16(pgt)}
+	if o.chapDiscovery {
+		if chap == nil {
+			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
+		}
+		icfg.DiscoveryCHAP = chap
+	}
+
+	// Listeners first: an address in use is reported before anything is
+	// registered in Consul.
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	listen := func(what, addr string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		listeners = append(listeners, l)
+		return l, nil
+	}
+	portals := splitAddrs(o.iscsiAddr, defaultISCSIAddr)
+	var portalLns []net.Listener
+	for _, a := range portals {
+		l, err := listen("iSCSI portal", a)
+		if err != nil {
+			return err
+		}
+		portalLns = append(portalLns, l)
+	}
+	httpAddr := o.httpAddr
+	if httpAddr == "" {
+		httpAddr = defaultHTTPAddr
+	}
+	hl, err := listen("HTTP API", httpAddr)
+	if err != nil {
+		return err
+	}
+	token := os.Getenv("CSNAP_HTTP_TOKEN")
+	if err := checkAPIExposure(hl.Addr(), token); err != nil {
+		closeAll()
+		return err
+	}
+	srvAddr := o.serverAddr
+	if srvAddr == "" {
+		srvAddr = defaultServerAddr
+	}
+	sl, err := listen("snapshot-server listener", srvAddr)
+	if err != nil {
+		return err
+	}
+	if ta := sl.Addr().(*net.TCPAddr); ta.IP.IsUnspecified() {
+		closeAll()
+		return fmt.Errorf("-server-addr %s: give the address other nodes reach this node at, not a wildcard", srvAddr)
+	}
+
+	volCtx, stopVols := context.WithCancel(context.Background())
+	defer stopVols()
+	n := &clusterNode{
+		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.consulPrefix}, node: node,
+		serverAddr: sl.Addr().String(), isrv: iscsi.NewServer(icfg), chap: chap,
+		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
+		vols: map[string]*clusterVolume{}, ctx: volCtx,
+	}
+
+	hs := &http.Server{Handler: newAPI(&clusterService{n: n}, n.isrv, token), ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	errc := make(chan error, len(listeners))
+	goServe := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	goServe(func() error {
+		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("HTTP API: %w", err)
+		}
+		return nil
+	})
+	muxCtx, stopMux := context.WithCancel(context.Background())
+	defer stopMux()
+	goServe(func() error {
+		if err := n.mux.Serve(muxCtx, sl); err != nil && muxCtx.Err() == nil {
+			return fmt.Errorf("snapshot-server listener: %w", err)
+		}
+		return nil
+	})
+
+	// Register with the local agent: the service check points at our
+	// HTTP API, and server lock sessions are bound to it.
+	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = consul.RegisterISCSI(regCtx, cc, consul.ISCSIRegistration{
+		Portal: portalLns[0].Addr().String(), HealthURL: "http://" + hl.Addr().String() + "/v1/health",
+		Header: authHeader(token), Interval: o.checkInterval,
+		Meta: map[string]string{"node": node, "http": hl.Addr().String(), "server": n.serverAddr},
+	})
+	cancel()
+	if err != nil {
+		hs.Close()
+		stopMux()
+		wg.Wait()
+		return err
+	}
+	n.members = consul.WatchMembers(volCtx, cc, consul.ISCSIService, log, n.nodeLeft)
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = n.members.Wait(waitCtx)
+	cancel()
+	if err != nil {
+		log.WithError(err).Warn("no answer yet from Consul about cluster members; going on")
+	}
+	for _, l := range portalLns {
+		goServe(func() error { return n.isrv.Serve(ctx, l) })
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		consul.WatchVolumes(volCtx, cc, n.keys, log, n.syncVolumes)
+	}()
+
+	fmt.Fprintf(stdout, `csnapd: node %q in cluster mode (Consul %s, KV prefix %q)
+  iSCSI portal%s %s (portal group %d); HTTP API %s; snapshot-server protocol %s
+  Volumes published in Consul are exported as %sVOLUME and %sVOLUME:SNAPSHOT.
+  csnap-admin -addr %s volume create NAME --origin PATH --store PATH --size 1GiB
+`, node, ccfg.Address, o.consulPrefix, plural(len(portals)), strings.Join(portals, ", "), pgt,
+		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, hl.Addr())
+	log.WithFields(logrus.Fields{"node": node, "portals": portals, "http": hl.Addr().String(),
+		"snapserver": n.serverAddr, "portal_group_tag": pgt}).Info("csnapd serving in cluster mode")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case runErr = <-errc:
+	}
+	n.shutdown(hs, stopVols)
+	stopMux()
+	wg.Wait()
+	return runErr
+}
+
+// shutdown stops the node in the order that loses nothing: iSCSI sessions
+// end (running commands finish), the clients flush and disconnect, the
+// volumes this node serves are closed cleanly and their locks released,
+// and only then does the node leave Consul's catalogue.
+func (n *clusterNode) shutdown(hs *http.Server, stopVols context.CancelFunc) {
+	n.isrv.Close()
+	n.mu.Lock()
+	vols := make([]*clusterVolume, 0, len(n.vols))
+	for _, v := range n.vols {
+		vols = append(vols, v)
+	}
+	n.mu.Unlock()
+	for _, v := range vols {
+		v.closeClient()
+	}
+	stopVols()
+	n.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := consul.DeregisterISCSI(ctx, n.consul); err != nil {
+		n.log.WithError(err).Warn("deregistering from Consul")
+	}
+	hs.Shutdown(ctx)
+}
+
+// waitAgent waits for the local Consul agent and returns its node name.
+func waitAgent(ctx context.Context, c *capi.Client, log *logrus.Entry) (string, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		name, err := c.Agent().NodeName()
+		if err == nil && name != "" {
+			return name, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no Consul agent answered at %s within 60 s: %v", c.Headers(), err)
+		}
+		if attempt == 1 {
+			log.WithError(err).Warn("waiting for the local Consul agent")
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// checkTimings refuses settings under which the election cannot work.
+func checkTimings(o *options) error {
+	switch {
+	case o.lease < 500*time.Millisecond:
+		return fmt.Errorf("-lease %v is too short (at least 500ms)", o.lease)
+	case o.lockDelay <= 0:
+		return fmt.Errorf("-lock-delay must be positive")
+	case o.checkInterval <= 0:
+		return fmt.Errorf("-check-interval must be positive")
+	case o.ioTimeout <= 0 || o.awaitTimeout <= 0:
+		return fmt.Errorf("-io-timeout and -await-timeout must be positive")
+	}
+	return nil
+}
+
+// derivedPortalGroupTag gives a node without -portal-group-tag a stable
+// tag of its own (collisions are possible: set it explicitly in production).
+func derivedPortalGroupTag(node string) int {
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	return int(h.Sum32()%65535) + 1
+}
+
+func authHeader(token string) map[string][]string {
+	if token == "" {
+		return nil
+	}
+	return map[string][]string{"Authorization": {"Bearer " + token}}
+}
+
+// syncVolumes starts every published volume not running yet. Volumes are
+// never stopped here: a definition that disappears is logged (removing a
+// volume is not part of csnap yet).
+func (n *clusterNode) syncVolumes(defs []consul.VolumeDef) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, d := range defs {
+		seen[d.Name] = true
+		if _, ok := n.vols[d.Name]; ok {
+			continue
+		}
+		v, err := n.newVolume(d)
+		if err != nil {
+			n.log.WithError(err).WithField("volume", d.Name).Error("cannot export volume")
+			continue
+		}
+		n.vols[d.Name] = v
+		v.start()
+	}
+	for name := range n.vols {
+		if !seen[name] {
+			n.log.WithField("volume", name).Warn("volume definition gone from Consul; still exported until restart")
+		}
+	}
+}
+
+// nodeLeft strikes a departed node's clients off every volume served here.
+func (n *clusterNode) nodeLeft(node string) {
+	n.mu.Lock()
+	vols := make([]*clusterVolume, 0, len(n.vols))
+	for _, v := range n.vols {
+		vols = append(vols, v)
+	}
+	n.mu.Unlock()
+	for _, v := range vols {
+		if srv := v.server(); srv != nil {
+			srv.NodeLeft(node)
+		}
+	}
+}
+
+func (n *clusterNode) volume(name string) *clusterVolume {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.vols[name]
+}
+
+// clusterVolume is one volume on this node: its shared devices, its
+// snapshot client and exported targets, and its election; while this node
+// is the volume's server, also the engine and the server.
+type clusterVolume struct {
+	n      *clusterNode
+	def    consul.VolumeDef
+	uuid   [16]byte
+	log    *logrus.Entry
+	origin *fileDev
+	store  *fileDev
+	watch  *consul.ServerWatch
+
+	mu  sync.Mutex
+	cl  *client.Client
+	exp *export
+	// While serving:
+	srv      *server.Server
+	eng      *snapstore.Engine
+	fences   []*fencedDev
+	term     uint64
+	deposing bool
+}
+
+func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
+	uuid, err := hex.DecodeString(d.UUID)
+	if err != nil || len(uuid) != 16 {
+		return nil, fmt.Errorf("volume %s: bad uuid %q in its definition", d.Name, d.UUID)
+	}
+	origin, err := openFileDev(d.Origin)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: origin: %w", d.Name, err)
+	}
+	store, err := openFileDev(d.Store)
+	if err != nil {
+		origin.Close()
+		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
+	}
+	v := &clusterVolume{n: n, def: d, origin: origin, store: store,
+		log: n.log.WithField("volume", d.Name)}
+	copy(v.uuid[:], uuid)
+	return v, nil
+}
+
+// start runs the volume's election and its client, until the node stops.
+func (v *clusterVolume) start() {
+	n := v.n
+	v.watch = consul.WatchServer(n.ctx, n.consul, n.keys, v.def.Name, v.log)
+	var both sync.WaitGroup
+	both.Add(2)
+	go func() {
+		defer both.Done()
+		v.runElection(n.ctx)
+	}()
+	go func() {
+		defer both.Done()
+		v.runClient(n.ctx)
+	}()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		both.Wait() // the engine and the client are done with the devices
+		v.origin.Close()
+		v.store.Close()
+	}()
+}
+
+func (v *clusterVolume) server() *server.Server {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.srv
+}
+
+func (v *clusterVolume) client() *client.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.cl
+}
+
+// runClient connects the node's snapshot client to whichever node serves
+// the volume, exports the targets, and keeps the snapshot targets in line
+// with the server's list. It returns, with the election, when ctx ends.
+func (v *clusterVolume) runClient(ctx context.Context) {
+	n := v.n
+	var cl *client.Client
+	for cl == nil {
+		var err error
+		cl, err = client.New(ctx, client.Config{
+			Volume: v.def.Name, Node: n.node, ID: clientID(n.node, v.def.Name),
+			Locator: v.watch, Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
+			Log:      v.log.WithField("component", "snapclient"),
+			OnChange: func(uint64) { v.refresh() },
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			v.log.WithError(err).Warn("snapshot client not connected yet; retrying")
+			sleepCtx(ctx, time.Second)
+		}
+	}
+	exp := newExport(v.def.Name, v.uuid, cl, n.isrv, n.chap, v.log)
+	v.mu.Lock()
+	v.cl, v.exp = cl, exp
+	v.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if err := exp.start(sctx); err != nil {
+		v.log.WithError(err).Warn("exporting the volume's targets")
+	}
+	cancel()
+	v.log.WithField("target", originIQN(v.def.Name)).Info("volume exported")
+	t := time.NewTicker(refreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			v.closeClient()
+			return
+		case <-t.C:
+			v.refresh()
+		}
+	}
+}
+
+// refresh brings the snapshot targets in line with the server's list.
+func (v *clusterVolume) refresh() {
+	v.mu.Lock()
+	exp := v.exp
+	v.mu.Unlock()
+	if exp == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(v.n.ctx, 10*time.Second)
+	defer cancel()
+	if err := exp.refresh(ctx); err != nil && ctx.Err() == nil {
+		v.log.WithError(err).Debug("refreshing snapshot targets")
+	}
+}
+
+// closeClient flushes and disconnects the node's client (after the iSCSI
+// sessions ended). Idempotent.
+func (v *clusterVolume) closeClient() {
+	v.mu.Lock()
+	cl := v.cl
+	v.cl, v.exp = nil, nil
+	v.mu.Unlock()
+	if cl == nil {
+		return
+	}
+	if err := cl.Origin().Flush(); err != nil {
+		v.log.WithError(err).Error("final flush")
+	}
+	cl.Close()
+}
+
+// runElection competes for the volume's server lock until ctx ends.
+func (v *clusterVolume) runElection(ctx context.Context) {
+	n := v.n
+	lock, err := consul.NewAPILock(n.consul, consul.SessionConfig{
+		Node: n.node, Name: "csnap server " + v.def.Name,
+		ServiceCheckID: consul.ISCSICheckID, LockDelay: n.o.lockDelay,
+	})
+	if err != nil {
+		v.log.WithError(err).Error("cannot take part in the election")
+		return
+	}
+	// A fast restart leaves our previous session holding the lock until
+	// its check fails: destroy it so the volume is served again at once.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if k, err := lock.DestroyStaleSessions(sctx); err != nil {
+		v.log.WithError(err).Warn("destroying this node's stale sessions")
+	} else if k > 0 {
+		v.log.WithField("sessions", k).Info("destroyed this node's stale sessions")
+	}
+	cancel()
+	lease := n.o.lease
+	err = consul.RunElection(ctx, lock, consul.ElectionConfig{
+		Key:   n.keys.ServerLock(v.def.Name),
+		Value: consul.ServerInfo{Node: n.node, Addr: n.serverAddr}.Encode(),
+		Lease: lease, Check: lease / 4, Retry: 250 * time.Millisecond, RequestTimeout: lease / 2,
+		OnElected: v.elected,
+		OnDeposed: v.deposed,
+		Announce: func(term uint64) []byte {
+			return consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term, Since: time.Now().UTC()}.Encode()
+		},
+		Log: v.log.WithField("component", "election"),
+	})
+	if err != nil {
+		v.log.WithError(err).Error("election stopped")
+	}
+}
+
+// elected opens the engine through fenced devices and starts serving
+// under term: the term is recorded in the store, and the registry of the
+// previous server says which clients to await.
+func (v *clusterVolume) elected(term uint64, session string) error {
+	n := v.n
+	fo, fs := &fencedDev{Device: v.origin}, &fencedDev{Device: v.store}
+	eng, err := snapstore.Open(fo, fs, snapstore.Options{OnEvent: engineEvents(v.log)})
+	if err != nil {
+		return fmt.Errorf("opening the snapshot store %s: %w", v.def.Store, err)
+	}
+	kv, err := consul.NewKVRegistry(n.consul, n.keys.Clients(v.def.Name), n.keys.ServerLock(v.def.Name),
+		func() string { return session })
+	if err != nil {
+		eng.Close()
+		return err
+	}
+	srv, err := server.New(server.Config{
+		Engine: eng, Volume: v.def.Name, Term: term, Node: n.node,
+		Registry: registryAdapter{kv}, Membership: n.members,
+		AwaitTimeout: n.o.awaitTimeout,
+		Log:          v.log.WithField("component", "snapserver"),
+		OnDeposed:    func(newer uint64) { go v.fence(newer) },
+	})
+	if err != nil {
+		fo.fence()
+		fs.fence()
+		eng.Close()
+		return err
+	}
+	// Clients of the previous server whose nodes are gone will never
+	// come back: strike them off now rather than wait for them.
+	for _, c := range srv.Clients() {
+		if c.State() == "awaited" && !n.members.IsMember(c.Node) {
+			srv.NodeLeft(c.Node)
+		}
+	}
+	v.mu.Lock()
+	v.srv, v.eng, v.fences, v.term, v.deposing = srv, eng, []*fencedDev{fo, fs}, term, false
+	v.mu.Unlock()
+	n.mux.Handle(v.def.Name, srv)
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	if err := consul.RegisterServer(ctx, n.consul, v.def.Name, consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term}); err != nil {
+		v.log.WithError(err).Warn("registering as the volume's server in Consul")
+	}
+	return nil
+}
+
+// fence stops a server that learned of a newer term from a client: its
+// devices refuse writes at once; the election notices the lost lock and
+// calls deposed.
+func (v *clusterVolume) fence(newer uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, f := range v.fences {
+		f.fence()
+	}
+	if v.srv != nil {
+		v.log.WithFields(logrus.Fields{"term": v.term, "newer_term": newer}).Error("a newer server exists: fenced")
+	}
+}
+
+// deposed stops serving. With the lease still valid (a graceful stop) the
+// engine is closed cleanly; otherwise another node may already serve, so
+// the devices are fenced first and nothing more is written.
+func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
+	n := v.n
+	v.mu.Lock()
+	srv, eng, fences := v.srv, v.eng, v.fences
+	v.srv, v.eng, v.fences, v.term = nil, nil, nil, 0
+	v.mu.Unlock()
+	if !leaseValid {
+		for _, f := range fences {
+			f.fence()
+		}
+	}
+	n.mux.Handle(v.def.Name, nil)
+	if srv != nil {
+		srv.Close()
+	}
+	if eng != nil {
+		if err := eng.Close(); err != nil && leaseValid {
+			v.log.WithError(err).Error("closing the snapshot store")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := consul.DeregisterServer(ctx, n.consul, v.def.Name); err != nil {
+		v.log.WithError(err).Debug("deregistering as the volume's server")
+	}
+}
+
+// registryAdapter stores the server's client registry in Consul KV.
+type registryAdapter struct{ kv *consul.KVRegistry }
+
+func (r registryAdapter) Put(ctx context.Context, e server.Entry) error {
+	return r.kv.Put(ctx, consul.ClientRecord{ID: e.ID, Node: e.Node, HoldsLocks: e.HoldsLocks})
+}
+
+func (r registryAdapter) Delete(ctx context.Context, id wire.ClientID) error {
+	return r.kv.Delete(ctx, id)
+}
+
+func (r registryAdapter) List(ctx context.Context) ([]server.Entry, error) {
+	recs, err := r.kv.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]server.Entry, 0, len(recs))
+	for _, c := range recs {
+		out = append(out, server.Entry{ID: c.ID, Node: c.Node, HoldsLocks: c.HoldsLocks})
+	}
+	return out, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/csnap/csnap/api"
+	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/snapstore"
+)
+
+// clusterService answers the HTTP API in cluster mode. Volumes come from
+// Consul KV; snapshot operations go through this node's snapshot client to
+// the volume's server, wherever it runs.
+type clusterService struct{ n *clusterNode }
+
+func (s *clusterService) Health(context.Context) (api.Health, error) {
+	return api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}, nil
+}
+
+func (s *clusterService) consulErr(err error) error {
+	return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+}
+
+func (s *clusterService) Volumes(ctx context.Context) ([]api.Volume, error) {
+	defs, servers, err := consul.ListVolumes(ctx, s.n.consul, s.n.keys)
+	if err != nil {
+		return nil, s.consulErr(err)
+	}
+	out := make([]api.Volume, 0, len(defs))
+	for _, d := range defs {
+		out = append(out, s.describe(ctx, d, servers[d.Name]))
+	}
+	return out, nil
+}
+
+// describe fills an api.Volume; the snapshot count needs this node's
+// client to be connected (0 otherwise).
+func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si consul.ServerInfo) api.Volume {
+	v := api.Volume{Name: d.Name, Origin: d.Origin, Store: d.Store, Size: d.Size, ChunkSize: d.ChunkSize, Server: si.Node}
+	if ops, err := s.ops(d.Name); err == nil {
+		if snaps, err := ops.live(ctx); err == nil {
+			v.Snapshots = len(snaps)
+		}
+	}
+	return v
+}
+
+func (s *clusterService) Volume(ctx context.Context, name string) (api.Volume, error) {
+	defs, servers, err := consul.ListVolumes(ctx, s.n.consul, s.n.keys)
+	if err != nil {
+		return api.Volume{}, s.consulErr(err)
+	}
+	for _, d := range defs {
+		if d.Name == name {
+			return s.describe(ctx, d, servers[name]), nil
+		}
+	}
+	return api.Volume{}, fmt.Errorf("volume %s: %w", name, api.ErrNotFound)
+}
+
+// CreateVolume formats the snapshot store and publishes the volume; every
+// node (this one included) picks it up from Consul and exports it. The
+// origin and store paths must name the same shared storage on every node.
+// A missing origin file is created (sparse) with the given size, a missing
+// store file with the origin's size; a store that already holds a csnap
+// store is never formatted over.
+func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (api.Volume, error) {
+	if err := api.ValidName("volume", r.Name); err != nil {
+		return api.Volume{}, err
+	}
+	if !filepath.IsAbs(r.Origin) || !filepath.IsAbs(r.Store) {
+		return api.Volume{}, fmt.Errorf("%w: origin and store must be absolute paths (every node opens them)", api.ErrBadRequest)
+	}
+	if r.ChunkSize == 0 {
+		r.ChunkSize = devChunkSize
+	}
+	if old, err := consul.GetVolume(ctx, s.n.consul, s.n.keys, r.Name); err != nil {
+		return api.Volume{}, s.consulErr(err)
+	} else if old != nil {
+		return api.Volume{}, fmt.Errorf("%w: volume %s already exists", api.ErrConflict, r.Name)
+	}
+	if _, err := os.Stat(r.Origin); errors.Is(err, os.ErrNotExist) {
+		if r.Size <= 0 {
+			return api.Volume{}, fmt.Errorf("%w: origin %s does not exist: give --size to create it", api.ErrBadRequest, r.Origin)
+		}
+		if _, err := createSparse(r.Origin, r.Size); err != nil {
+			return api.Volume{}, fmt.Errorf("creating origin %s: %w", r.Origin, err)
+		}
+	}
+	origin, err := openFileDev(r.Origin)
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
+	}
+	defer origin.Close()
+	osize, err := origin.Size()
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("origin %s: %w", r.Origin, err)
+	}
+	if r.Size > 0 && r.Size != osize {
+		return api.Volume{}, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
+	}
+	if _, err := createSparse(r.Store, osize); err != nil {
+		return api.Volume{}, fmt.Errorf("creating store %s: %w", r.Store, err)
+	}
+	store, err := openFileDev(r.Store)
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
+	}
+	defer store.Close()
+	if info, err := snapstore.Inspect(store); err == nil {
+		return api.Volume{}, fmt.Errorf("%w: %s already holds a csnap snapshot store (uuid %x); refusing to format over it", api.ErrConflict, r.Store, info.UUID)
+	}
+	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: int(r.ChunkSize)}); err != nil {
+		if errors.Is(err, snapstore.ErrChunkSize) {
+			return api.Volume{}, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+		}
+		return api.Volume{}, fmt.Errorf("formatting the snapshot store %s: %w", r.Store, err)
+	}
+	info, err := snapstore.Inspect(store)
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("reading back the formatted store %s: %w", r.Store, err)
+	}
+	def := consul.VolumeDef{Name: r.Name, Origin: r.Origin, Store: r.Store, Size: osize,
+		ChunkSize: r.ChunkSize, UUID: hex.EncodeToString(info.UUID[:]), Created: time.Now().UTC()}
+	if err := consul.PublishVolume(ctx, s.n.consul, s.n.keys, def); err != nil {
+		if errors.Is(err, consul.ErrVolumeExists) {
+			return api.Volume{}, fmt.Errorf("%w: %v (created concurrently; the store %s was formatted for nothing)", api.ErrConflict, err, r.Store)
+		}
+		return api.Volume{}, s.consulErr(err)
+	}
+	s.n.log.WithFields(map[string]any{"volume": r.Name, "origin": r.Origin, "store": r.Store, "size": osize}).Info("volume created and published")
+	return api.Volume{Name: def.Name, Origin: def.Origin, Store: def.Store, Size: def.Size, ChunkSize: def.ChunkSize}, nil
+}
+
+// ops returns the volume's operations through this node's client.
+func (s *clusterService) ops(name string) (volumeOps, error) {
+	v := s.n.volume(name)
+	if v == nil {
+		return volumeOps{}, fmt.Errorf("volume %s: %w (or not picked up by node %s yet)", name, api.ErrNotFound, s.n.node)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cl == nil {
+		return volumeOps{}, fmt.Errorf("%w: node %s is not connected to the snapshot server of %s yet", api.ErrUnavailable, s.n.node, name)
+	}
+	return volumeOps{name: name, exp: v.exp, cl: v.cl}, nil
+}
+
+func (s *clusterService) Snapshots(ctx context.Context, volume string) ([]api.Snapshot, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return nil, err
+	}
+	return o.snapshots(ctx)
+}
+
+func (s *clusterService) CreateSnapshot(ctx context.Context, volume string, r api.CreateSnapshot) (api.Snapshot, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	return o.createSnapshot(ctx, r)
+}
+
+func (s *clusterService) DeleteSnapshot(ctx context.Context, volume, snap string) error {
+	o, err := s.ops(volume)
+	if err != nil {
+		return err
+	}
+	return o.deleteSnapshot(ctx, snap)
+}
+
+func (s *clusterService) Server(ctx context.Context, volume string) (api.Server, error) {
+	v := s.n.volume(volume)
+	if v == nil {
+		return api.Server{}, fmt.Errorf("volume %s: %w", volume, api.ErrNotFound)
+	}
+	si, ok := v.watch.Current()
+	if !ok {
+		return api.Server{}, fmt.Errorf("%w: no server elected for volume %s right now", api.ErrUnavailable, volume)
+	}
+	return api.Server{Node: si.Node, Address: si.Addr, Term: si.Term, Since: si.Since}, nil
+}
+
+func (s *clusterService) Clients(ctx context.Context, volume string) ([]api.ClientEntry, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return nil, err
+	}
+	return o.clients(ctx)
+}
+
+func (s *clusterService) Check(ctx context.Context, volume string) (api.CheckReport, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return api.CheckReport{}, err
+	}
+	return o.check(ctx)
+}

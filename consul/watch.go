@@ -1,0 +1,170 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/sirupsen/logrus"
+)
+
+// ServerWatch follows a volume's server lock with blocking queries. It is
+// the snapshot client's Locator in cluster mode: Server answers with the
+// address of the holder once it has announced its term, so a client
+// follows the volume's server across failovers.
+type ServerWatch struct {
+	volume string
+
+	mu      sync.Mutex
+	cur     ServerInfo
+	held    bool
+	changed chan struct{} // closed and replaced on every change
+}
+
+// WatchServer starts following the lock key of volume until ctx ends.
+func WatchServer(ctx context.Context, c *api.Client, k Keys, volume string, log *logrus.Entry) *ServerWatch {
+	w := &ServerWatch{volume: volume, changed: make(chan struct{})}
+	key := k.ServerLock(volume)
+	go blockingLoop(ctx, log.WithField("watch", key), func(q *api.QueryOptions) (uint64, error) {
+		p, meta, err := c.KV().Get(key, q)
+		if err != nil {
+			return 0, fmt.Errorf("consul: reading %s: %w", key, err)
+		}
+		var si ServerInfo
+		held := p != nil && p.Session != "" && json.Unmarshal(p.Value, &si) == nil
+		w.set(si, held)
+		return meta.LastIndex, nil
+	})
+	return w
+}
+
+func (w *ServerWatch) set(si ServerInfo, held bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if si == w.cur && held == w.held {
+		return
+	}
+	w.cur, w.held = si, held
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// Current returns the server as last seen, and whether one holds the lock
+// and has announced its term.
+func (w *ServerWatch) Current() (ServerInfo, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cur, w.ready()
+}
+
+func (w *ServerWatch) ready() bool { return w.held && w.cur.Term != 0 && w.cur.Addr != "" }
+
+// Server waits (until ctx ends) for a server that holds the lock and has
+// announced its term, and returns its address.
+func (w *ServerWatch) Server(ctx context.Context) (string, error) {
+	for {
+		w.mu.Lock()
+		if w.ready() {
+			addr := w.cur.Addr
+			w.mu.Unlock()
+			return addr, nil
+		}
+		ch := w.changed
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("no snapshot server elected for volume %s: %w", w.volume, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// Members follows the health of a service (csnap-iscsi) with blocking
+// queries: a node is a live member while it has the service registered
+// and every check of it passing, its serfHealth included. A node that
+// was live and is no longer (a check critical, or the service
+// deregistered: both mean the same to csnap) is reported to OnLeft.
+type Members struct {
+	mu    sync.Mutex
+	live  map[string]bool
+	known bool
+	ready chan struct{}
+}
+
+// WatchMembers starts following service until ctx ends; onLeft (may be
+// nil) is called, from the watch goroutine, for every departure.
+func WatchMembers(ctx context.Context, c *api.Client, service string, log *logrus.Entry, onLeft func(node string)) *Members {
+	m := &Members{live: map[string]bool{}, ready: make(chan struct{})}
+	log = log.WithField("watch", "service "+service)
+	go blockingLoop(ctx, log, func(q *api.QueryOptions) (uint64, error) {
+		entries, meta, err := c.Health().Service(service, "", false, q)
+		if err != nil {
+			return 0, fmt.Errorf("consul: health of %s: %w", service, err)
+		}
+		live := map[string]bool{}
+		for _, e := range entries {
+			if e.Checks.AggregatedStatus() == api.HealthPassing {
+				live[e.Node.Node] = true
+			}
+		}
+		for _, n := range m.update(live) {
+			log.WithField("node", n).Warn("node left the cluster")
+			if onLeft != nil {
+				onLeft(n)
+			}
+		}
+		return meta.LastIndex, nil
+	})
+	return m
+}
+
+// update installs the live set and returns the nodes that left.
+func (m *Members) update(live map[string]bool) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var left []string
+	for n := range m.live {
+		if !live[n] {
+			left = append(left, n)
+		}
+	}
+	sort.Strings(left)
+	m.live = live
+	if !m.known {
+		m.known = true
+		close(m.ready)
+	}
+	return left
+}
+
+// Wait returns once the first answer is in (or ctx ends).
+func (m *Members) Wait(ctx context.Context) error {
+	select {
+	case <-m.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// IsMember reports whether node is a live member now.
+func (m *Members) IsMember(node string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.live[node]
+}
+
+// Live returns the live members, sorted.
+func (m *Members) Live() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.live))
+	for n := range m.live {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
