@@ -1,5 +1,6 @@
 # csnap: clustered snapshots for block storage, served over iSCSI.
 #   make run    start csnapd -dev (one node, no Consul)
+#   make cluster  run 3 nodes (Consul + csnapd on 127.0.0.1-3) until Ctrl-C
 #   make test   install what the tests need, then run every test
 GO      ?= go
 BIN     := bin
@@ -9,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # (v0.6.1 is the 2025.1.1 release).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
-.PHONY: all build run test deps consul unit integration conformance bench lint fuzz clean
+.PHONY: all build run test deps consul cluster unit integration conformance bench lint fuzz clean
 
 all: build
 
@@ -46,6 +47,12 @@ consul: $(BIN)/consul
 $(BIN)/consul: tools/consul/go.mod tools/consul/go.sum
 	@mkdir -p $(BIN)
 	cd tools/consul && CGO_ENABLED=0 $(GO) build -trimpath -o ../../$(BIN)/consul github.com/hashicorp/consul
+
+# A local 3-node cluster (Consul + csnapd on 127.0.0.1-3) for trying csnap
+# by hand: prints how to use it, runs until Ctrl-C, then stops every
+# process; state and logs stay in ./csnap-cluster.
+cluster: build consul
+	$(GO) run ./tests/cluster/csnap-cluster -bin $(BIN) -dir ./csnap-cluster
 
 bench: build
 	./tests/bench/target-vs-tgtd.sh
