@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -152,6 +153,22 @@ type writer struct {
 	out          string
 	err          error
 	done         chan struct{}
+	cancel       context.CancelFunc // kills the process (by PID)
+}
+
+// run starts qemu-io with args in the background; it is killed by cancel,
+// after 3 minutes, or at the end of the test.
+func (w *writer) run(t *testing.T, args []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	w.cancel = cancel
+	t.Cleanup(func() { cancel(); <-w.done })
+	cmd := exec.CommandContext(ctx, "qemu-io", args...)
+	cmd.WaitDelay = 5 * time.Second
+	go func() {
+		defer close(w.done)
+		out, err := cmd.CombinedOutput()
+		w.out, w.err = string(out), err
+	}()
 }
 
 func startWriter(t *testing.T, c *cluster.Cluster, node, region int, pattern byte, pause time.Duration) *writer {
@@ -162,10 +179,7 @@ func startWriter(t *testing.T, c *cluster.Cluster, node, region int, pattern byt
 		args = append(args, "-c", fmt.Sprintf("sleep %d", pause.Milliseconds()))
 	}
 	args = append(args, lunOn(c, node, clusterIQN))
-	go func() {
-		defer close(w.done)
-		w.out, w.err = runCmd(t, 3*time.Minute, "qemu-io", args...)
-	}()
+	w.run(t, args)
 	return w
 }
 

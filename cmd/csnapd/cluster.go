@@ -200,6 +200,10 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	// Register with the local agent: the service check points at our
 	// HTTP API, and server lock sessions are bound to it.
 	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// A registration left by a previous csnapd of this node (killed) keeps
+	// its check's critical status across a re-registration; start afresh
+	// so this node is a member, and can hold sessions, at once.
+	_ = consul.DeregisterISCSI(regCtx, cc)
 	err = consul.RegisterISCSI(regCtx, cc, consul.ISCSIRegistration{
 		Portal: portalLns[0].Addr().String(), HealthURL: "http://" + hl.Addr().String() + "/v1/health",
 		Header: authHeader(token), Interval: o.checkInterval,
