@@ -32,8 +32,10 @@ test: deps build consul lint unit integration
 unit:
 	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./api/... ./cmd/...
 
+# -p 1: the cluster tests (tests/ and tests/cluster/) use the same fixed
+# loopback ports, so test packages run one after another.
 integration: build
-	CSNAP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./tests/...
+	CSNAP_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 25m ./tests/...
 
 conformance: build
 	CSNAP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run TestConformance ./tests/
