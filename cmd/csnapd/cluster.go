@@ -453,12 +453,6 @@ func (v *clusterVolume) server() *server.Server {
 	return v.srv
 }
 
-func (v *clusterVolume) client() *client.Client {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.cl
-}
-
 // runClient connects the node's snapshot client to whichever node serves
 // the volume, exports the targets, and keeps the snapshot targets in line
 // with the server's list. It returns, with the election, when ctx ends.
