@@ -10,6 +10,11 @@
 // (bootstrap_expect = N) with a 1 s minimum session TTL, raft_multiplier 1
 // and tuned LAN gossip, so a dead node is detected within a few seconds.
 //
+// With Options.Netns each node runs in a network namespace of its own
+// instead, on 10.251.0.i behind a bridge in a "switch" namespace, so a
+// test can partition a node off the network (Partition, Heal); see
+// netns.go.
+//
 // Everything lives under Options.Dir: Dir/n<i>/consul.hcl (the agent's
 // config), Dir/n<i>/consul/ (its data), Dir/n<i>/csnapd/ (csnapd's data),
 // and one log file per process, Dir/n<i>/consul.log and
@@ -70,17 +75,30 @@ type Options struct {
 	// StopGrace is how long a process may take to exit after SIGTERM
 	// (csnapd) or SIGINT (Consul) before it is killed; default 10 s.
 	StopGrace time.Duration
+
+	// Netns runs each node in a network namespace of its own, linked to
+	// the others through a bridge in a switch namespace (netns.go):
+	// needs root and ip(8). Node(i) then gives addresses as seen from
+	// inside node i's namespace; reach them with Command, HTTPClient,
+	// HTTPGet and Consul.
+	Netns bool
+	// StampLogs prefixes every line a process writes to its log with the
+	// time the harness read it (LogStampLayout, UTC, then a space), so
+	// events in different processes' logs can be ordered to well below
+	// csnapd's own 1 s timestamps. See SplitStamp.
+	StampLogs bool
 }
 
 // Node describes node i: its addresses, files, and current PIDs.
 type Node struct {
 	Index         int
 	Name          string // "n<i>": the Consul node name and csnapd's -node-name
-	IP            string // 127.0.0.i
-	Portal        string // iSCSI portal, 127.0.0.i:3260
-	HTTPAddr      string // csnapd's HTTP API, 127.0.0.i:7862
-	ServerAddr    string // csnapd's snapshot-server listener, 127.0.0.i:7863
-	ConsulAddr    string // the Consul agent's HTTP API, 127.0.0.i:18500
+	IP            string // 127.0.0.i (Netns: 10.251.0.i, inside the namespaces only)
+	Portal        string // iSCSI portal, IP:3260
+	HTTPAddr      string // csnapd's HTTP API, IP:7862 (Netns: 127.0.0.1:7862, in the node's namespace)
+	ServerAddr    string // csnapd's snapshot-server listener, IP:7863
+	ConsulAddr    string // the Consul agent's HTTP API, IP:18500 (Netns: 127.0.0.1:18500, in the node's namespace)
+	Netns         string // the node's network namespace; "" in loopback mode
 	Dir           string // Dir/n<i>
 	DataDir       string // csnapd's -data-dir
 	ConsulDataDir string
@@ -93,22 +111,26 @@ type Node struct {
 
 // Cluster is a running cluster. Nodes are numbered from 1.
 type Cluster struct {
-	opts  Options
-	http  *http.Client // for csnapd's API; bounds every request
-	logMu sync.Mutex
+	opts        Options
+	logMu       sync.Mutex
+	netnsPrefix string // Netns: every namespace's name starts with it
+	switchNetns string // Netns: the namespace holding the bridge
 
-	mu      sync.Mutex // guards what follows
-	nodes   []*member
-	stopped bool
+	mu         sync.Mutex // guards what follows
+	nodes      []*member
+	stopped    bool
+	namespaces []string // created, to delete at Stop
 }
 
 // member is one node's static description and its processes (nil when
 // not started, or stopped on purpose).
 type member struct {
-	info   Node
-	consul *api.Client
-	agent  *proc
-	csnapd *proc
+	info       Node
+	consul     *api.Client
+	consulHTTP *http.Client // the consul client's
+	http       *http.Client // for csnapd's API; bounds every request
+	agent      *proc
+	csnapd     *proc
 }
 
 // Start starts the Consul agents, waits until they have a leader and every
@@ -158,9 +180,13 @@ func newCluster(o Options) (*Cluster, error) {
 	if err := checkBinaries(o); err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: o, http: &http.Client{Timeout: 2 * time.Second}}
+	c := &Cluster{opts: o}
+	if o.Netns {
+		c.netnsPrefix = netnsPrefix()
+		c.switchNetns = c.netnsPrefix + "-sw"
+	}
 	for i := 1; i <= o.Nodes; i++ {
-		m, err := newMember(o, i)
+		m, err := newMember(o, i, c.netnsPrefix)
 		if err != nil {
 			return nil, err
 		}
@@ -182,15 +208,27 @@ func checkBinaries(o Options) error {
 	return nil
 }
 
-func newMember(o Options, i int) (*member, error) {
-	ip := fmt.Sprintf("127.0.0.%d", i)
+// nodeIP is node i's address: on loopback, or in the namespaces' subnet.
+func nodeIP(o Options, i int) string {
+	if o.Netns {
+		return fmt.Sprintf("%s.%d", NetnsSubnet, i)
+	}
+	return fmt.Sprintf("127.0.0.%d", i)
+}
+
+func newMember(o Options, i int, nsPrefix string) (*member, error) {
+	ip := nodeIP(o, i)
+	local, ns := ip, "" // where the HTTP APIs listen; the namespace
+	if o.Netns {
+		local, ns = "127.0.0.1", fmt.Sprintf("%s-n%d", nsPrefix, i)
+	}
 	dir := filepath.Join(o.Dir, fmt.Sprintf("n%d", i))
 	n := Node{
-		Index: i, Name: fmt.Sprintf("n%d", i), IP: ip, Dir: dir,
+		Index: i, Name: fmt.Sprintf("n%d", i), IP: ip, Dir: dir, Netns: ns,
 		Portal:        net.JoinHostPort(ip, strconv.Itoa(ISCSIPort)),
-		HTTPAddr:      net.JoinHostPort(ip, strconv.Itoa(HTTPPort)),
+		HTTPAddr:      net.JoinHostPort(local, strconv.Itoa(HTTPPort)),
 		ServerAddr:    net.JoinHostPort(ip, strconv.Itoa(ServerPort)),
-		ConsulAddr:    net.JoinHostPort(ip, strconv.Itoa(ConsulHTTPPort)),
+		ConsulAddr:    net.JoinHostPort(local, strconv.Itoa(ConsulHTTPPort)),
 		DataDir:       filepath.Join(dir, "csnapd"),
 		ConsulDataDir: filepath.Join(dir, "consul"),
 		ConsulConfig:  filepath.Join(dir, "consul.hcl"),
@@ -202,18 +240,24 @@ func newMember(o Options, i int) (*member, error) {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
 	}
-	if err := os.WriteFile(n.ConsulConfig, []byte(agentConfig(n, o.Nodes)), 0o644); err != nil {
+	if err := os.WriteFile(n.ConsulConfig, []byte(agentConfig(o, n)), 0o644); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	client, err := consulClient(n.ConsulAddr)
+	consulHTTP := newHTTPClient(ns)
+	client, err := consulClient(n.ConsulAddr, consulHTTP)
 	if err != nil {
 		return nil, err
 	}
-	return &member{info: n, consul: client}, nil
+	return &member{info: n, consul: client, consulHTTP: consulHTTP, http: newHTTPClient(ns)}, nil
 }
 
 func (c *Cluster) start(ctx context.Context) error {
-	if err := c.checkPortsFree(); err != nil {
+	if c.opts.Netns {
+		// Fresh namespaces: nothing else can hold their addresses.
+		if err := c.setupNetns(); err != nil {
+			return err
+		}
+	} else if err := c.checkPortsFree(); err != nil {
 		return err
 	}
 	for i := range c.nodes {
@@ -262,7 +306,8 @@ func (c *Cluster) checkPortsFree() error {
 
 // Stop stops every process: all csnapd (SIGTERM, SIGKILL after StopGrace),
 // then all Consul agents (SIGINT, SIGKILL after StopGrace). It returns once
-// every process has exited; the error lists the processes that had to be
+// every process has exited, then deletes the network namespaces the
+// cluster created (Netns); the error lists the processes that had to be
 // killed. Calling it again is harmless.
 func (c *Cluster) Stop() error {
 	c.mu.Lock()
@@ -278,7 +323,7 @@ func (c *Cluster) Stop() error {
 	if n1+n2 > 0 {
 		c.logf("stopped %d processes", n1+n2)
 	}
-	return errors.Join(err1, err2)
+	return errors.Join(err1, err2, c.deleteNetns())
 }
 
 // stopAll stops the running processes among ps in parallel and waits for
@@ -316,10 +361,12 @@ func (c *Cluster) Node(i int) Node {
 	return n
 }
 
-// ConsulAddr is node i's Consul HTTP address (host:port).
+// ConsulAddr is node i's Consul HTTP address (host:port); in Netns mode
+// it is reached only from node i's namespace.
 func (c *Cluster) ConsulAddr(i int) string { return c.member(i).info.ConsulAddr }
 
-// Consul is an API client for node i's Consul agent.
+// Consul is an API client for node i's Consul agent (it connects from
+// node i's namespace in Netns mode).
 func (c *Cluster) Consul(i int) *api.Client { return c.member(i).consul }
 
 // CsnapdLog is the content of node i's csnapd log.

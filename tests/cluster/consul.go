@@ -13,13 +13,18 @@ import (
 )
 
 // agentConfig is node n's Consul agent configuration: a server of a
-// cluster of nodes servers, on n.IP with the harness's ports.
-func agentConfig(n Node, nodes int) string {
+// cluster of o.Nodes servers, on n.IP with the harness's ports (its HTTP
+// API on the namespace's loopback in Netns mode).
+func agentConfig(o Options, n Node) string {
 	var join []string
-	for j := 1; j <= nodes; j++ {
+	for j := 1; j <= o.Nodes; j++ {
 		if j != n.Index {
-			join = append(join, fmt.Sprintf("%q", fmt.Sprintf("127.0.0.%d:%d", j, ConsulSerfLANPort)))
+			join = append(join, fmt.Sprintf("%q", fmt.Sprintf("%s:%d", nodeIP(o, j), ConsulSerfLANPort)))
 		}
+	}
+	clientAddr := n.IP
+	if o.Netns {
+		clientAddr = "127.0.0.1"
 	}
 	return fmt.Sprintf(`# Written by the csnap cluster harness (tests/cluster); rewritten at every start.
 node_name        = %q
@@ -55,15 +60,14 @@ disable_update_check = true
 connect   { enabled = false }
 ui_config { enabled = true }
 peering   { enabled = false }
-`, n.Name, n.ConsulDataDir, nodes, n.IP, n.IP, n.IP, strings.Join(join, ", "),
+`, n.Name, n.ConsulDataDir, o.Nodes, n.IP, n.IP, clientAddr, strings.Join(join, ", "),
 		ConsulHTTPPort, ConsulSerfLANPort, ConsulServerPort)
 }
 
-// consulClient is an API client for the agent at addr whose requests are
-// bounded, whatever CONSUL_HTTP_* the environment holds.
-func consulClient(addr string) (*api.Client, error) {
-	c, err := api.NewClient(&api.Config{Address: addr, Scheme: "http",
-		HttpClient: &http.Client{Timeout: 2 * time.Second}})
+// consulClient is an API client for the agent at addr, through hc (whose
+// requests are bounded), whatever CONSUL_HTTP_* the environment holds.
+func consulClient(addr string, hc *http.Client) (*api.Client, error) {
+	c, err := api.NewClient(&api.Config{Address: addr, Scheme: "http", HttpClient: hc})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: Consul client for %s: %w", addr, err)
 	}
@@ -85,7 +89,7 @@ func (c *Cluster) startAgent(i int) error {
 	if pid := m.agent.pid(); pid != 0 {
 		return fmt.Errorf("n%d: Consul agent already running (pid %d)", i, pid)
 	}
-	p, err := startProc(m.info.Name+" consul", m.info.ConsulLogPath, nil,
+	p, err := c.startProc(m, m.info.Name+" consul", m.info.ConsulLogPath, nil,
 		filepath.Join(c.opts.BinDir, "consul"), "agent", "-config-file", m.info.ConsulConfig)
 	if err != nil {
 		return err
@@ -125,6 +129,11 @@ func (c *Cluster) waitConsul(ctx context.Context) error {
 	c.logf("Consul ready in %v (leader, serfHealth passing)", time.Since(start).Round(time.Millisecond))
 	return nil
 }
+
+// WaitConsul waits (ReadyTimeout at most) until every running agent has
+// a leader and sees every running node's serfHealth passing: after Heal,
+// the partitioned node has rejoined.
+func (c *Cluster) WaitConsul(ctx context.Context) error { return c.waitConsul(ctx) }
 
 func (c *Cluster) consulReady(ctx context.Context) error {
 	agents := c.runningAgents()

@@ -38,7 +38,7 @@ func (c *Cluster) spawnCsnapd(i int) (*proc, error) {
 	if pid := m.csnapd.pid(); pid != 0 {
 		return nil, fmt.Errorf("n%d: csnapd already running (pid %d)", i, pid)
 	}
-	p, err := startProc(m.info.Name+" csnapd", m.info.CsnapdLogPath, c.opts.Env,
+	p, err := c.startProc(m, m.info.Name+" csnapd", m.info.CsnapdLogPath, c.opts.Env,
 		filepath.Join(c.opts.BinDir, "csnapd"), c.csnapdArgs(m.info)...)
 	if err != nil {
 		return nil, err
@@ -64,7 +64,7 @@ func (c *Cluster) waitCsnapd(ctx context.Context, i int) error {
 		if p.exited() {
 			return permanent{p.exitError()}
 		}
-		return c.healthy(ctx, url)
+		return healthy(ctx, m.http, url)
 	})
 	if err != nil && !p.exited() { // else the error already ends with the log
 		return fmt.Errorf("%w\n%s", err, logTail(p.name, p.logPath))
@@ -76,13 +76,13 @@ func (c *Cluster) waitCsnapd(ctx context.Context, i int) error {
 	return nil
 }
 
-// healthy is nil when GET url answers 200.
-func (c *Cluster) healthy(ctx context.Context, url string) error {
+// healthy is nil when GET url answers 200 through hc.
+func healthy(ctx context.Context, hc *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return permanent{err}
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
