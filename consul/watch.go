@@ -17,6 +17,8 @@ import (
 // follows the volume's server across failovers.
 type ServerWatch struct {
 	volume string
+	c      *api.Client
+	key    string
 
 	mu      sync.Mutex
 	cur     ServerInfo
@@ -26,8 +28,8 @@ type ServerWatch struct {
 
 // WatchServer starts following the lock key of volume until ctx ends.
 func WatchServer(ctx context.Context, c *api.Client, k Keys, volume string, log *logrus.Entry) *ServerWatch {
-	w := &ServerWatch{volume: volume, changed: make(chan struct{})}
 	key := k.ServerLock(volume)
+	w := &ServerWatch{volume: volume, c: c, key: key, changed: make(chan struct{})}
 	go blockingLoop(ctx, log.WithField("watch", key), func(q *api.QueryOptions) (uint64, error) {
 		p, meta, err := c.KV().Get(key, q)
 		if err != nil {
@@ -63,8 +65,16 @@ func (w *ServerWatch) Current() (ServerInfo, bool) {
 func (w *ServerWatch) ready() bool { return w.held && w.cur.Term != 0 && w.cur.Addr != "" }
 
 // Server waits (until ctx ends) for a server that holds the lock and has
-// announced its term, and returns its address.
+// announced its term, and returns its address. A client calls it before
+// every connection attempt, typically because its server went away: so it
+// first reads the key afresh (bounded by ctx). The blocking query alone
+// can be stuck for its whole wait on an agent whose Raft leader just died.
 func (w *ServerWatch) Server(ctx context.Context) (string, error) {
+	if p, _, err := w.c.KV().Get(w.key, (&api.QueryOptions{}).WithContext(ctx)); err == nil {
+		var si ServerInfo
+		held := p != nil && p.Session != "" && json.Unmarshal(p.Value, &si) == nil
+		w.set(si, held)
+	}
 	for {
 		w.mu.Lock()
 		if w.ready() {

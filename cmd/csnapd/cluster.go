@@ -204,11 +204,12 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	// its check's critical status across a re-registration; start afresh
 	// so this node is a member, and can hold sessions, at once.
 	_ = consul.DeregisterISCSI(regCtx, cc)
-	err = consul.RegisterISCSI(regCtx, cc, consul.ISCSIRegistration{
+	reg := consul.ISCSIRegistration{
 		Portal: portalLns[0].Addr().String(), HealthURL: "http://" + hl.Addr().String() + "/v1/health",
 		Header: authHeader(token), Interval: o.checkInterval,
 		Meta: map[string]string{"node": node, "http": hl.Addr().String(), "server": n.serverAddr},
-	})
+	}
+	err = consul.RegisterISCSI(regCtx, cc, reg)
 	cancel()
 	if err != nil {
 		hs.Close()
@@ -216,6 +217,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		wg.Wait()
 		return err
 	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.keepRegistered(volCtx, reg)
+	}()
 	n.members = consul.WatchMembers(volCtx, cc, consul.ISCSIService, log, n.nodeLeft)
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = n.members.Wait(waitCtx)
@@ -276,6 +282,36 @@ func (n *clusterNode) shutdown(hs *http.Server, stopVols context.CancelFunc) {
 		n.log.WithError(err).Warn("deregistering from Consul")
 	}
 	hs.Shutdown(ctx)
+}
+
+// keepRegistered puts csnap-iscsi back when the local agent lost it: an
+// agent cut off from the cluster for long is reaped by autopilot, and the
+// catalogue forgets its services and checks until the agent's next
+// anti-entropy sync, a minute or two later. Without the check this node
+// can neither hold server sessions nor count as a member.
+func (n *clusterNode) keepRegistered(ctx context.Context, reg consul.ISCSIRegistration) {
+	const every = 5 * time.Second
+	for {
+		sleepCtx(ctx, every)
+		if ctx.Err() != nil {
+			return
+		}
+		qctx, cancel := context.WithTimeout(ctx, every)
+		entries, _, err := n.consul.Catalog().Service(consul.ISCSIService, "", (&capi.QueryOptions{}).WithContext(qctx))
+		if err == nil {
+			found := false
+			for _, e := range entries {
+				found = found || e.Node == n.node
+			}
+			if !found {
+				n.log.Warn("this node's csnap-iscsi service is missing from Consul's catalogue; registering it again")
+				if err := consul.RegisterISCSI(qctx, n.consul, reg); err != nil {
+					n.log.WithError(err).Warn("re-registering csnap-iscsi")
+				}
+			}
+		}
+		cancel()
+	}
 }
 
 // waitAgent waits for the local Consul agent and returns its node name.

@@ -123,9 +123,9 @@ func newLogger(o *options, w io.Writer) (*logrus.Entry, error) {
 	l.SetLevel(lvl)
 	switch o.logFormat {
 	case "text":
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
 	case "json":
-		l.SetFormatter(&logrus.JSONFormatter{})
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
 	default:
 		return nil, fmt.Errorf("-log-format: %q is neither text nor json", o.logFormat)
 	}
