@@ -500,6 +500,9 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 		cl, err = client.New(ctx, client.Config{
 			Volume: v.def.Name, Node: n.node, ID: clientID(n.node, v.def.Name),
 			Locator: v.watch, Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
+			// A failover takes seconds: retry often (the locator reads
+			// Consul on every attempt) rather than back off to 1 s.
+			MaxBackoff: 250 * time.Millisecond,
 			Log:      v.log.WithField("component", "snapclient"),
 			OnChange: func(uint64) { v.refresh() },
 		})
