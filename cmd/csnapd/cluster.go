@@ -503,8 +503,8 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 			// A failover takes seconds: retry often (the locator reads
 			// Consul on every attempt) rather than back off to 1 s.
 			MaxBackoff: 250 * time.Millisecond,
-			Log:      v.log.WithField("component", "snapclient"),
-			OnChange: func(uint64) { v.refresh() },
+			Log:        v.log.WithField("component", "snapclient"),
+			OnChange:   func(uint64) { v.refresh() },
 		})
 		if err != nil {
 			if ctx.Err() != nil {
