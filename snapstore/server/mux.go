@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -58,28 +57,18 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var backoff time.Duration
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	err := acceptLoop(ln, func(conn net.Conn) bool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			m.route(ctx, conn)
 		}()
+		return true
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
+	return err
 }
 
 // route reads the HELLO (keeping its bytes) and hands the connection over.

@@ -319,19 +319,34 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
+	err := acceptLoop(ln, func(conn net.Conn) bool {
+		if !s.startSession(ctx, conn) {
+			conn.Close()
+			return false
+		}
+		return true
+	})
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	switch {
+	case err == nil || closed:
+		return ErrServerClosed
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return err
+}
+
+// acceptLoop hands every connection accepted on ln to handle, until handle
+// returns false (acceptLoop returns nil) or Accept fails for good (its
+// error). Temporary failures, such as running out of file descriptors,
+// are slept through with a backoff of up to a second.
+func acceptLoop(ln net.Listener, handle func(net.Conn) bool) error {
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			switch {
-			case closed:
-				return ErrServerClosed
-			case ctx.Err() != nil:
-				return ctx.Err()
-			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -341,9 +356,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		if !s.startSession(ctx, conn) {
-			conn.Close()
-			return ErrServerClosed
+		if !handle(conn) {
+			return nil
 		}
 	}
 }
