@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,5 +267,113 @@ func TestE2EConnectionCut(t *testing.T) {
 	}
 	if err := c3.Snapshot(si.ID, false).ReadAt(buf, e2eChunk); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'A')) {
 		t.Fatalf("after reconnect: %v", err)
+	}
+}
+
+// writeHookDev calls beforeWrite before every write of the wrapped device.
+type writeHookDev struct {
+	Device
+	beforeWrite func(off int64)
+}
+
+func (d writeHookDev) WriteAt(p []byte, off int64) (int, error) {
+	d.beforeWrite(off)
+	return d.Device.WriteAt(p, off)
+}
+
+// TestE2EBarrierAwaitsCutWriter: a client has an approved origin write in
+// flight when its connection is cut; a snapshot created meanwhile must not
+// count as taken until that write has landed (else the write would change
+// the snapshot after its create returned). The client comes back, drains
+// the write, acks, and only then does the create return; the snapshot
+// keeps its content afterwards.
+func TestE2EBarrierAwaitsCutWriter(t *testing.T) {
+	e := newE2E(t)
+	ctx := ctx5(t)
+	if err := e.c.Origin().WriteAt(fill(e2eChunk, 'A'), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := true
+	conns := make(chan net.Conn, 10)
+	redial := make(chan struct{})
+	dials := 0
+	c3, err := New(ctx, Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
+		Origin: writeHookDev{e.origin, func(off int64) {
+			if off == 0 && first {
+				first = false
+				close(entered)
+				<-release
+			}
+		}},
+		Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			if dials++; dials > 1 {
+				<-redial
+			}
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				conns <- nc
+			}
+			return nc, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	var releaseOnce, redialOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	reconnect := func() { redialOnce.Do(func() { close(redial) }) }
+	defer func() { reconnect(); unblock() }() // on failure too, before c3.Close
+	nc := <-conns
+	werr := make(chan error, 1)
+	go func() { werr <- c3.Origin().WriteAt(fill(e2eChunk, 'B'), 0, false) }()
+	<-entered // approved, now writing the origin
+	nc.Close()
+	var landed time.Time
+	created := make(chan time.Time, 1)
+	var si SnapshotInfo
+	go func() {
+		var err error
+		if si, err = e.c.CreateSnapshot(ctx, "s", 0, false); err != nil {
+			t.Error(err)
+		}
+		created <- time.Now()
+	}()
+	select {
+	case <-created:
+		t.Fatal("snapshot created while a disconnected client's approved write was in flight")
+	case <-time.After(300 * time.Millisecond):
+	}
+	reconnect() // back, but its write is still in flight
+	select {
+	case <-created:
+		t.Fatal("snapshot created before the reconnected client's approved write completed")
+	case <-time.After(300 * time.Millisecond):
+	}
+	landed = time.Now()
+	unblock()
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	var at time.Time
+	select {
+	case at = <-created:
+	case <-time.After(5 * time.Second):
+		t.Fatal("create did not return")
+	}
+	if at.Before(landed) {
+		t.Fatalf("create returned at %v, before the write was released at %v", at, landed)
+	}
+	buf := make([]byte, e2eChunk)
+	if err := e.c.Snapshot(si.ID, false).ReadAt(buf, 0); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'B')) {
+		t.Fatalf("snapshot reads %q... (%v), want the write that landed before create returned", buf[:4], err)
+	}
+	if err := e.c.Origin().WriteAt(fill(e2eChunk, 'C'), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Snapshot(si.ID, false).ReadAt(buf, 0); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'B')) {
+		t.Fatalf("snapshot changed after its create returned: %q... (%v)", buf[:4], err)
 	}
 }

@@ -124,7 +124,23 @@
 //     unique-chunk cache and every origin write approved under an older
 //     generation has completed. Parked writes becoming ready meanwhile are
 //     not approved (they redo their copy-out afterwards);
-//  4. when all have acked, open the gate and answer CREATE_SNAPSHOT_OK.
+//  4. when all have acked, and no unsettled client (below) remains, open
+//     the gate and answer CREATE_SNAPSHOT_OK.
+//
+// Unsettled clients. A client's writes go straight to the origin device,
+// so a client that lost its connection may still be writing under an
+// approval (or a cache entry, which only an approval creates). The server
+// therefore records a client as unsettled, with the generation G, when it
+// approves it a write under G, and as settled again when the client acks
+// an INVALIDATE of a generation newer than G, on any connection (the
+// client counts its writes by generation across reconnections). Step 4
+// also waits for every client unsettled when the snapshot was recorded,
+// connected or not: a disconnected one settles when it reconnects (the
+// INVALIDATE it gets after UPLOAD_DONE makes it drain), when its node
+// leaves (NodeLeft), or at the barrier timeout. An unsettled client stays
+// in the registry after it disconnects, and a new server takes every
+// registry client on a member node as unsettled: approvals of the old
+// server may still be in flight.
 //
 // The snapshot is then the origin as of the instant the barrier
 // completed: no copy-out ran between 2 and 4, every write approved before
@@ -145,11 +161,12 @@
 // through an old-generation approval. Snapshot reads, admin requests and
 // snapshot writes are not held.
 //
-// Trade-off: a client that does not ack within BarrierTimeout is
-// disconnected (logged at error level) and the create completes without
+// Trade-off: a client that does not ack (or, disconnected, does not come
+// back) within BarrierTimeout is disconnected and struck off (logged at
+// error level, with the clients named) and the create completes without
 // it. If that client is alive but unreachable, writes it had already been
 // approved may still land on the origin after the create returned; waiting
-// forever would instead stop every writer of the volume. Its node leaving
+// forever would instead stop every snapshot of the volume. Its node leaving
 // the cluster (fencing, in the cluster layer) is what ends that risk.
 //
 // # Failover: the client registry and awaited clients

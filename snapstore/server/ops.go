@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -142,9 +143,10 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 			}
 		}
 		s.mu.Lock()
-		ok := s.barrier == nil && s.eng.Generation() == gen
+		ok := s.barrier == nil && s.eng.Generation() == gen && !ss.closed
 		if ok {
 			s.preparing++ // until the approval is sent; see handle
+			s.unsettled[ss.id] = unsettled{node: ss.node, gen: gen}
 		}
 		s.mu.Unlock()
 		if ok {
@@ -327,6 +329,13 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 			targets = append(targets, ss)
 		}
 	}
+	for id := range s.unsettled {
+		b.clients = append(b.clients, id)
+	}
+	if away := s.unsettledAwayLocked(b); len(away) > 0 {
+		s.log.WithFields(logrus.Fields{"snapshot": name, "clients": away, "timeout": s.cfg.BarrierTimeout.String()}).
+			Warn("snapshot waits for disconnected clients that may still be writing under an approval")
+	}
 	s.mu.Unlock()
 	for _, ss := range targets {
 		ss.invalidate(b.gen)
@@ -336,7 +345,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 	defer timer.Stop()
 	timedOut := false
 	s.mu.Lock()
-	for len(b.pending) > 0 && !s.closed && !timedOut {
+	for (len(b.pending) > 0 || b.unsettledLocked(s) > 0) && !s.closed && !timedOut {
 		ch := s.changed
 		s.mu.Unlock()
 		select {
@@ -352,15 +361,58 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 		late = append(late, ss)
 		s.dropSessionLocked(ss)
 	}
+	var away []string
+	var forget []wire.ClientID
+	if !s.closed {
+		away = s.unsettledAwayLocked(b)
+		for _, id := range b.clients {
+			if _, ok := s.unsettled[id]; ok {
+				delete(s.unsettled, id)
+				forget = append(forget, id)
+			}
+		}
+	}
 	end()
 	for _, ss := range late {
 		ss.log.WithFields(logrus.Fields{"snapshot": name, "generation": b.gen, "timeout": s.cfg.BarrierTimeout.String()}).
 			Error("client did not acknowledge the snapshot barrier in time; disconnected")
 		ss.kill()
 	}
+	if len(away) > 0 {
+		s.log.WithFields(logrus.Fields{"snapshot": name, "generation": b.gen, "clients": away, "timeout": s.cfg.BarrierTimeout.String()}).
+			Error("disconnected clients did not come back in time: writes they were approved before the snapshot may still land in it")
+	}
+	for _, id := range forget {
+		s.regDelete(id)
+	}
 	s.log.WithFields(logrus.Fields{"snapshot": name, "id": si.ID, "generation": b.gen, "clients": len(targets),
 		"took": time.Since(start).String()}).Info("snapshot created")
 	return si, nil
+}
+
+// unsettledLocked counts b's clients that are still unsettled.
+func (b *barrier) unsettledLocked(s *Server) int {
+	n := 0
+	for _, id := range b.clients {
+		if _, ok := s.unsettled[id]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+// unsettledAwayLocked names b's unsettled clients that have no connection
+// (id@node), for the logs.
+func (s *Server) unsettledAwayLocked(b *barrier) []string {
+	var out []string
+	for _, id := range b.clients {
+		u, ok := s.unsettled[id]
+		if _, conn := s.sessions[id]; ok && !conn {
+			out = append(out, id.String()+"@"+u.node)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ---------------------------------------------------------------------------

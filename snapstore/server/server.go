@@ -102,6 +102,7 @@ type Server struct {
 	conns     map[*session]struct{}       // every open connection
 	awaited   map[wire.ClientID]Entry     // registry clients not back yet
 	detached  map[wire.ClientID]*detached // lost connections whose locks are kept
+	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
 	parked    map[locks.Key]chan struct{}
 	barrier   *barrier
 	preparing int           // origin-write copy-outs in progress
@@ -118,6 +119,21 @@ type Server struct {
 type barrier struct {
 	gen     uint64 // 0 while draining copy-outs, then the new generation
 	pending map[*session]struct{}
+	// clients are the clients that were unsettled when the snapshot was
+	// recorded: the barrier also waits until none of them is unsettled
+	// any more, connected or not.
+	clients []wire.ClientID
+}
+
+// unsettled records a client that was approved an origin write (or, with
+// it, a cache entry) under generation gen and has not yet acknowledged an
+// INVALIDATE of a newer generation: it may still write the origin under
+// that approval, whether or not it is connected now. A client settles when
+// it acknowledges a newer INVALIDATE (on any connection), when its node
+// leaves, or when a barrier gives up on it.
+type unsettled struct {
+	node string
+	gen  uint64
 }
 
 // New builds the server of one volume. It records cfg.Term in the store
@@ -196,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*session]struct{}{},
 		awaited:   map[wire.ClientID]Entry{},
 		detached:  map[wire.ClientID]*detached{},
+		unsettled: map[wire.ClientID]unsettled{},
 		parked:    map[locks.Key]chan struct{}{},
 		changed:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
@@ -208,17 +225,18 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot server for volume %q: list client registry: %w", cfg.Volume, err)
 	}
+	gen := eng.Generation()
 	for _, e := range entries {
-		switch {
-		case !e.HoldsLocks:
-			// It held nothing the old server knew of; it re-registers when
-			// it reconnects.
-			_ = s.reg.Delete(ctx, e.ID)
-		case !s.mem.IsMember(e.Node):
+		if !s.mem.IsMember(e.Node) {
 			log.WithFields(logrus.Fields{"client": e.ID.String(), "node": e.Node}).
 				Warn("registry client's node is not a cluster member: not awaiting it")
 			_ = s.reg.Delete(ctx, e.ID)
-		default:
+			continue
+		}
+		// The old server may have approved it origin writes still in
+		// flight: the next snapshot waits for it (barrier).
+		s.unsettled[e.ID] = unsettled{node: e.Node, gen: gen}
+		if e.HoldsLocks {
 			s.awaited[e.ID] = e
 		}
 	}
@@ -249,6 +267,7 @@ func (s *Server) awaitExpired() {
 	for id, e := range s.awaited {
 		gone = append(gone, e)
 		delete(s.awaited, id)
+		delete(s.unsettled, id) // struck off: the barrier does not wait for it either
 		s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
 	}
 	if len(gone) > 0 {
@@ -431,6 +450,14 @@ func (s *Server) NodeLeft(node string) {
 			ids = append(ids, id)
 		}
 	}
+	for id, u := range s.unsettled {
+		if u.node == node {
+			delete(s.unsettled, id)
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, func(a, b wire.ClientID) int { return bytes.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
 	s.notifyLocked()
 	s.mu.Unlock()
 	for _, ss := range kill {
@@ -567,9 +594,12 @@ func (s *Server) regPut(ctx context.Context, ss *session, holds bool) error {
 
 // ClientInfo describes one client of the registry (the API's "clients").
 type ClientInfo struct {
-	ID        wire.ClientID
-	Node      string
-	Connected bool // false: awaited (in the registry, not reconnected yet)
+	ID   wire.ClientID
+	Node string
+	// Connected is false for a client that is awaited: in the registry and
+	// not reconnected yet, or disconnected while it may still be writing
+	// under an approval (the next snapshot waits for it).
+	Connected bool
 	Locks     int  // read locks held
 	Writes    int  // origin writes parked behind read locks
 }
@@ -599,6 +629,14 @@ func (s *Server) Clients() []ClientInfo {
 	for id, d := range s.detached {
 		if _, ok := s.awaited[id]; !ok {
 			out = append(out, ClientInfo{ID: id, Node: d.node, Locks: s.tab.Usage(locks.ClientID(id)).Locks})
+		}
+	}
+	for id, u := range s.unsettled {
+		_, c := s.sessions[id]
+		_, a := s.awaited[id]
+		_, d := s.detached[id]
+		if !c && !a && !d {
+			out = append(out, ClientInfo{ID: id, Node: u.node})
 		}
 	}
 	slices.SortFunc(out, func(a, b ClientInfo) int { return bytes.Compare(a.ID[:], b.ID[:]) })

@@ -308,8 +308,11 @@ func TestAwaitedClients(t *testing.T) {
 				cfg.AwaitTimeout = 300 * time.Millisecond
 			}
 			e := start(t, cfg)
+			// Both are awaited: cid(1) by origin writes and snapshots,
+			// cid(3) (no locks) by snapshots only (TestBarrierAwaitsRegistryClients).
 			cl := e.srv.Clients()
-			if len(cl) != 1 || cl[0].ID != cid(1) || cl[0].Connected || cl[0].State() != "awaited" {
+			if len(cl) != 2 || cl[0].ID != cid(1) || cl[0].Connected || cl[0].State() != "awaited" ||
+				cl[1].ID != cid(3) || cl[1].State() != "awaited" {
 				t.Fatalf("clients %+v", cl)
 			}
 			b := connect(t, e.addr, cid(2), "n2")
@@ -333,7 +336,7 @@ func TestAwaitedClients(t *testing.T) {
 			case "timeout":
 				mustType[*wire.OriginWriteOK](t, b.wait(wch))
 			}
-			if cl := e.srv.Clients(); slices.ContainsFunc(cl, func(c ClientInfo) bool { return !c.Connected }) {
+			if cl := e.srv.Clients(); slices.ContainsFunc(cl, func(c ClientInfo) bool { return !c.Connected && c.ID == cid(1) }) {
 				t.Fatalf("still awaited: %+v", cl)
 			}
 		})
@@ -589,4 +592,131 @@ func TestDetachGrace(t *testing.T) {
 			mustType[*wire.OriginWriteOK](t, b.wait(wch))
 		})
 	}
+}
+
+// A client approved an origin write that then lost its connection may still
+// be writing: a snapshot waits for it to come back and drain (its ack of the
+// new generation), for its node to leave, or for the barrier timeout.
+func TestBarrierAwaitsDisconnectedWriter(t *testing.T) {
+	for _, how := range []string{"reconnect", "nodeleft", "timeout"} {
+		t.Run(how, func(t *testing.T) {
+			cfg := Config{}
+			if how == "timeout" {
+				cfg.BarrierTimeout = 400 * time.Millisecond
+			}
+			e := start(t, cfg)
+			a := connect(t, e.addr, cid(1), "n1")
+			b := connect(t, e.addr, cid(2), "n2")
+			mustType[*wire.OriginWriteOK](t, a.call(&wire.OriginWrite{Ranges: rng(3, 1)}))
+			a.conn.Close()
+			eventually(t, "client listed as awaited", func() bool {
+				cl := e.srv.Clients()
+				return len(cl) == 2 && cl[0].ID == cid(1) && cl[0].State() == "awaited"
+			})
+			if l, _ := e.reg.List(context.Background()); len(l) != 2 {
+				t.Fatalf("registry dropped the disconnected writer: %+v", l)
+			}
+			t0 := time.Now()
+			_, cch := b.send(&wire.CreateSnapshot{Name: "s1"})
+			b.pending(cch, "create while an approved writer is away")
+			switch how {
+			case "reconnect":
+				a2, m := dial(t, e.addr, hello(cid(1), "n1"))
+				mustType[*wire.HelloOK](t, m)
+				a2.mu.Lock()
+				a2.autoAck = false
+				a2.mu.Unlock()
+				mustType[*wire.OK](t, a2.call(&wire.UploadDone{}))
+				var inv frame
+				select {
+				case inv = <-a2.inval:
+				case <-time.After(waitLong):
+					t.Fatal("reconnected writer got no INVALIDATE")
+				}
+				b.pending(cch, "create before the reconnected writer drained")
+				a2.mu.Lock()
+				a2.autoAck = true
+				a2.mu.Unlock()
+				_ = a2.w.Write(inv.id, &wire.InvalidateAck{Generation: inv.m.(*wire.Invalidate).Generation})
+				mustType[*wire.CreateSnapshotOK](t, b.wait(cch))
+			case "nodeleft":
+				e.srv.NodeLeft("n1")
+				mustType[*wire.CreateSnapshotOK](t, b.wait(cch))
+			case "timeout":
+				mustType[*wire.CreateSnapshotOK](t, b.wait(cch))
+				if d := time.Since(t0); d < 400*time.Millisecond {
+					t.Fatalf("create returned after %v, before the barrier timeout", d)
+				}
+			}
+			if how != "reconnect" {
+				eventually(t, "writer struck off", func() bool {
+					l, _ := e.reg.List(context.Background())
+					return len(e.srv.Clients()) == 1 && len(l) == 1
+				})
+			}
+			// Settled: the next snapshot does not wait.
+			t1 := time.Now()
+			createSnap(t, b, "s2")
+			if d := time.Since(t1); d > waitShort*2 {
+				t.Fatalf("second create took %v", d)
+			}
+		})
+	}
+}
+
+// Clients that acknowledged a newer generation after their last approval,
+// or never had one, hold no snapshot back when they disconnect.
+func TestBarrierSkipsSettledClients(t *testing.T) {
+	e := start(t, Config{BarrierTimeout: 2 * time.Second})
+	a := connect(t, e.addr, cid(1), "n1")
+	b := connect(t, e.addr, cid(2), "n2")
+	c := connect(t, e.addr, cid(3), "n3")
+	mustType[*wire.OriginWriteOK](t, a.call(&wire.OriginWrite{Ranges: rng(3, 1)}))
+	createSnap(t, b, "s1") // a acks generation 1: settled
+	a.conn.Close()
+	c.conn.Close() // never approved anything
+	eventually(t, "disconnected clients gone", func() bool { return len(e.srv.Clients()) == 1 })
+	t0 := time.Now()
+	createSnap(t, b, "s2")
+	if d := time.Since(t0); d > time.Second {
+		t.Fatalf("create waited %v for settled clients", d)
+	}
+}
+
+// A client that loses its connection during the barrier, before acking,
+// is still waited for.
+func TestBarrierAwaitsWriterCutMidBarrier(t *testing.T) {
+	e := start(t, Config{})
+	a := connect(t, e.addr, cid(1), "n1")
+	b := connect(t, e.addr, cid(2), "n2")
+	mustType[*wire.OriginWriteOK](t, a.call(&wire.OriginWrite{Ranges: rng(3, 1)}))
+	a.mu.Lock()
+	a.autoAck = false
+	a.mu.Unlock()
+	_, cch := b.send(&wire.CreateSnapshot{Name: "s1"})
+	select {
+	case <-a.inval:
+	case <-time.After(waitLong):
+		t.Fatal("no INVALIDATE")
+	}
+	a.conn.Close()
+	b.pending(cch, "create after the unacked writer's connection was cut")
+	connect(t, e.addr, cid(1), "n1") // acks at once
+	mustType[*wire.CreateSnapshotOK](t, b.wait(cch))
+}
+
+// A newly elected server takes every registry client on a member node as
+// possibly writing under the old server's approvals.
+func TestBarrierAwaitsRegistryClients(t *testing.T) {
+	reg := NewMemRegistry()
+	_ = reg.Put(context.Background(), Entry{ID: cid(3), Node: "n3"})
+	e := start(t, Config{Registry: reg, Term: 2})
+	b := connect(t, e.addr, cid(2), "n2")
+	// Origin writes are not held back (it held no read locks)...
+	mustType[*wire.OriginWriteOK](t, b.call(&wire.OriginWrite{Ranges: rng(1, 1)}))
+	// ...but a snapshot waits for it.
+	_, cch := b.send(&wire.CreateSnapshot{Name: "s1"})
+	b.pending(cch, "create before the registry client is back")
+	connect(t, e.addr, cid(3), "n3")
+	mustType[*wire.CreateSnapshotOK](t, b.wait(cch))
 }

@@ -162,9 +162,16 @@ func (ss *session) teardown() {
 	s.mu.Lock()
 	current := s.endSessionLocked(ss, endDetach)
 	_, kept := s.detached[ss.id]
+	_, unsettled := s.unsettled[ss.id]
 	delete(s.conns, ss)
 	s.mu.Unlock()
-	if current && !kept {
+	switch {
+	case !current || kept:
+	case unsettled:
+		// Kept in the registry: a new server must know it may still be
+		// writing under an approval.
+		ss.log.Info("client disconnected; it may still be writing under an approval, so the next snapshot waits for it")
+	default:
 		s.regDelete(ss.id)
 		ss.log.Info("client disconnected")
 	}
@@ -452,6 +459,11 @@ func (ss *session) invalidateReply(id, gen uint64, e *wire.Error) bool {
 				delete(b.pending, ss)
 				s.notifyLocked()
 			}
+		}
+		// Every write it was approved before gen has completed.
+		if u, found := s.unsettled[ss.id]; found && u.gen < gen {
+			delete(s.unsettled, ss.id)
+			s.notifyLocked()
 		}
 	}
 	s.mu.Unlock()
