@@ -600,8 +600,8 @@ type ClientInfo struct {
 	// not reconnected yet, or disconnected while it may still be writing
 	// under an approval (the next snapshot waits for it).
 	Connected bool
-	Locks     int  // read locks held
-	Writes    int  // origin writes parked behind read locks
+	Locks     int // read locks held
+	Writes    int // origin writes parked behind read locks
 }
 
 // State is "connected" or "awaited".
