@@ -43,11 +43,19 @@ func (w testWriterLog) Write(p []byte) (int, error) {
 // test, by PID, with every csnapd log dumped if the test failed.
 func startCluster(t *testing.T, extra ...string) *cluster.Cluster {
 	t.Helper()
+	return startClusterWith(t, cluster.Options{CsnapdArgs: extra})
+}
+
+// startClusterWith is startCluster with harness options (Dir, BinDir and
+// Log are filled in). The volume's files are in c.Dir().
+func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
+	t.Helper()
 	requireTool(t, "qemu-io")
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: dir, BinDir: binDir(t), Log: testWriterLog{t}, CsnapdArgs: extra})
+	o.Dir, o.BinDir, o.Log = dir, binDir(t), testWriterLog{t}
+	c, err := cluster.Start(ctx, o)
 	if err != nil {
 		t.Fatalf("starting the cluster: %v", err)
 	}

@@ -65,7 +65,10 @@ type Options struct {
 	Nodes      int       // number of nodes, 1..254; default 3
 	Log        io.Writer // progress lines; may be nil
 	CsnapdArgs []string  // extra flags for every csnapd
-	Env        []string  // extra environment ("K=V") for every csnapd
+	// CsnapdArgsFor, if set, gives extra flags for one node's csnapd
+	// (after CsnapdArgs, so they override them), e.g. a second portal.
+	CsnapdArgsFor func(n Node) []string
+	Env           []string // extra environment ("K=V") for every csnapd
 
 	// NoCsnapd starts the Consul agents only (StartNode then restarts
 	// only the agent); StartCsnapd still starts a csnapd when asked.

@@ -12,7 +12,7 @@ import (
 )
 
 // csnapdArgs are node n's csnapd flags: the cluster-mode contract, then
-// Options.CsnapdArgs (which may override them).
+// Options.CsnapdArgs and Options.CsnapdArgsFor (which may override them).
 func (c *Cluster) csnapdArgs(n Node) []string {
 	args := []string{
 		"-node-name", n.Name,
@@ -24,7 +24,11 @@ func (c *Cluster) csnapdArgs(n Node) []string {
 		"-portal-group-tag", strconv.Itoa(n.Index),
 		"-log-level", "debug",
 	}
-	return append(args, c.opts.CsnapdArgs...)
+	args = append(args, c.opts.CsnapdArgs...)
+	if c.opts.CsnapdArgsFor != nil {
+		args = append(args, c.opts.CsnapdArgsFor(n)...)
+	}
+	return args
 }
 
 // spawnCsnapd starts node i's csnapd (not running) without waiting.

@@ -128,3 +128,29 @@ func TestContentMatchesGuest(t *testing.T) {
 		}
 	}
 }
+
+// Two paths of one csnap LU (nodes 2 and 1 of a cluster, as a guest read
+// them): the LU designator (NAA) and the LU's SCSI name string match, the
+// target port ones differ.
+func TestLUDesignators(t *testing.T) {
+	const (
+		pa = "00830064010300106a00000a729f5c11e75d4b24fd1f09d85398002069716e2e323032362d31312e696f2e63736e61703a762c742c307830303032005194000400000002519500040000000253a8001869716e2e323032362d31312e696f2e63736e61703a760000"
+		pb = "00830064010300106a00000a729f5c11e75d4b24fd1f09d85398002069716e2e323032362d31312e696f2e63736e61703a762c742c307830303031005194000400000001519500040000000153a8001869716e2e323032362d31312e696f2e63736e61703a760000"
+	)
+	la, err := LUDesignators(pa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := LUDesignators(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(la) != 1 || la[0] != "010300106a00000a729f5c11e75d4b24fd1f09d8" || strings.Join(la, "") != strings.Join(lb, "") {
+		t.Fatalf("LU designators: %v and %v", la, lb)
+	}
+	for _, bad := range []string{"zz", "0080", "008300080103", "00830004010300106a"} {
+		if _, err := LUDesignators(bad); err == nil {
+			t.Errorf("LUDesignators(%q) accepted", bad)
+		}
+	}
+}

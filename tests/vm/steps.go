@@ -188,9 +188,11 @@ func Sleep(d time.Duration) Step {
 	return step("sleep", "sec", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
 }
 
-// SameIdentity fails unless all the disks have the same VPD page 0x83
-// (device identification) and wwid, as dm-multipath requires of the
-// paths of one LU.
+// SameIdentity fails unless all the disks have the same logical-unit
+// designators in VPD page 0x83 (device identification) and the same wwid,
+// as dm-multipath requires of the paths of one LU. The page's target port
+// designators (relative port, port group, port name) differ from portal
+// to portal by design and are not compared.
 func SameIdentity(ids ...string) Step { return step("sameid", "ids", strings.Join(ids, "+")) }
 
 // RawIO writes mb MiB of deterministic data to the raw disk id at offMiB

@@ -31,6 +31,7 @@ import (
 	"bufio"
 	"context"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -740,4 +741,29 @@ func (r *Result) At(event string, kv ...string) time.Duration {
 		return ms[0].Host
 	}
 	return -1
+}
+
+// LUDesignators returns the designation descriptors of a VPD page 0x83 (as
+// a hex dump, Disk.VPD83) whose association is the logical unit, as hex,
+// in page order: what must match across the paths of one LU.
+func LUDesignators(vpd83 string) ([]string, error) {
+	b, err := hex.DecodeString(vpd83)
+	if err != nil {
+		return nil, fmt.Errorf("VPD 0x83 dump: %w", err)
+	}
+	if len(b) < 4 || b[1] != 0x83 {
+		return nil, fmt.Errorf("not a VPD 0x83 page: %q", vpd83)
+	}
+	var out []string
+	for p := b[4:]; len(p) > 0; {
+		if len(p) < 4 || len(p) < 4+int(p[3]) {
+			return nil, fmt.Errorf("VPD 0x83: truncated designator at byte %d", len(b)-len(p))
+		}
+		d := p[:4+int(p[3])]
+		if (d[1]>>4)&3 == 0 {
+			out = append(out, hex.EncodeToString(d))
+		}
+		p = p[len(d):]
+	}
+	return out, nil
 }

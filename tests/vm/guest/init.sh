@@ -448,7 +448,22 @@ op_pause() { # wait until the host writes "@@GO name" to the console
 	mark "RESUMED name=$a_name"
 }
 
-op_sameid() { # all ids (a+b+...) show the same VPD 0x83 identity and wwid
+# lu_designators prints the designation descriptors of a VPD 0x83 hex dump
+# whose association is the logical unit (the target port and target
+# device ones differ from portal to portal by design), concatenated.
+lu_designators() {
+	v=$1 out= i=8 n=${#1}
+	while [ $((i + 8)) -le $n ]; do
+		b1=$((0x$(echo "$v" | cut -c$((i + 3))-$((i + 4)))))
+		len=$((0x$(echo "$v" | cut -c$((i + 7))-$((i + 8)))))
+		end=$((i + 8 + 2 * len))
+		[ $(((b1 >> 4) & 3)) -eq 0 ] && out="$out$(echo "$v" | cut -c$((i + 1))-$end)"
+		i=$end
+	done
+	echo "$out"
+}
+
+op_sameid() { # all ids (a+b+...) show the same LU designators in VPD 0x83, and wwid
 	need ids
 	first= fw=
 	for id in $(echo "$a_ids" | tr '+' ' '); do
@@ -456,14 +471,16 @@ op_sameid() { # all ids (a+b+...) show the same VPD 0x83 identity and wwid
 		v=$(hexof "/sys/block/$d/device/vpd_pg83")
 		w=$(cat "/sys/block/$d/device/wwid" 2>/dev/null)
 		[ -n "$v" ] || fail "id=$id ($d) has no VPD page 0x83"
+		l=$(lu_designators "$v")
+		[ -n "$l" ] || fail "id=$id ($d): no logical-unit designator in VPD page 0x83 $v"
 		if [ -z "$first" ]; then
-			first=$v fw=$w
+			first=$l fw=$w
 		else
-			[ "$v" = "$first" ] || fail "VPD 0x83 of id=$id differs: $v != $first"
+			[ "$l" = "$first" ] || fail "LU designators in VPD 0x83 of id=$id differ: $l != $first"
 			[ "$w" = "$fw" ] || fail "wwid of id=$id differs: $w != $fw"
 		fi
 	done
-	mark "SAMEID ids=$a_ids vpd83=$first"
+	mark "SAMEID ids=$a_ids lu=$first wwid=$fw"
 }
 
 op_rawio() { # O_DIRECT write + read back on the raw disk at off (MiB)
