@@ -175,6 +175,8 @@ type Client struct {
 	broken   map[uint64]struct{} // locks held across a lost connection: the read must be redone
 	maxIn    int                 // requests the server allows in flight (for our calls, minus reserve)
 	maxLocks int                 // 0: no limit announced
+	proto    uint16              // protocol version of the last HELLO_OK; 0 before the first
+	shared   map[string]sharedEntry
 
 	changeMu  sync.Mutex
 	changeGen uint64
@@ -229,6 +231,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		pending:   make(map[uint64]*call),
 		locks:     make(map[uint64]wire.HeldLock),
 		broken:    make(map[uint64]struct{}),
+		shared:    make(map[string]sharedEntry),
 		down:      time.Now(),
 		changeSig: make(chan struct{}, 1),
 	}
@@ -772,6 +775,7 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 		c.maxIn -= 2 // kept for PING and UPLOAD_DONE
 	}
 	c.maxLocks = int(min(h.MaxLocks, 1<<30))
+	c.proto = h.Version
 
 	// Re-declare the locks still held, ascending by handle, in frames
 	// bounded by count and size.
@@ -803,6 +807,15 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 	}
 	if err := flush(); err != nil {
 		return err
+	}
+	// Declare the shared state this client knows (a new server rebuilds
+	// its copy from these).
+	if h.Version >= wire.VersionShared {
+		for k, e := range c.shared {
+			if err := cn.send(0, &wire.UploadShared{SharedValue: wire.SharedValue{Key: k, Version: e.version, Value: e.value}}); err != nil {
+				return err
+			}
+		}
 	}
 	c.cn, c.server = cn, cn.addr
 	c.down, c.unreach = time.Time{}, false

@@ -184,6 +184,9 @@ func (cn *conn) reader() {
 		switch m := m.(type) {
 		case *wire.Invalidate:
 			c.invalidate(cn, id, m.Generation)
+		case *wire.SharedState:
+			c.installShared(m.SharedValue)
+			_ = cn.send(id, &wire.OK{})
 		case *wire.Ping:
 			_ = cn.send(id, &wire.Pong{})
 		case *wire.Pong:

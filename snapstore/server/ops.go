@@ -57,6 +57,8 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 		return s.listSnapshots(m.After, int(m.Max)), nil
 	case *wire.Status:
 		return s.statusMessage(), nil
+	case *wire.SharedUpdate:
+		return s.sharedUpdate(ctx, ss, m)
 	case *wire.Check:
 		return s.checkMessage(ctx)
 	}

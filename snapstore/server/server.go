@@ -103,14 +103,19 @@ type Server struct {
 	awaited   map[wire.ClientID]Entry     // registry clients not back yet
 	detached  map[wire.ClientID]*detached // lost connections whose locks are kept
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
-	parked    map[locks.Key]chan struct{}
-	barrier   *barrier
-	preparing int           // origin-write copy-outs in progress
-	changed   chan struct{} // closed and replaced on every state change
-	listeners map[net.Listener]struct{}
-	closed    bool
-	timer     *time.Timer
-	closeCh   chan struct{}
+	// shared is the shared state (shared.go); uploadAwait the registry
+	// clients whose upload a newly elected server waits for before it
+	// commits a shared-state update.
+	shared      map[string]*sharedEntry
+	uploadAwait map[wire.ClientID]string
+	parked      map[locks.Key]chan struct{}
+	barrier     *barrier
+	preparing   int           // origin-write copy-outs in progress
+	changed     chan struct{} // closed and replaced on every state change
+	listeners   map[net.Listener]struct{}
+	closed      bool
+	timer       *time.Timer
+	closeCh     chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -213,10 +218,13 @@ func New(cfg Config) (*Server, error) {
 		awaited:   map[wire.ClientID]Entry{},
 		detached:  map[wire.ClientID]*detached{},
 		unsettled: map[wire.ClientID]unsettled{},
-		parked:    map[locks.Key]chan struct{}{},
-		changed:   make(chan struct{}),
-		listeners: map[net.Listener]struct{}{},
-		closeCh:   make(chan struct{}),
+		shared:    map[string]*sharedEntry{},
+
+		uploadAwait: map[wire.ClientID]string{},
+		parked:      map[locks.Key]chan struct{}{},
+		changed:     make(chan struct{}),
+		listeners:   map[net.Listener]struct{}{},
+		closeCh:     make(chan struct{}),
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
@@ -236,6 +244,9 @@ func New(cfg Config) (*Server, error) {
 		// The old server may have approved it origin writes still in
 		// flight: the next snapshot waits for it (barrier).
 		s.unsettled[e.ID] = unsettled{node: e.Node, gen: gen}
+		// It holds a replica of the shared state, maybe newer than any
+		// other client's.
+		s.uploadAwait[e.ID] = e.Node
 		if e.HoldsLocks {
 			s.awaited[e.ID] = e
 		}
@@ -243,6 +254,8 @@ func New(cfg Config) (*Server, error) {
 	if len(s.awaited) > 0 {
 		log.WithFields(logrus.Fields{"awaited": s.awaitedListLocked(), "timeout": cfg.AwaitTimeout.String()}).
 			Warn("origin writes wait until these lock-holding clients reconnect (or their nodes leave)")
+	}
+	if len(s.awaited) > 0 || len(s.uploadAwait) > 0 {
 		s.wg.Add(1) // done when the timer has run or was stopped
 		s.timer = time.AfterFunc(cfg.AwaitTimeout, s.awaitExpired)
 	}
@@ -269,6 +282,11 @@ func (s *Server) awaitExpired() {
 		delete(s.awaited, id)
 		delete(s.unsettled, id) // struck off: the barrier does not wait for it either
 		s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+	}
+	if len(s.uploadAwait) > 0 {
+		s.log.WithField("clients", len(s.uploadAwait)).
+			Warn("registry clients did not upload their shared state in time; committing shared-state updates without them")
+		clear(s.uploadAwait)
 	}
 	if len(gone) > 0 {
 		s.log.WithFields(logrus.Fields{"clients": len(gone), "timeout": s.cfg.AwaitTimeout.String()}).
@@ -454,6 +472,11 @@ func (s *Server) NodeLeft(node string) {
 		if u.node == node {
 			delete(s.unsettled, id)
 			ids = append(ids, id)
+		}
+	}
+	for id, n := range s.uploadAwait {
+		if n == node {
+			delete(s.uploadAwait, id)
 		}
 	}
 	slices.SortFunc(ids, func(a, b wire.ClientID) int { return bytes.Compare(a[:], b[:]) })

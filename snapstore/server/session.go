@@ -30,15 +30,18 @@ type session struct {
 	sem    chan struct{} // requests in flight
 	killed sync.Once
 
-	id   wire.ClientID // set by HELLO
-	node string
+	id      wire.ClientID // set by HELLO
+	node    string
+	version uint16 // protocol version chosen at HELLO
 
 	nextReq atomic.Uint64 // ids of server-initiated requests
 
 	// guarded by s.mu
-	live   bool              // UPLOAD_DONE accepted
-	closed bool              // dropped: no new table state for it
-	invals map[uint64]uint64 // INVALIDATE request id -> generation
+	live   bool                     // UPLOAD_DONE accepted
+	closed bool                     // dropped: no new table state for it
+	invals map[uint64]uint64        // INVALIDATE request id -> generation
+	calls  map[uint64]chan struct{} // other server requests (SHARED_STATE) -> closed on OK
+	seen   map[string]uint64        // shared entries uploaded before UPLOAD_DONE, by key
 
 	// guarded by s.regMu
 	regDone, regHolds bool
@@ -214,7 +217,7 @@ func (ss *session) handshake(r *wire.Reader) bool {
 	case !s.mem.IsMember(h.Node):
 		return reject(wire.RejectNotMember, "node %q is not a cluster member", h.Node)
 	}
-	ss.id, ss.node = h.Client, h.Node
+	ss.id, ss.node, ss.version = h.Client, h.Node, version
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -278,12 +281,22 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 			ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
 		}
 		return true
+	case *wire.UploadShared:
+		return ss.uploadShared(m)
 	case *wire.InvalidateAck:
 		return ss.invalidateReply(id, m.Generation, nil)
+	case *wire.OK:
+		return ss.callReply(id, nil)
 	case *wire.Error:
 		if id == 0 {
 			ss.log.WithField("error", m.Error()).Info("client reported a connection error")
 			return false
+		}
+		s.mu.Lock()
+		_, isCall := ss.calls[id]
+		s.mu.Unlock()
+		if isCall {
+			return ss.callReply(id, m)
 		}
 		return ss.invalidateReply(id, 0, m)
 	case *wire.Pong:
@@ -407,6 +420,7 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 		return false
 	}
 	ss.live = true
+	delete(s.uploadAwait, ss.id)
 	if _, ok := s.awaited[ss.id]; ok {
 		delete(s.awaited, ss.id)
 		ss.log.WithField("locks", len(up)).Info("awaited client is back")
@@ -425,6 +439,7 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 	s.mu.Unlock()
 	_ = ss.conn.SetReadDeadline(time.Time{})
 	ss.send(id, &wire.OK{})
+	ss.pushSharedAfterUpload()
 	if inval != 0 {
 		ss.invalidate(inval)
 	}

@@ -39,11 +39,12 @@
 //     HELLO_OK's MaxInFlight from a client) and the server answers each
 //     when ready; a slow copy-out does not hold up a snapshot read.
 //   - A notice carries id 0 and has no reply (FINISH_SNAPSHOT_READ,
-//     UPLOAD_LOCKS).
+//     UPLOAD_LOCKS, UPLOAD_SHARED).
 //   - ERROR with id 0 reports a connection-level failure just before its
 //     sender closes the connection.
 //
-// Both sides may send requests: the server sends INVALIDATE (and PING).
+// Both sides may send requests: the server sends INVALIDATE, SHARED_STATE
+// (and PING).
 // Id spaces are per sender; the receiver knows from the type whether a
 // frame is a request to it or a reply to one of its own.
 //
@@ -101,6 +102,8 @@
 //	              kind 1 (store):  u64 store byte offset of the first chunk
 //	                               (chunk start+i is at offset + i*chunk size)
 //	            same ordering rules and chunk limit as ranges
+//	shared      u8 key length (1..255), key bytes, u64 version, u32 value
+//	  value     length (0..MaxSharedValue, 512 KiB), value bytes (opaque)
 //	snapshot    u32 id (0 = by name), name (empty = by id): exactly one set
 //	  ref
 //	snapshot    u32 id (nonzero), name, i64 created (unix ns), i32 priority,
@@ -136,8 +139,15 @@
 //	                                {u64 handle, u32 snapshot id, ranges};
 //	                                handles nonzero and strictly ascending
 //	0x18 UPLOAD_DONE         req    u32 number of locks uploaded in all -> OK
+//	0x19 SHARED_UPDATE       req    shared value: the new value, with the version
+//	                                it replaces (0: the entry does not exist yet)
+//	0x1a SHARED_RESULT       reply  bool committed, shared value: committed, the
+//	                                key, the new version and an empty value; not
+//	                                committed, the entry's current version and value
+//	0x1b UPLOAD_SHARED       notice shared value: an entry as the client knows it
 //	0x20 INVALIDATE          req    u64 new generation (server -> client)
 //	0x21 INVALIDATE_ACK      reply  u64 the same generation
+//	0x22 SHARED_STATE        req    shared value (server -> client) -> OK
 //	0x30 CREATE_SNAPSHOT     req    name, i32 priority, bool writable
 //	0x31 CREATE_SNAPSHOT_OK  reply  snapshot entry
 //	0x32 DELETE_SNAPSHOT     req    snapshot ref -> OK
@@ -200,6 +210,24 @@
 // been struck off), no write acknowledged before the snapshot began is
 // still in flight, and the server records the snapshot. A client must
 // answer INVALIDATE even while it is waiting for other replies.
+//
+// # Shared state (version 2)
+//
+// A volume's clients share a few small entries, opaque to the server (the
+// SCSI target keeps each logical unit's persistent reservations and unit
+// attentions in one), replicated on every client so that reading them
+// costs nothing. The server holds the authoritative copy, versioned
+// (server term << 32 | counter). A client changes an entry with
+// SHARED_UPDATE, a compare-and-set against the version it last saw; on
+// success the server first sends SHARED_STATE to every other connected
+// client and waits for their OK (a client that does not answer within the
+// barrier timeout is disconnected), then answers SHARED_RESULT, so the
+// change is in force on every connected node when the update completes.
+// On a conflict SHARED_RESULT carries the current value and the client
+// retries from it. Between HELLO_OK and UPLOAD_DONE a client declares
+// every entry it knows with UPLOAD_SHARED; a newly elected server adopts
+// the newest version offered, and after UPLOAD_DONE it sends the client
+// SHARED_STATE for every entry it holds at another version.
 //
 // # Versioning
 //

@@ -108,6 +108,10 @@ func FuzzDecodeUploadLocks(f *testing.F)        { fuzzBody(f, TypeUploadLocks) }
 func FuzzDecodeUploadDone(f *testing.F)         { fuzzBody(f, TypeUploadDone) }
 func FuzzDecodeInvalidate(f *testing.F)         { fuzzBody(f, TypeInvalidate) }
 func FuzzDecodeInvalidateAck(f *testing.F)      { fuzzBody(f, TypeInvalidateAck) }
+func FuzzDecodeSharedUpdate(f *testing.F)       { fuzzBody(f, TypeSharedUpdate) }
+func FuzzDecodeSharedResult(f *testing.F)       { fuzzBody(f, TypeSharedResult) }
+func FuzzDecodeUploadShared(f *testing.F)       { fuzzBody(f, TypeUploadShared) }
+func FuzzDecodeSharedState(f *testing.F)        { fuzzBody(f, TypeSharedState) }
 func FuzzDecodeCreateSnapshot(f *testing.F)     { fuzzBody(f, TypeCreateSnapshot) }
 func FuzzDecodeCreateSnapshotOK(f *testing.F)   { fuzzBody(f, TypeCreateSnapshotOK) }
 func FuzzDecodeDeleteSnapshot(f *testing.F)     { fuzzBody(f, TypeDeleteSnapshot) }
@@ -121,7 +125,7 @@ func FuzzDecodeCheckOK(f *testing.F)            { fuzzBody(f, TypeCheckOK) }
 
 // TestFuzzersCoverEveryType keeps the list above complete.
 func TestFuzzersCoverEveryType(t *testing.T) {
-	if n := len(allTypes()); n != 28 {
+	if n := len(allTypes()); n != 32 {
 		t.Fatalf("%d message types; add a FuzzDecode function for the new one and update this count", n)
 	}
 }

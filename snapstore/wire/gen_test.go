@@ -190,6 +190,14 @@ func (g gen) message(t MsgType) Message {
 		return &Invalidate{Generation: g.u64()}
 	case TypeInvalidateAck:
 		return &InvalidateAck{Generation: g.u64()}
+	case TypeSharedUpdate:
+		return &SharedUpdate{g.shared()}
+	case TypeSharedResult:
+		return &SharedResult{Committed: g.r.Intn(2) == 0, SharedValue: g.shared()}
+	case TypeUploadShared:
+		return &UploadShared{g.shared()}
+	case TypeSharedState:
+		return &SharedState{g.shared()}
 	case TypeCreateSnapshot:
 		return &CreateSnapshot{Name: g.name(), Priority: int32(r.Uint32()), Writable: r.Intn(2) == 0}
 	case TypeCreateSnapshotOK:
@@ -249,4 +257,24 @@ func (g gen) frameID(t MsgType) uint64 {
 		return 0
 	}
 	return 1 + g.u64()/2
+}
+
+func (g gen) shared() SharedValue {
+	k := make([]byte, 1+g.r.Intn(40))
+	if g.big() {
+		k = make([]byte, MaxSharedKey)
+	}
+	g.r.Read(k)
+	var v []byte
+	switch {
+	case g.big():
+		v = make([]byte, MaxSharedValue)
+	case g.r.Intn(4) > 0:
+		v = make([]byte, g.r.Intn(300))
+	}
+	g.r.Read(v)
+	if len(v) == 0 {
+		v = nil // the decoder's canonical empty value
+	}
+	return SharedValue{Key: string(k), Version: g.u64(), Value: v}
 }

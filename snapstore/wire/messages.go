@@ -9,8 +9,11 @@ import (
 // picks the highest version both sides support.
 const (
 	MinVersion uint16 = 1
-	MaxVersion uint16 = 1
+	MaxVersion uint16 = 2 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE)
 )
+
+// VersionShared is the first protocol version with the shared-state messages.
+const VersionShared uint16 = 2
 
 // Limits. Decoders enforce them before allocating; encoders refuse to
 // produce messages that exceed them, so a peer never has to guess.
@@ -26,6 +29,8 @@ const (
 	MaxListEntries = 1024 // snapshots in one SNAPSHOT_LIST page
 	MaxProblems    = 1024 // problems in one CHECK_OK
 	MaxClients     = 4096 // clients in one STATUS_OK
+	MaxSharedKey   = 255  // bytes of a shared-state key
+	MaxSharedValue = 512 << 10
 )
 
 // ClientID identifies a client (one csnapd's attachment to one volume) for
@@ -74,8 +79,12 @@ const (
 	TypeSnapshotWriteOK    MsgType = 0x16
 	TypeUploadLocks        MsgType = 0x17
 	TypeUploadDone         MsgType = 0x18
+	TypeSharedUpdate       MsgType = 0x19
+	TypeSharedResult       MsgType = 0x1a
+	TypeUploadShared       MsgType = 0x1b
 	TypeInvalidate         MsgType = 0x20
 	TypeInvalidateAck      MsgType = 0x21
+	TypeSharedState        MsgType = 0x22
 	TypeCreateSnapshot     MsgType = 0x30
 	TypeCreateSnapshotOK   MsgType = 0x31
 	TypeDeleteSnapshot     MsgType = 0x32
@@ -110,6 +119,8 @@ var typeNames = map[MsgType]string{
 	TypeSnapshotWrite:      "SNAPSHOT_WRITE", TypeSnapshotWriteOK: "SNAPSHOT_WRITE_OK",
 	TypeUploadLocks: "UPLOAD_LOCKS", TypeUploadDone: "UPLOAD_DONE",
 	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
+	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
+	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
 	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
 	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
 	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
@@ -128,13 +139,13 @@ func (t MsgType) Kind() Kind {
 	switch t {
 	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
 		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
-		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck:
+		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState:
 		return KindRequest
 	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
 		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
-		TypeSnapshotList, TypeStatusOK, TypeCheckOK:
+		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult:
 		return KindReply
-	case TypeFinishSnapshotRead, TypeUploadLocks:
+	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared:
 		return KindNotice
 	}
 	return 0
@@ -166,7 +177,9 @@ func (t MsgType) Replies() []MsgType {
 		r = TypeStatusOK
 	case TypeCheck:
 		r = TypeCheckOK
-	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority:
+	case TypeSharedUpdate:
+		r = TypeSharedResult
+	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState:
 		r = TypeOK
 	default:
 		return nil
@@ -222,6 +235,14 @@ func newMessage(t MsgType) Message {
 		return new(Invalidate)
 	case TypeInvalidateAck:
 		return new(InvalidateAck)
+	case TypeSharedUpdate:
+		return new(SharedUpdate)
+	case TypeSharedResult:
+		return new(SharedResult)
+	case TypeUploadShared:
+		return new(UploadShared)
+	case TypeSharedState:
+		return new(SharedState)
 	case TypeCreateSnapshot:
 		return new(CreateSnapshot)
 	case TypeCreateSnapshotOK:
@@ -775,6 +796,103 @@ func (*InvalidateAck) Type() MsgType          { return TypeInvalidateAck }
 func (*InvalidateAck) validate() error        { return nil }
 func (m *InvalidateAck) marshal(e *encoder)   { e.u64(m.Generation) }
 func (m *InvalidateAck) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// ---------------------------------------------------------------------------
+// Shared state
+
+// SharedValue is one version of a shared-state entry: small state that
+// every client of the volume must see alike (the SCSI target keeps its
+// persistent reservations and unit attentions there). The server does not
+// interpret Value. Version is (server term << 32 | counter): a newer
+// server's versions are above every older server's.
+type SharedValue struct {
+	Key     string // 1-255 bytes
+	Version uint64 // 0: the entry has never been written
+	Value   []byte // at most MaxSharedValue bytes
+}
+
+func (v *SharedValue) check() error {
+	if len(v.Key) == 0 || len(v.Key) > MaxSharedKey {
+		return fmt.Errorf("shared-state key of %d bytes (1-%d): %w", len(v.Key), MaxSharedKey, ErrMalformed)
+	}
+	if len(v.Value) > MaxSharedValue {
+		return fmt.Errorf("shared-state value of %d bytes exceeds limit %d: %w", len(v.Value), MaxSharedValue, ErrLimit)
+	}
+	return nil
+}
+
+func (v *SharedValue) marshal(e *encoder) {
+	e.u8(uint8(len(v.Key)))
+	e.b = append(e.b, v.Key...)
+	e.u64(v.Version)
+	e.u32(uint32(len(v.Value)))
+	e.b = append(e.b, v.Value...)
+}
+
+func (v *SharedValue) unmarshal(d *decoder) {
+	v.Key = string(d.take(int(d.u8("key length")), "key"))
+	v.Version = d.u64("version")
+	n := d.u32("value length")
+	if d.err == nil && n > MaxSharedValue {
+		d.fail("shared-state value of %d bytes exceeds limit %d: %w", n, MaxSharedValue, ErrLimit)
+		return
+	}
+	if b := d.take(int(n), "value"); len(b) > 0 {
+		v.Value = append([]byte(nil), b...)
+	}
+}
+
+// SharedUpdate (client -> server) replaces the entry Key, which the client
+// last saw at version Version, with Value: a compare-and-set. The server
+// answers SHARED_RESULT once every other connected client has the new
+// value (SHARED_STATE acknowledged), so a change made through one node is
+// in force on all of them when the request completes.
+type SharedUpdate struct{ SharedValue }
+
+func (*SharedUpdate) Type() MsgType          { return TypeSharedUpdate }
+func (m *SharedUpdate) validate() error      { return m.check() }
+func (m *SharedUpdate) marshal(e *encoder)   { m.SharedValue.marshal(e) }
+func (m *SharedUpdate) unmarshal(d *decoder) { m.SharedValue.unmarshal(d) }
+
+// SharedResult answers SHARED_UPDATE. Committed: the value is now the
+// entry's, at Version (Value empty). Not committed (the entry had moved
+// on): Version and Value are the entry's current ones, to retry from.
+type SharedResult struct {
+	Committed bool
+	SharedValue
+}
+
+func (*SharedResult) Type() MsgType     { return TypeSharedResult }
+func (m *SharedResult) validate() error { return m.check() }
+func (m *SharedResult) marshal(e *encoder) {
+	e.bool(m.Committed)
+	m.SharedValue.marshal(e)
+}
+func (m *SharedResult) unmarshal(d *decoder) {
+	m.Committed = d.bool("committed")
+	m.SharedValue.unmarshal(d)
+}
+
+// UploadShared (client -> server notice, between HELLO_OK and UPLOAD_DONE)
+// declares an entry as the client knows it. A server newly elected adopts
+// the newest version it is offered, so the shared state survives a
+// failover as long as one client does.
+type UploadShared struct{ SharedValue }
+
+func (*UploadShared) Type() MsgType          { return TypeUploadShared }
+func (m *UploadShared) validate() error      { return m.check() }
+func (m *UploadShared) marshal(e *encoder)   { m.SharedValue.marshal(e) }
+func (m *UploadShared) unmarshal(d *decoder) { m.SharedValue.unmarshal(d) }
+
+// SharedState (server -> client request) gives the client an entry's
+// current value; the client installs it (unless it already has a newer
+// version) and answers OK.
+type SharedState struct{ SharedValue }
+
+func (*SharedState) Type() MsgType          { return TypeSharedState }
+func (m *SharedState) validate() error      { return m.check() }
+func (m *SharedState) marshal(e *encoder)   { m.SharedValue.marshal(e) }
+func (m *SharedState) unmarshal(d *decoder) { m.SharedValue.unmarshal(d) }
 
 // ---------------------------------------------------------------------------
 // Admin

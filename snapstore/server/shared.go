@@ -1,0 +1,223 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/snapstore/wire"
+)
+
+// Shared state (wire protocol version 2): small entries every client keeps
+// a replica of (the SCSI target's reservations and unit attentions). The
+// server holds the authoritative copy in memory; a newly elected server
+// rebuilds it from the clients' uploads (UPLOAD_SHARED), adopting the
+// newest version of each entry, and refuses to commit an update until
+// every client of its registry has uploaded (or left, or AwaitTimeout
+// passed), so that a change acknowledged under the old server is never
+// overwritten by one based on an older version.
+
+// maxSharedEntries bounds the entries of one volume (one per logical unit
+// in practice: the origin and each snapshot).
+const maxSharedEntries = 4096
+
+// sharedEntry is the current version of one entry.
+type sharedEntry struct {
+	version uint64
+	value   []byte
+}
+
+// nextSharedVersionLocked returns the version that follows cur under this
+// server's term: term<<32 | counter, above every version of older terms.
+func (s *Server) nextSharedVersion(cur uint64) uint64 {
+	base := s.cfg.Term << 32
+	if cur >= base {
+		return cur + 1
+	}
+	return base | 1
+}
+
+// sharedUpdate answers SHARED_UPDATE: a compare-and-set of one entry, in
+// force on every other connected client (SHARED_STATE acknowledged, or the
+// client disconnected) before the answer.
+func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUpdate) (wire.Message, error) {
+	if ss.version < wire.VersionShared {
+		return nil, &wire.Error{Code: wire.CodeUnsupported, Message: "SHARED_UPDATE needs protocol version 2"}
+	}
+	s.mu.Lock()
+	if err := s.waitLocked(ctx, func() bool { return len(s.uploadAwait) == 0 }); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	e := s.shared[m.Key]
+	if e == nil {
+		e = &sharedEntry{}
+		if len(s.shared) >= maxSharedEntries {
+			s.mu.Unlock()
+			return nil, &wire.Error{Code: wire.CodeLimit, Message: fmt.Sprintf("volume already has %d shared-state entries", maxSharedEntries)}
+		}
+	}
+	if m.Version != e.version {
+		cur := wire.SharedValue{Key: m.Key, Version: e.version, Value: e.value}
+		s.mu.Unlock()
+		return &wire.SharedResult{SharedValue: cur}, nil
+	}
+	ne := &sharedEntry{version: s.nextSharedVersion(e.version), value: slices.Clone(m.Value)}
+	s.shared[m.Key] = ne
+	type push struct {
+		ss  *session
+		rid uint64
+		ch  chan struct{}
+	}
+	var pushes []push
+	// Every accepted connection, live or still uploading (an entry it
+	// uploads later is older, and ignored).
+	for _, o := range s.sessions {
+		if o != ss && !o.closed && o.version >= wire.VersionShared {
+			rid, ch := o.callLocked()
+			pushes = append(pushes, push{o, rid, ch})
+		}
+	}
+	s.mu.Unlock()
+	val := wire.SharedValue{Key: m.Key, Version: ne.version, Value: ne.value}
+	for _, p := range pushes {
+		p.ss.sendAsync(p.rid, &wire.SharedState{SharedValue: val})
+	}
+	timer := time.NewTimer(s.cfg.BarrierTimeout)
+	defer timer.Stop()
+	for i, p := range pushes {
+		select {
+		case <-p.ch:
+		case <-p.ss.ctx.Done(): // gone: it gets the entry when it is back
+		case <-s.closeCh:
+			return nil, ErrServerClosed
+		case <-timer.C:
+			for _, late := range pushes[i:] {
+				select {
+				case <-late.ch:
+				default:
+					late.ss.log.WithFields(logrus.Fields{"key": m.Key, "timeout": s.cfg.BarrierTimeout.String()}).
+						Error("client did not acknowledge a shared-state change in time; disconnected")
+					late.ss.kill()
+				}
+			}
+			return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
+		}
+	}
+	return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
+}
+
+// uploadShared takes a client's UPLOAD_SHARED (before its UPLOAD_DONE):
+// the version it knows, and the value if it is newer than the server's,
+// which then goes to the other connected clients.
+func (ss *session) uploadShared(m *wire.UploadShared) bool {
+	s := ss.s
+	if ss.version < wire.VersionShared {
+		ss.fatal(wire.CodeBadRequest, "UPLOAD_SHARED needs protocol version 2")
+		return false
+	}
+	s.mu.Lock()
+	if ss.live {
+		s.mu.Unlock()
+		ss.fatal(wire.CodeBadRequest, "UPLOAD_SHARED after UPLOAD_DONE")
+		return false
+	}
+	if ss.seen == nil {
+		ss.seen = map[string]uint64{}
+	}
+	ss.seen[m.Key] = m.Version
+	e := s.shared[m.Key]
+	var others []*session
+	if (e == nil && len(s.shared) < maxSharedEntries) || (e != nil && m.Version > e.version) {
+		s.shared[m.Key] = &sharedEntry{version: m.Version, value: slices.Clone(m.Value)}
+		for _, o := range s.sessions {
+			if o != ss && o.live && !o.closed && o.version >= wire.VersionShared {
+				others = append(others, o)
+			}
+		}
+	}
+	var rids []uint64
+	for _, o := range others {
+		rid, _ := o.callLocked()
+		rids = append(rids, rid)
+	}
+	s.mu.Unlock()
+	for i, o := range others {
+		o.sendAsync(rids[i], &wire.SharedState{SharedValue: m.SharedValue})
+	}
+	return true
+}
+
+// pushSharedAfterUpload sends ss every entry it did not upload at the
+// current version (called once ss is live).
+func (ss *session) pushSharedAfterUpload() {
+	s := ss.s
+	if ss.version < wire.VersionShared {
+		return
+	}
+	type push struct {
+		rid uint64
+		val wire.SharedValue
+	}
+	var pushes []push
+	s.mu.Lock()
+	for k, e := range s.shared {
+		if v, ok := ss.seen[k]; ok && v == e.version {
+			continue
+		}
+		rid, _ := ss.callLocked()
+		pushes = append(pushes, push{rid, wire.SharedValue{Key: k, Version: e.version, Value: e.value}})
+	}
+	ss.seen = nil
+	s.mu.Unlock()
+	for _, p := range pushes {
+		ss.sendAsync(p.rid, &wire.SharedState{SharedValue: p.val})
+	}
+}
+
+// callLocked registers a server-initiated request on ss whose answer is
+// OK; the channel is closed when it comes.
+func (ss *session) callLocked() (uint64, chan struct{}) {
+	rid := ss.nextReq.Add(1)
+	ch := make(chan struct{})
+	if ss.calls == nil {
+		ss.calls = map[uint64]chan struct{}{}
+	}
+	ss.calls[rid] = ch
+	return rid, ch
+}
+
+// callReply handles OK (e == nil) or ERROR answering a server request of
+// ss other than INVALIDATE. It reports whether to go on reading.
+func (ss *session) callReply(id uint64, e *wire.Error) bool {
+	s := ss.s
+	s.mu.Lock()
+	ch, ok := ss.calls[id]
+	delete(ss.calls, id)
+	s.mu.Unlock()
+	switch {
+	case !ok:
+		ss.fatal(wire.CodeBadRequest, fmt.Sprintf("reply to unknown server request %d", id))
+		return false
+	case e != nil:
+		ss.log.WithField("error", e.Error()).Warn("client refused SHARED_STATE; disconnecting it")
+		ss.kill()
+		return false
+	}
+	close(ch)
+	return true
+}
+
+// sendAsync sends m without blocking the caller (which may hold no lock,
+// but must not wait on a slow client's socket).
+func (ss *session) sendAsync(id uint64, m wire.Message) {
+	s := ss.s
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ss.send(id, m)
+	}()
+}
