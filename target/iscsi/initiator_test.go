@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,9 @@ type memExec struct {
 	data []byte
 	// delay, when set, slows every command (to keep tasks in flight).
 	delay time.Duration
+	lost  atomic.Int32 // NexusLost calls
+	// lostDelay, when set, slows NexusLost (its count moves at the end).
+	lostDelay time.Duration
 }
 
 func (m *memExec) Execute(ctx context.Context, c *scsi.Command) scsi.Result {
@@ -54,8 +58,11 @@ func (m *memExec) Execute(ctx context.Context, c *scsi.Command) scsi.Result {
 	}
 	return scsi.Result{}
 }
-func (m *memExec) LUNs() []uint64       { return []uint64{0} }
-func (m *memExec) NexusLost(scsi.Nexus) {}
+func (m *memExec) LUNs() []uint64 { return []uint64{0} }
+func (m *memExec) NexusLost(scsi.Nexus) {
+	time.Sleep(m.lostDelay)
+	m.lost.Add(1)
+}
 func (m *memExec) TaskManagement(scsi.TMF, uint64, scsi.Nexus) scsi.TMFResponse {
 	return scsi.TMFComplete
 }

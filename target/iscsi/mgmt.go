@@ -186,6 +186,12 @@ func (c *conn) handleLogout(p *PDU) {
 			}
 		}
 	}
+	if resp == 0 {
+		// The nexus ends with the logout (one connection per session):
+		// release what it holds before the initiator hears it is out, so
+		// a command it sends next, on another nexus, finds it released.
+		c.sess.nexusLost()
+	}
 	r := new(PDU)
 	r.setOpcode(opLogoutResp, flagFinal)
 	r.BHS[2] = resp

@@ -26,7 +26,8 @@ func TestNopOutEcho(t *testing.T) {
 }
 
 func TestLogout(t *testing.T) {
-	_, addr, _ := startServer(t, Config{}, nil)
+	_, addr, ex := startServer(t, Config{}, nil)
+	ex.lostDelay = 100 * time.Millisecond // a NexusLost after the response would be seen late
 	in := dialInitiator(t, addr)
 	if st := in.login(testIQN); st != 0 {
 		t.Fatalf("login %#x", st)
@@ -40,11 +41,20 @@ func TestLogout(t *testing.T) {
 	if r.Opcode() != opLogoutResp || r.BHS[2] != 0 || r.ITT() != 5 {
 		t.Fatalf("logout response: opcode %#x response %d", r.Opcode(), r.BHS[2])
 	}
+	// The nexus was released before the response (an initiator may
+	// reserve through another nexus right away), and only once.
+	if n := ex.lost.Load(); n != 1 {
+		t.Fatalf("NexusLost called %d times before the logout response, want 1", n)
+	}
 	// The target closes the connection after the response.
 	in.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
 	var q PDU
 	if err := in.rd.readPDU(&q); err == nil {
 		t.Fatalf("connection still open after logout (got opcode %#x)", q.Opcode())
+	}
+	time.Sleep(300 * time.Millisecond) // the session's close has run
+	if n := ex.lost.Load(); n != 1 {
+		t.Fatalf("NexusLost called %d times, want 1", n)
 	}
 }
 

@@ -31,6 +31,16 @@ type session struct {
 	conn    *conn
 	waiting map[uint32]*task // out-of-order commands, by CmdSN
 	closed  bool
+
+	lost sync.Once // the SCSI layer was told the nexus is gone
+}
+
+// nexusLost tells the SCSI layer, once, that the session's I_T nexus is
+// gone (its SPC-2 reservation released, and so on).
+func (s *session) nexusLost() {
+	if s.tgt != nil {
+		s.lost.Do(func() { s.tgt.cfg.Exec.NexusLost(s.nexus) })
+	}
 }
 
 func (s *session) maxCmdSN() uint32 {
@@ -67,9 +77,7 @@ func (s *session) close(reason error) {
 		delete(s.srv.sessions, s.key)
 	}
 	s.srv.mu.Unlock()
-	if s.tgt != nil {
-		s.tgt.cfg.Exec.NexusLost(s.nexus)
-	}
+	s.nexusLost()
 }
 
 // enterFullFeature binds the connection to a new or reinstated session once
