@@ -170,6 +170,32 @@ func TestE2EWithRealServer(t *testing.T) {
 	}
 }
 
+// cuttableClient is client 3 on node-3 over origin: every connection it
+// makes is sent on conns (for the test to cut), and every connection after
+// the first waits until redial is closed.
+func (e *e2e) cuttableClient(t *testing.T, origin Device, redial <-chan struct{}) (*Client, <-chan net.Conn) {
+	t.Helper()
+	conns := make(chan net.Conn, 10)
+	dials := 0
+	c, err := New(ctx5(t), Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
+		Origin: origin, Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			if dials++; dials > 1 {
+				<-redial
+			}
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				conns <- nc
+			}
+			return nc, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, conns
+}
+
 func TestE2EPointInTime(t *testing.T) {
 	e := newE2E(t)
 	runPointInTime(t, e.c, e2eChunk)
@@ -202,32 +228,14 @@ func TestE2EConnectionCut(t *testing.T) {
 	}
 	entered, release := make(chan struct{}), make(chan struct{})
 	first := true
-	conns := make(chan net.Conn, 10)
-	redial := make(chan struct{})
-	dials := 0
-	c3, err := New(ctx, Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
-		Origin: hookDev{e.origin, func(off int64) {
-			if off == 0 && first {
-				first = false
-				close(entered)
-				<-release
-			}
-		}},
-		Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
-		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-			if dials++; dials > 1 {
-				<-redial // reconnect only once the chunk was overwritten
-			}
-			var d net.Dialer
-			nc, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				conns <- nc
-			}
-			return nc, err
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	redial := make(chan struct{}) // reconnect only once the chunk was overwritten
+	c3, conns := e.cuttableClient(t, hookDev{e.origin, func(off int64) {
+		if off == 0 && first {
+			first = false
+			close(entered)
+			<-release
+		}
+	}}, redial)
 	defer c3.Close()
 	nc := <-conns
 	errc := make(chan error, 1)
@@ -295,32 +303,14 @@ func TestE2EBarrierAwaitsCutWriter(t *testing.T) {
 	}
 	entered, release := make(chan struct{}), make(chan struct{})
 	first := true
-	conns := make(chan net.Conn, 10)
 	redial := make(chan struct{})
-	dials := 0
-	c3, err := New(ctx, Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
-		Origin: writeHookDev{e.origin, func(off int64) {
-			if off == 0 && first {
-				first = false
-				close(entered)
-				<-release
-			}
-		}},
-		Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
-		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-			if dials++; dials > 1 {
-				<-redial
-			}
-			var d net.Dialer
-			nc, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				conns <- nc
-			}
-			return nc, err
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c3, conns := e.cuttableClient(t, writeHookDev{e.origin, func(off int64) {
+		if off == 0 && first {
+			first = false
+			close(entered)
+			<-release
+		}
+	}}, redial)
 	defer c3.Close()
 	var releaseOnce, redialOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }

@@ -454,11 +454,7 @@ func (ss *session) invalidate(gen uint64) {
 	s.mu.Lock()
 	ss.invals[rid] = gen
 	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ss.send(rid, &wire.Invalidate{Generation: gen})
-	}()
+	ss.sendAsync(rid, &wire.Invalidate{Generation: gen})
 }
 
 // invalidateReply handles INVALIDATE_ACK (e == nil) or ERROR to an

@@ -30,7 +30,7 @@ type sharedEntry struct {
 	value   []byte
 }
 
-// nextSharedVersionLocked returns the version that follows cur under this
+// nextSharedVersion returns the version that follows cur under this
 // server's term: term<<32 | counter, above every version of older terms.
 func (s *Server) nextSharedVersion(cur uint64) uint64 {
 	base := s.cfg.Term << 32
@@ -88,6 +88,7 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 	}
 	timer := time.NewTimer(s.cfg.BarrierTimeout)
 	defer timer.Stop()
+wait:
 	for i, p := range pushes {
 		select {
 		case <-p.ch:
@@ -104,7 +105,7 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 					late.ss.kill()
 				}
 			}
-			return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
+			break wait
 		}
 	}
 	return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
