@@ -135,7 +135,35 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 		return api.Volume{}, s.consulErr(err)
 	}
 	s.n.log.WithFields(map[string]any{"volume": r.Name, "origin": r.Origin, "store": r.Store, "size": osize}).Info("volume created and published")
+	s.awaitUsable(ctx, r.Name)
 	return api.Volume{Name: def.Name, Origin: def.Origin, Store: def.Store, Size: def.Size, ChunkSize: def.ChunkSize}, nil
+}
+
+// volumeUsableWait bounds how long volume create waits for this node to
+// pick up the new volume and connect to its server.
+const volumeUsableWait = 30 * time.Second
+
+// awaitUsable waits (volumeUsableWait at most) until this node serves
+// snapshot commands for volume name, so that commands run right after
+// volume create returns (as the usage texts suggest) find it ready. The
+// volume exists either way; a slow election only shows up as a later
+// "not connected yet".
+func (s *clusterService) awaitUsable(ctx context.Context, name string) {
+	ctx, cancel := context.WithTimeout(ctx, volumeUsableWait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := s.ops(name); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			s.n.log.WithField("volume", name).Warn("volume created, but this node is not connected to its snapshot server yet")
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // ops returns the volume's operations through this node's client.
