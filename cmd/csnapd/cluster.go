@@ -58,12 +58,20 @@ type clusterNode struct {
 	wg   sync.WaitGroup
 }
 
-// runCluster runs csnapd in cluster mode until ctx ends.
-func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) error {
-	ccfg := capi.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, TLS variables
+// consulConfig is the Consul client's configuration: Consul's own
+// environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL and the
+// other TLS variables), with -consul-addr overriding the address.
+func consulConfig(o *options) *capi.Config {
+	ccfg := capi.DefaultConfig()
 	if o.consulAddr != "" {
 		ccfg.Address = o.consulAddr
 	}
+	return ccfg
+}
+
+// runCluster runs csnapd in cluster mode until ctx ends.
+func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) error {
+	ccfg := consulConfig(o)
 	cc, err := capi.NewClient(ccfg)
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
