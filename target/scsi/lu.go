@@ -141,9 +141,15 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 	}
 	// Admit a new nexus (it gets POWER ON, RESET...) and notice a capacity
 	// change (everyone gets CAPACITY DATA HAS CHANGED).
+	//
+	// Unit attentions are advisory bookkeeping: when the store cannot be
+	// written (a cluster store cut off from its server), the command runs
+	// without them, checked against the reservations the store last knew,
+	// and admission or delivery is tried again by the next command. Only
+	// reservation changes need the store (they fail with NOT READY).
 	size := lu.be.Size()
 	if _, known := st.Nexuses[id]; !known || st.Capacity != size {
-		st, err = lu.update(func(s *LUState) error {
+		if nst, err := lu.update(func(s *LUState) error {
 			if s.Capacity != size {
 				if s.Capacity != 0 {
 					s.postUAAll(uaCapacityChanged, nil)
@@ -152,9 +158,8 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 			}
 			s.admitNexus(id)
 			return nil
-		})
-		if err != nil {
-			return stateError(err)
+		}); err == nil {
+			st = nst
 		}
 	}
 
@@ -165,10 +170,7 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 		if _, err := lu.update(func(s *LUState) error {
 			ua, ok = s.takeUA(id)
 			return nil
-		}); err != nil {
-			return stateError(err)
-		}
-		if ok {
+		}); err == nil && ok {
 			return uaResult(ua)
 		}
 	}
