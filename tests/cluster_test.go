@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -64,6 +66,7 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 			for i := 1; i <= c.Nodes(); i++ {
 				t.Logf("csnapd n%d log (end):\n%s", i, tail(c.CsnapdLog(i), 6000))
 			}
+			saveClusterLogs(t, c)
 		}
 		if err := c.Stop(); err != nil {
 			t.Errorf("stopping the cluster: %v", err)
@@ -75,6 +78,27 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 		waitTarget(t, c, i, clusterIQN, true)
 	}
 	return c
+}
+
+// saveClusterLogs copies every node's whole csnapd log into
+// $CSNAP_TEST_ARTIFACTS/<test>/ (the failure output has only their ends).
+func saveClusterLogs(t *testing.T, c *cluster.Cluster) {
+	dir := os.Getenv("CSNAP_TEST_ARTIFACTS")
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("saving the csnapd logs: %v", err)
+		return
+	}
+	for i := 1; i <= c.Nodes(); i++ {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("csnapd-n%d.log", i)), []byte(c.CsnapdLog(i)), 0o644); err != nil {
+			t.Logf("saving the csnapd logs: %v", err)
+			return
+		}
+	}
+	t.Logf("whole csnapd logs in %s", dir)
 }
 
 // clusterAdmin runs csnap-admin against node i and fails the test on error.

@@ -49,6 +49,7 @@ func startNetnsCluster(t *testing.T) *cluster.Cluster {
 			for i := 1; i <= c.Nodes(); i++ {
 				t.Logf("csnapd n%d log (end):\n%s", i, tail(c.CsnapdLog(i), 6000))
 			}
+			saveClusterLogs(t, c)
 		}
 		if err := c.Stop(); err != nil {
 			t.Errorf("stopping the cluster: %v", err)
