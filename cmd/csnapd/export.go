@@ -28,13 +28,17 @@ type export struct {
 	srv    *iscsi.Server
 	log    *logrus.Entry
 	chap   *iscsi.CHAP // required of initiators, if set
+	// store holds every LUN's reservations and unit attentions in the
+	// volume's shared state (the same on every node).
+	store *sharedStore
 
 	mu    sync.Mutex
 	snaps map[string]uint32 // exported snapshot name -> id
 }
 
 func newExport(volume string, uuid [16]byte, cl *client.Client, srv *iscsi.Server, chap *iscsi.CHAP, log *logrus.Entry) *export {
-	return &export{volume: volume, uuid: uuid, cl: cl, srv: srv, chap: chap, log: log, snaps: map[string]uint32{}}
+	return &export{volume: volume, uuid: uuid, cl: cl, srv: srv, chap: chap, log: log, snaps: map[string]uint32{},
+		store: newSharedStore(cl, log)}
 }
 
 func originIQN(volume string) string         { return iqnPrefix + volume }
@@ -43,7 +47,7 @@ func snapshotIQN(volume, snap string) string { return iqnPrefix + volume + ":" +
 // addTarget exports one client volume as LUN 0 of target iqn.
 func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, product string) error {
 	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product)}
-	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, scsi.NewMemStore())
+	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, e.store)
 	if err != nil {
 		return err
 	}
