@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,5 +45,4 @@ func TestClusterMultipathIO(t *testing.T) {
 	if len(passed) == 0 || !strings.Contains(out, "Run Summary") {
 		t.Errorf("no MultipathIO test passed:\n%s", tail(out, 4000))
 	}
-	_ = fmt.Sprint
 }
