@@ -51,7 +51,9 @@
 //	res, err := e.Check(ctx, func(p string) { fmt.Println(p) })
 //
 // Every method is safe for concurrent use; copy-outs of different chunks
-// run in parallel and share journal commits. The caller (the server) is
+// run in parallel and share journal commits, and the chunks of one call
+// that are adjacent on the origin and in the store are copied with one read
+// and one write of up to 1 MiB. The caller (the server) is
 // responsible for two things the engine cannot see: CreateSnapshot must not
 // be called while an origin write the server already approved is still
 // being written by a client (the point-in-time barrier), and store
@@ -80,7 +82,7 @@
 // after every batch and per-snapshot unique/shared bytes compared with the
 // actual mappings. TestCrash cuts the power (package faultdev: unflushed
 // writes lost, kept or torn per 512-byte sector) at every device operation
-// of several workloads (over 1600 crash points) and verifies recovery
+// of several workloads (over 1500 crash points) and verifies recovery
 // against the oracle; TestCrashConcurrent does so with concurrent,
 // group-committed writers. Fuzz targets cover every on-disk decoder and
 // opening a store with corrupted bytes.

@@ -460,7 +460,9 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 	}
 	e.cond = sync.NewCond(&e.mu)
 	cs := int(e.cs)
-	e.bufPool.New = func() any { b := make([]byte, cs); return &b }
+	// Copy buffers hold one chunk, or a run of chunks copied together
+	// (copyRun).
+	e.bufPool.New = func() any { b := make([]byte, max(cs, copyRunBytes)); return &b }
 
 	// Journal recovery.
 	n, err := e.replay()

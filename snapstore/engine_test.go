@@ -621,3 +621,84 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("Inspect of zeroes: %v, want ErrNotStore", err)
 	}
 }
+
+// dataWrites counts writes to the data area of a store device.
+type dataWrites struct {
+	*MemDevice
+	from  int64 // first byte of the data area
+	count atomic.Int64
+}
+
+func (d *dataWrites) WriteAt(p []byte, off int64) (int, error) {
+	if off >= d.from {
+		d.count.Add(1)
+	}
+	return d.MemDevice.WriteAt(p, off)
+}
+
+// TestCopyOutRuns: a multi-chunk origin write copies each run of adjacent
+// chunks with one store write (runs break where a chunk needs no copy and
+// at copyRunBytes), the origin's partial last chunk is copied with a zero
+// tail, and the snapshot reads back the old data.
+func TestCopyOutRuns(t *testing.T) {
+	const cs = 8192
+	const chunks = 200 // 1.6 MiB: more than one run of copyRunBytes
+	osize := int64(cs*chunks - cs/2)
+	od, sd := formatted(t, osize, 8<<20, FormatOptions{ChunkSize: cs})
+	rng := rand.New(rand.NewSource(5))
+	old := make([]byte, osize)
+	rng.Read(old)
+	od.WriteAt(old, 0)
+	probe, err := Open(od, sd, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := int64(probe.sb.dataStart) * BlockSize
+	probe.Close()
+	store := &dataWrites{MemDevice: sd, from: from}
+	e, err := Open(od, store, Options{ManualReclaim: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	if _, err := e.CreateSnapshot(ctx, "s", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.PrepareOriginWrite(ctx, 5, 1); err != nil {
+		t.Fatal(err)
+	}
+	store.count.Store(0)
+	if _, err := e.PrepareOriginWrite(ctx, 0, chunks); err != nil {
+		t.Fatal(err)
+	}
+	// Chunks 0-4, then 6-133 (128 chunks of 8 KiB = copyRunBytes), then
+	// 134-199.
+	if got := store.count.Load(); got != 3 {
+		t.Errorf("%d data writes for 3 runs", got)
+	}
+	if got := e.Stats().CopyOuts; got != chunks {
+		t.Errorf("%d copy-outs, want %d", got, chunks)
+	}
+	od.WriteAt(make([]byte, osize), 0) // the origin changes; the snapshot must not
+	locs, err := e.MapSnapshotRead(ctx, 1, 0, chunks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, l := range locs {
+		if l.Origin {
+			t.Fatalf("chunk %d still on the origin", c)
+		}
+		got := make([]byte, cs)
+		sd.ReadAt(got, l.Offset)
+		want := make([]byte, cs)
+		copy(want, old[c*cs:])
+		if !bytes.Equal(got, want) {
+			t.Fatalf("snapshot chunk %d differs", c)
+		}
+	}
+	r, err := e.Check(ctx, nil)
+	if err != nil || !r.Clean() {
+		t.Fatalf("check: %v %v", err, r.Problems)
+	}
+}

@@ -215,7 +215,7 @@ func (e *Engine) originExtent(c uint64) (int64, int) {
 func (e *Engine) copyChunk(src Device, off int64, n int, x uint64) (uint32, error) {
 	bp := e.bufPool.Get().(*[]byte)
 	defer e.bufPool.Put(bp)
-	buf := *bp
+	buf := (*bp)[:e.cs]
 	if err := readFull(src, buf[:n], off); err != nil {
 		return 0, fmt.Errorf("copy-out: read %d bytes at %d: %w", n, off, err)
 	}
@@ -224,6 +224,55 @@ func (e *Engine) copyChunk(src Device, off int64, n int, x uint64) (uint32, erro
 		return 0, fmt.Errorf("copy-out: write store chunk %d: %w", x, err)
 	}
 	return crc32.Checksum(buf, castagnoli), nil
+}
+
+// copyRunBytes bounds one copy-out IO: origin chunks that are adjacent and
+// were given adjacent data chunks (the usual case: data chunks are handed
+// out next-fit) are copied with one read and one write of up to this many
+// bytes instead of a read and a write per chunk.
+const copyRunBytes = 1 << 20
+
+// copyJob is a copy-out of origin chunk c to data chunk x.
+type copyJob struct{ c, x uint64 }
+
+// copyOut does the copy-outs (jobs sorted by origin chunk) and returns the
+// CRC32C of each chunk as written, in the order of jobs.
+func (e *Engine) copyOut(jobs []copyJob) ([]uint32, error) {
+	crcs := make([]uint32, len(jobs))
+	maxRun := max(1, copyRunBytes/int(e.cs))
+	for i := 0; i < len(jobs); {
+		k := 1
+		for k < maxRun && i+k < len(jobs) &&
+			jobs[i+k].c == jobs[i].c+uint64(k) && jobs[i+k].x == jobs[i].x+uint64(k) {
+			k++
+		}
+		if err := e.copyRun(jobs[i].c, jobs[i].x, crcs[i:i+k]); err != nil {
+			return nil, err
+		}
+		i += k
+	}
+	return crcs, nil
+}
+
+// copyRun copies origin chunks [c, c+len(crcs)) to data chunks [x, ...)
+// with one read and one write and sets crcs to each chunk's CRC32C.
+func (e *Engine) copyRun(c, x uint64, crcs []uint32) error {
+	bp := e.bufPool.Get().(*[]byte)
+	defer e.bufPool.Put(bp)
+	buf := (*bp)[:int64(len(crcs))*e.cs]
+	off := int64(c) * e.cs
+	n := min(int64(len(buf)), int64(e.sb.originSize)-off) // the origin's last chunk may be partial
+	if err := readFull(e.origin, buf[:n], off); err != nil {
+		return fmt.Errorf("copy-out: read origin chunks [%d,+%d): %w", c, len(crcs), err)
+	}
+	clear(buf[n:])
+	if err := writeFull(e.store, buf, e.storeOffset(x)); err != nil {
+		return fmt.Errorf("copy-out: write store chunks [%d,+%d): %w", x, len(crcs), err)
+	}
+	for i := range crcs {
+		crcs[i] = crc32.Checksum(buf[int64(i)*e.cs:int64(i+1)*e.cs], castagnoli)
+	}
+	return nil
 }
 
 // PrepareOriginWrite makes chunks [first, first+n) of the origin safe to
@@ -312,28 +361,19 @@ func (e *Engine) prepareOrigin(ctx context.Context, first, n uint64) (uint64, er
 			continue
 		}
 		if len(toCopy) > 0 {
-			jobs := make(map[uint64]uint64, len(toCopy))
-			for _, c := range toCopy {
-				jobs[c] = res[c]
+			jobs := make([]copyJob, len(toCopy)) // toCopy ascends
+			for i, c := range toCopy {
+				jobs[i] = copyJob{c: c, x: res[c]}
 			}
 			e.mu.Unlock()
-			var cerr error
-			done := make(map[uint64]uint32, len(jobs))
-			for c, x := range jobs {
-				off, ln := e.originExtent(c)
-				var crc uint32
-				if crc, cerr = e.copyChunk(e.origin, off, ln, x); cerr != nil {
-					break
-				}
-				done[c] = crc
-			}
+			sums, cerr := e.copyOut(jobs)
 			e.lock()
 			if cerr != nil {
 				return 0, cerr
 			}
-			for c, crc := range done {
-				copied[c] = true
-				crcs[c] = crc
+			for i, j := range jobs {
+				copied[j.c] = true
+				crcs[j.c] = sums[i]
 			}
 			continue // re-decide: snapshots may have come or gone meanwhile
 		}
