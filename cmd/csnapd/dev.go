@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,8 +73,89 @@ func createSparse(path string, size int64) (bool, error) {
 	return true, f.Sync()
 }
 
+// createWritten makes a file of size bytes with every block allocated and
+// written (zeros); it reports whether the file was created (false: it
+// existed and is left alone). With CSNAP_DEV_PREALLOC=1 the -dev snapshot
+// store is made this way instead of sparse (SPEC: sparse). In a sparse
+// store each copy-out allocates blocks, so the fdatasync of every journal
+// commit must also commit that allocation: a journal commit of the whole
+// filesystem, which in ext4's ordered mode waits for every file's newly
+// allocated data, other processes' included. On a busy machine that made
+// first writes after a snapshot 2-3 times slower (issue 4,
+// tests/bench/RESULTS.md), which a store on a block device never pays.
+// fallocate alone is not enough: it leaves "unwritten" extents, and their
+// conversion on first write is a journaled change again. The file is filled
+// under a temporary name and linked into place when complete, so a crash
+// meanwhile leaves no half-made store at path.
+func createWritten(path string, size int64) (bool, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return false, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp) // once linked, only the temporary name goes
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return false, err
+	}
+	// Allocating everything at once is much cheaper than allocating on
+	// each write below (and keeps the file contiguous).
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err != nil &&
+		!errors.Is(err, syscall.EOPNOTSUPP) && !errors.Is(err, syscall.ENOSYS) {
+		return false, fmt.Errorf("allocating %d bytes: %w", size, err)
+	}
+	z := make([]byte, 8<<20)
+	for off := int64(0); off < size; off += int64(len(z)) {
+		n := min(int64(len(z)), size-off)
+		if _, err := f.WriteAt(z[:n], off); err != nil {
+			return false, fmt.Errorf("writing zeros at %d: %w", off, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return false, err
+	}
+	if err := os.Link(tmp, path); errors.Is(err, os.ErrExist) {
+		return false, nil // another process made it meanwhile
+	} else if err != nil {
+		return false, err
+	}
+	return true, syncDir(filepath.Dir(path))
+}
+
+// devPrealloc reads CSNAP_DEV_PREALLOC: "1" (or "true") makes a new -dev
+// snapshot store fully allocated (createWritten) rather than sparse. The
+// issue-4 benchmark sets it, as the plain backend it is compared with
+// writes into an already-filled file.
+func devPrealloc(getenv func(string) string) (bool, error) {
+	v := getenv("CSNAP_DEV_PREALLOC")
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("CSNAP_DEV_PREALLOC=%q: want 1 or 0", v)
+	}
+	return b, nil
+}
+
+// syncDir makes the directory's entries durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // runDev runs one node with the embedded volume "dev": no Consul; origin and
-// snapshot store are sparse files in the data directory; the snapshot
+// snapshot store are sparse files in the data directory (the store
+// preallocated with CSNAP_DEV_PREALLOC=1); the snapshot
 // server runs in this process on a loopback port and this node is its only
 // client (the same code paths as a cluster, standalone coordination).
 func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) (err error) {
@@ -88,7 +170,16 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if _, err := createSparse(originPath, devSize); err != nil {
 		return fmt.Errorf("origin %s: %w", originPath, err)
 	}
-	fresh, err := createSparse(storePath, devSize)
+	prealloc, err := devPrealloc(os.Getenv)
+	if err != nil {
+		return err
+	}
+	create := createSparse
+	if prealloc {
+		create = createWritten
+	}
+	t0 := time.Now()
+	fresh, err := create(storePath, devSize)
 	if err != nil {
 		return fmt.Errorf("snapshot store %s: %w", storePath, err)
 	}
@@ -108,7 +199,8 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: devChunkSize}); err != nil {
 			return fmt.Errorf("formatting the snapshot store %s: %w", storePath, err)
 		}
-		log.WithField("store", storePath).Info("snapshot store formatted")
+		log.WithFields(logrus.Fields{"store": storePath, "preallocated": prealloc, "elapsed": time.Since(t0).Round(time.Millisecond)}).
+			Info("snapshot store created and formatted")
 	}
 	eng, err := snapstore.Open(origin, store, snapstore.Options{OnEvent: engineEvents(log)})
 	if err != nil {
