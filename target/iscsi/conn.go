@@ -83,7 +83,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv:   s,
 		nc:    nc,
 		log:   s.log.WithField("remote", nc.RemoteAddr().String()),
-		rd:    pduReader{r: bufio.NewReaderSize(nc, 64*1024)},
+		rd:    pduReader{},
 		tasks: map[uint32]*task{},
 		byTTT: map[uint32]*task{},
 
@@ -91,6 +91,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
+	idle := func() bool { return c.executing.Load() == 0 }
+	c.rd.r = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
 	c.readErr = make(chan error, 1)
 	return c
 }
