@@ -47,7 +47,10 @@ func snapshotIQN(volume, snap string) string { return iqnPrefix + volume + ":" +
 // addTarget exports one client volume as LUN 0 of target iqn.
 func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, product string) error {
 	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product)}
-	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, e.store)
+	// e.store (the volume's shared state) is not used yet: with it,
+	// TestClusterDeparture failed once in CI (the server stopped serving
+	// after a frozen client was killed); see docs/STATUS.md.
+	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, scsi.NewMemStore())
 	if err != nil {
 		return err
 	}
