@@ -61,6 +61,19 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 	if err != nil {
 		t.Fatalf("starting the cluster: %v", err)
 	}
+	stopClusterAtEnd(t, c)
+	clusterAdmin(t, c, 1, "volume", "create", clusterVolume, "--origin", dir+"/origin.img",
+		"--store", dir+"/store.img", "--size", "64MiB")
+	for i := 1; i <= c.Nodes(); i++ {
+		waitTarget(t, c, i, clusterIQN, true)
+	}
+	return c
+}
+
+// stopClusterAtEnd stops c when the test ends, by PID; if the test
+// failed, it first prints the end of every csnapd log and saves the whole
+// logs (saveClusterLogs).
+func stopClusterAtEnd(t *testing.T, c *cluster.Cluster) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i := 1; i <= c.Nodes(); i++ {
@@ -72,12 +85,6 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 			t.Errorf("stopping the cluster: %v", err)
 		}
 	})
-	clusterAdmin(t, c, 1, "volume", "create", clusterVolume, "--origin", dir+"/origin.img",
-		"--store", dir+"/store.img", "--size", "64MiB")
-	for i := 1; i <= c.Nodes(); i++ {
-		waitTarget(t, c, i, clusterIQN, true)
-	}
-	return c
 }
 
 // saveClusterLogs copies every node's whole csnapd log into

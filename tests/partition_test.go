@@ -44,17 +44,7 @@ func startNetnsCluster(t *testing.T) *cluster.Cluster {
 	if err != nil {
 		t.Fatalf("starting the cluster in network namespaces: %v", err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := 1; i <= c.Nodes(); i++ {
-				t.Logf("csnapd n%d log (end):\n%s", i, tail(c.CsnapdLog(i), 6000))
-			}
-			saveClusterLogs(t, c)
-		}
-		if err := c.Stop(); err != nil {
-			t.Errorf("stopping the cluster: %v", err)
-		}
-	})
+	stopClusterAtEnd(t, c)
 	nsAdmin(t, c, 1, "volume", "create", clusterVolume, "--origin", dir+"/origin.img",
 		"--store", dir+"/store.img", "--size", "64MiB")
 	for i := 1; i <= c.Nodes(); i++ {
