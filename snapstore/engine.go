@@ -698,6 +698,15 @@ func (e *Engine) Generation() uint64 {
 	return e.st.generation
 }
 
+// LiveSnapshots returns the generation and the number of live snapshots,
+// read together. With none, no origin chunk needs a copy-out while
+// Generation() stays the same (a snapshot's creation changes it).
+func (e *Engine) LiveSnapshots() (gen uint64, n int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.st.generation, len(e.live)
+}
+
 // Stats returns counters.
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()

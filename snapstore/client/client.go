@@ -159,6 +159,10 @@ type Client struct {
 	term     uint64 // newest server term seen
 	gen      uint64 // current snapshot generation
 	cache    *chunkCache
+	// unique: the server said (ORIGIN_UNIQUE) that at generation gen the
+	// volume has no live snapshot, so every origin chunk is in the cache
+	// in effect. Cleared with the cache.
+	unique   bool
 	writers  map[uint64]int // origin writes in flight, by the generation they were approved under
 	nextID   uint64         // request id counter: never reset
 	nextSeq  uint64
@@ -769,6 +773,7 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 		// their older generation, so the next INVALIDATE waits for them.
 		c.gen = h.Generation
 		c.cache.clear()
+		c.unique = false
 	}
 	c.maxIn = int(min(h.MaxInFlight, 1<<20))
 	if c.maxIn > 2 {
@@ -916,6 +921,7 @@ func (c *Client) invalidate(cn *conn, id, gen uint64) {
 	if gen > c.gen {
 		c.gen = gen
 		c.cache.clear()
+		c.unique = false
 	}
 	c.mu.Unlock()
 	c.wg.Add(1)
@@ -933,6 +939,19 @@ func (c *Client) invalidate(cn *conn, id, gen uint64) {
 		c.log.WithFields(logrus.Fields{"generation": gen, "waited": time.Since(start).Round(time.Microsecond)}).Debug("invalidate acknowledged")
 		c.notifyChange()
 	}()
+}
+
+// originUnique handles ORIGIN_UNIQUE{gen}: while gen is current, every
+// origin write is approved without asking (see package wire, "A volume
+// without snapshots"). The reader calls it before it delivers the
+// ORIGIN_WRITE_OK that follows.
+func (c *Client) originUnique(gen uint64) {
+	c.mu.Lock()
+	if gen == c.gen && !c.unique {
+		c.unique = true
+		c.log.WithField("generation", gen).Debug("no snapshot: origin writes approved locally")
+	}
+	c.mu.Unlock()
 }
 
 // oldWritersLocked counts origin writes in flight approved under a

@@ -38,6 +38,11 @@
 // generation changes (INVALIDATE, or a HELLO_OK with another generation).
 // It is consulted only while connected.
 //
+// While the volume has no snapshot at all, the server says so once
+// (ORIGIN_UNIQUE, protocol version 3) and the client approves every
+// origin write itself until the generation changes, so that first writes
+// of a volume without snapshots cost no round trip either.
+//
 // # The snapshot barrier
 //
 // Every origin write is counted in flight, from approval until its data is

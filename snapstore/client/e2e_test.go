@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,4 +368,119 @@ func TestE2EBarrierAwaitsCutWriter(t *testing.T) {
 	if err := e.c.Snapshot(si.ID, false).ReadAt(buf, 0); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'B')) {
 		t.Fatalf("snapshot changed after its create returned: %q... (%v)", buf[:4], err)
 	}
+}
+
+// countingConn counts the ORIGIN_WRITE requests a client sends, decoding
+// the frames it writes.
+type countingConn struct {
+	net.Conn
+	pw *io.PipeWriter
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	_, _ = c.pw.Write(p)
+	return c.Conn.Write(p)
+}
+
+func (c countingConn) Close() error {
+	c.pw.Close()
+	return c.Conn.Close()
+}
+
+// countingClient is a client on node-4 whose ORIGIN_WRITE requests are
+// counted in *n.
+func (e *e2e) countingClient(t *testing.T) (*Client, *atomic.Int64) {
+	t.Helper()
+	var n atomic.Int64
+	c, err := New(ctx5(t), Config{Volume: "vol", Node: "node-4", ID: wire.ClientID{4}, Locator: StaticLocator(e.addr),
+		Origin: e.origin, Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			pr, pw := io.Pipe()
+			go func() {
+				r := wire.NewReader(pr)
+				for {
+					_, m, err := r.Read()
+					if err != nil {
+						pr.CloseWithError(err)
+						return
+					}
+					if m.Type() == wire.TypeOriginWrite {
+						n.Add(1)
+					}
+				}
+			}()
+			return countingConn{nc, pw}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, &n
+}
+
+// TestE2EOriginUnique: while the volume has no snapshot, one ORIGIN_WRITE
+// tells the client so (ORIGIN_UNIQUE) and first writes of other chunks
+// ask nothing; with a snapshot every first write asks again and is copied
+// out; once it is deleted, one more question restores the fast path.
+func TestE2EOriginUnique(t *testing.T) {
+	e := newE2E(t)
+	ctx := ctx5(t)
+	c, asked := e.countingClient(t)
+	o := c.Origin()
+	write := func(chunk int64, b byte) {
+		t.Helper()
+		if err := o.WriteAt(fill(e2eChunk, b), chunk*e2eChunk, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantAsked := func(n int64, what string) {
+		t.Helper()
+		if got := asked.Load(); got != n {
+			t.Fatalf("%s: %d ORIGIN_WRITE queries, want %d", what, got, n)
+		}
+	}
+	write(0, 'A')
+	wantAsked(1, "first write")
+	for ch := int64(1); ch < 20; ch++ {
+		write(ch, 'A')
+	}
+	wantAsked(1, "first writes of 19 more chunks without a snapshot")
+
+	si, err := c.CreateSnapshot(ctx, "s1", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(5, 'B')
+	write(6, 'B')
+	wantAsked(3, "first writes after a snapshot")
+	write(5, 'C')
+	wantAsked(3, "rewrite of a copied-out chunk")
+	got := make([]byte, 3*e2eChunk)
+	if err := c.Snapshot(si.ID, false).ReadAt(got, 5*e2eChunk); err != nil || !bytes.Equal(got, fill(3*e2eChunk, 'A')) {
+		t.Fatalf("snapshot reads %q... (%v), want A", got[:4], err)
+	}
+
+	if err := c.DeleteSnapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	write(7, 'D')
+	wantAsked(4, "first write after the delete")
+	write(8, 'D')
+	write(9, 'D')
+	wantAsked(4, "first writes with no snapshot left")
+	if err := o.ReadAt(got, 7*e2eChunk); err != nil || !bytes.Equal(got, fill(3*e2eChunk, 'D')) {
+		t.Fatalf("origin reads %q... (%v), want D", got[:4], err)
+	}
+
+	// Another client's snapshot turns the fast path off here too.
+	if _, err := e.c.CreateSnapshot(ctx, "s2", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	write(10, 'E')
+	wantAsked(5, "first write after another node's snapshot")
 }

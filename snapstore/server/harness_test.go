@@ -134,10 +134,11 @@ type client struct {
 	mu      sync.Mutex
 	next    uint64
 	waiting map[uint64]chan wire.Message
-	order   []uint64      // reply ids in arrival order
-	inval   chan frame    // INVALIDATEs, when not auto-acked
-	autoAck bool          // answer INVALIDATE at once
-	done    chan struct{} // reader ended
+	order   []uint64       // reply ids in arrival order
+	notices []wire.Message // notices from the server, in arrival order
+	inval   chan frame     // INVALIDATEs, when not auto-acked
+	autoAck bool           // answer INVALIDATE at once
+	done    chan struct{}  // reader ended
 }
 
 func cid(b byte) wire.ClientID {
@@ -210,6 +211,12 @@ func (c *client) read(r *wire.Reader) {
 			}
 			continue
 		}
+		if m.Type().Kind() == wire.KindNotice {
+			c.mu.Lock()
+			c.notices = append(c.notices, m)
+			c.mu.Unlock()
+			continue
+		}
 		c.mu.Lock()
 		ch := c.waiting[id]
 		delete(c.waiting, id)
@@ -278,6 +285,15 @@ func (c *client) closedByServer() {
 	case <-time.After(waitLong):
 		c.t.Fatal("server did not close the connection")
 	}
+}
+
+// takeNotices returns the notices received so far and forgets them.
+func (c *client) takeNotices() []wire.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.notices
+	c.notices = nil
+	return n
 }
 
 func rng(start uint64, n uint32) []wire.Range { return []wire.Range{{Start: start, Count: n}} }

@@ -20,12 +20,15 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 	ctx := ss.ctx
 	switch m := m.(type) {
 	case *wire.OriginWrite:
-		gen, err := s.originWrite(ctx, ss, id, m.Ranges)
+		gen, unique, err := s.originWrite(ctx, ss, id, m.Ranges)
 		if err != nil {
 			return nil, err
 		}
 		// The approval counts as a copy-out in progress until it is on the
 		// wire, so a barrier's INVALIDATE follows it on the connection.
+		if unique {
+			ss.send(0, &wire.OriginUnique{Generation: gen})
+		}
 		ss.send(id, &wire.OriginWriteOK{Generation: gen})
 		s.mu.Lock()
 		s.leavePrepareLocked()
@@ -90,8 +93,11 @@ func (s *Server) leavePrepareLocked() {
 // read locks granted before the commit, then approve under the generation
 // the copy-out was made for (redoing it if a snapshot came meanwhile). On
 // success it returns counted in s.preparing; the caller sends the approval
-// and then calls leavePrepareLocked.
-func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges []wire.Range) (uint64, error) {
+// and then calls leavePrepareLocked. unique reports that, at the approval,
+// the volume had no live snapshot and no read lock, for a client that
+// understands ORIGIN_UNIQUE (see package wire, "A volume without
+// snapshots").
+func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges []wire.Range) (uint64, bool, error) {
 	key := locks.Key{Client: locks.ClientID(ss.id), ID: id}
 	lr := make([]locks.Range, len(ranges))
 	for i, r := range ranges {
@@ -99,7 +105,7 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 	}
 	for {
 		if err := s.enterPrepare(ctx); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		var gen uint64
 		var err error
@@ -117,11 +123,11 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 		s.leavePrepareLocked()
 		if err != nil {
 			s.mu.Unlock()
-			return 0, err
+			return 0, false, err
 		}
 		if ss.closed {
 			s.mu.Unlock()
-			return 0, errSessionClosed
+			return 0, false, errSessionClosed
 		}
 		ready, err := s.tab.WaitFor(key, lr)
 		var ch chan struct{}
@@ -131,7 +137,7 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 		}
 		s.mu.Unlock()
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if ch != nil {
 			select {
@@ -141,18 +147,22 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 				s.tab.CancelWrite(key)
 				delete(s.parked, key)
 				s.mu.Unlock()
-				return 0, ctx.Err()
+				return 0, false, ctx.Err()
 			}
 		}
 		s.mu.Lock()
-		ok := s.barrier == nil && s.eng.Generation() == gen && !ss.closed
+		g, live := s.eng.LiveSnapshots()
+		ok := s.barrier == nil && g == gen && !ss.closed
+		unique := false
 		if ok {
 			s.preparing++ // until the approval is sent; see handle
 			s.unsettled[ss.id] = unsettled{node: ss.node, gen: gen}
+			locks, _ := s.tab.Len()
+			unique = live == 0 && locks == 0 && ss.version >= wire.VersionUnique
 		}
 		s.mu.Unlock()
 		if ok {
-			return gen, nil
+			return gen, unique, nil
 		}
 		// A snapshot was created (or is being created) while this write
 		// waited: its copy-out was made for an older generation. Redo it.

@@ -159,6 +159,61 @@ func TestOriginWriteCopyOut(t *testing.T) {
 	wantErr(t, c.call(&wire.SnapshotWrite{Snapshot: s.ID, Ranges: rng(0, 1)}), wire.CodeNotWritable)
 }
 
+// TestOriginUnique: an origin write approved while the volume has no live
+// snapshot and no read lock is preceded by ORIGIN_UNIQUE of its
+// generation, for version-3 clients only; not while a snapshot lives or a
+// read lock is held.
+func TestOriginUnique(t *testing.T) {
+	e := start(t, Config{})
+	a := connect(t, e.addr, cid(1), "n1")
+	h := hello(cid(2), "n2")
+	h.MaxVersion = wire.VersionUnique - 1
+	old, m := dial(t, e.addr, h)
+	mustType[*wire.HelloOK](t, m)
+	mustType[*wire.OK](t, old.call(&wire.UploadDone{}))
+
+	// wantUnique asks for chunk ch through c and checks the notice that
+	// came before the approval (the reader records it first).
+	wantUnique := func(c *client, ch uint64, gen uint64, want bool) {
+		t.Helper()
+		ok := mustType[*wire.OriginWriteOK](t, c.call(&wire.OriginWrite{Ranges: rng(ch, 1)}))
+		if ok.Generation != gen {
+			t.Fatalf("approved under %d, want %d", ok.Generation, gen)
+		}
+		ns := c.takeNotices()
+		switch {
+		case want && (len(ns) != 1 || mustType[*wire.OriginUnique](t, ns[0]).Generation != gen):
+			t.Fatalf("chunk %d: notices %#v, want ORIGIN_UNIQUE{%d}", ch, ns, gen)
+		case !want && len(ns) != 0:
+			t.Fatalf("chunk %d: notices %#v, want none", ch, ns)
+		}
+	}
+	wantUnique(a, 1, 0, true)
+	wantUnique(old, 2, 0, false) // a version-2 client is never told
+
+	s := createSnap(t, a, "s1")
+	wantUnique(a, 3, 1, false) // a live snapshot
+
+	// A read lock on chunk 5, then the snapshot goes: no live snapshot,
+	// but the lock is still held.
+	hd, rch := a.send(&wire.SnapshotRead{Snapshot: s.ID, Ranges: rng(5, 1)})
+	if r := mustType[*wire.SnapshotReadOK](t, a.wait(rch)); !r.HoldsLock() {
+		t.Fatalf("chunk 5 not read from the origin: %+v", r.Extents)
+	}
+	mustType[*wire.OK](t, a.call(&wire.DeleteSnapshot{Snapshot: wire.SnapshotRef{ID: s.ID}}))
+	wantUnique(a, 6, 1, false)
+	a.notice(&wire.FinishSnapshotRead{Handle: hd})
+	eventually(t, "lock released", func() bool {
+		for _, c := range e.srv.Clients() {
+			if c.Locks != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	wantUnique(a, 7, 1, true) // the generation stays: deletes do not change it
+}
+
 func TestReadLockParksWrite(t *testing.T) {
 	e := start(t, Config{})
 	a := connect(t, e.addr, cid(1), "n1")

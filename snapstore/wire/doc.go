@@ -148,6 +148,8 @@
 //	0x20 INVALIDATE          req    u64 new generation (server -> client)
 //	0x21 INVALIDATE_ACK      reply  u64 the same generation
 //	0x22 SHARED_STATE        req    shared value (server -> client) -> OK
+//	0x23 ORIGIN_UNIQUE       notice u64 generation (server -> client, version 3):
+//	                                no live snapshot and no read lock at it
 //	0x30 CREATE_SNAPSHOT     req    name, i32 priority, bool writable
 //	0x31 CREATE_SNAPSHOT_OK  reply  snapshot entry
 //	0x32 DELETE_SNAPSHOT     req    snapshot ref -> OK
@@ -210,6 +212,26 @@
 // been struck off), no write acknowledged before the snapshot began is
 // still in flight, and the server records the snapshot. A client must
 // answer INVALIDATE even while it is waiting for other replies.
+//
+// # A volume without snapshots (version 3)
+//
+// While a volume has no live snapshot, no origin write needs a copy-out
+// or waits for a read lock, and asking per chunk costs a round trip on
+// every first write. So when the server approves an origin write under
+// generation G and, at that moment, no live snapshot exists and no read
+// lock is held, it sends ORIGIN_UNIQUE{G} just before ORIGIN_WRITE_OK.
+// A client whose current generation is G then approves every origin write
+// itself, counted in flight under G exactly like a cached approval, until
+// its generation changes; it stops while disconnected, like the cache. It
+// is safe because a snapshot can only come into being through the
+// barrier, which moves every client to a newer generation first and waits
+// for the writes counted under G, and because a read lock is granted only
+// on a live snapshot. (A client reconnecting after a failover may
+// re-declare a read lock of a snapshot deleted meanwhile; a read of a
+// deleted snapshot may then see newer origin data, which no one can tell
+// from the deletion having come first.) The server also records the client
+// as having been approved under G, for the barrier's accounting of
+// disconnected writers.
 //
 // # Shared state (version 2)
 //

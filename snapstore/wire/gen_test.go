@@ -198,6 +198,8 @@ func (g gen) message(t MsgType) Message {
 		return &UploadShared{g.shared()}
 	case TypeSharedState:
 		return &SharedState{g.shared()}
+	case TypeOriginUnique:
+		return &OriginUnique{g.u64()}
 	case TypeCreateSnapshot:
 		return &CreateSnapshot{Name: g.name(), Priority: int32(r.Uint32()), Writable: r.Intn(2) == 0}
 	case TypeCreateSnapshotOK:

@@ -9,11 +9,14 @@ import (
 // picks the highest version both sides support.
 const (
 	MinVersion uint16 = 1
-	MaxVersion uint16 = 2 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE)
+	MaxVersion uint16 = 3 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE); 3: ORIGIN_UNIQUE
 )
 
 // VersionShared is the first protocol version with the shared-state messages.
 const VersionShared uint16 = 2
+
+// VersionUnique is the first protocol version with ORIGIN_UNIQUE.
+const VersionUnique uint16 = 3
 
 // Limits. Decoders enforce them before allocating; encoders refuse to
 // produce messages that exceed them, so a peer never has to guess.
@@ -85,6 +88,7 @@ const (
 	TypeInvalidate         MsgType = 0x20
 	TypeInvalidateAck      MsgType = 0x21
 	TypeSharedState        MsgType = 0x22
+	TypeOriginUnique       MsgType = 0x23
 	TypeCreateSnapshot     MsgType = 0x30
 	TypeCreateSnapshotOK   MsgType = 0x31
 	TypeDeleteSnapshot     MsgType = 0x32
@@ -121,6 +125,7 @@ var typeNames = map[MsgType]string{
 	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
 	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
 	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
+	TypeOriginUnique:   "ORIGIN_UNIQUE",
 	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
 	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
 	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
@@ -145,7 +150,7 @@ func (t MsgType) Kind() Kind {
 		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
 		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult:
 		return KindReply
-	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared:
+	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique:
 		return KindNotice
 	}
 	return 0
@@ -243,6 +248,8 @@ func newMessage(t MsgType) Message {
 		return new(UploadShared)
 	case TypeSharedState:
 		return new(SharedState)
+	case TypeOriginUnique:
+		return new(OriginUnique)
 	case TypeCreateSnapshot:
 		return new(CreateSnapshot)
 	case TypeCreateSnapshotOK:
@@ -788,6 +795,18 @@ func (*Invalidate) Type() MsgType          { return TypeInvalidate }
 func (*Invalidate) validate() error        { return nil }
 func (m *Invalidate) marshal(e *encoder)   { e.u64(m.Generation) }
 func (m *Invalidate) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// OriginUnique (server -> client notice, version 3) says that at
+// Generation no live snapshot exists and no read lock is held: every
+// origin chunk may be overwritten without asking until the generation
+// changes. The server sends it before an ORIGIN_WRITE_OK of that
+// generation; a client that knows another generation ignores it.
+type OriginUnique struct{ Generation uint64 }
+
+func (*OriginUnique) Type() MsgType          { return TypeOriginUnique }
+func (*OriginUnique) validate() error        { return nil }
+func (m *OriginUnique) marshal(e *encoder)   { e.u64(m.Generation) }
+func (m *OriginUnique) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
 
 // InvalidateAck answers INVALIDATE, echoing its generation.
 type InvalidateAck struct{ Generation uint64 }
