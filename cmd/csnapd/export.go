@@ -47,10 +47,7 @@ func snapshotIQN(volume, snap string) string { return iqnPrefix + volume + ":" +
 // addTarget exports one client volume as LUN 0 of target iqn.
 func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, product string) error {
 	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product)}
-	// e.store (the volume's shared state) is not used yet: with it,
-	// TestClusterDeparture failed once in CI (the server stopped serving
-	// after a frozen client was killed); see docs/STATUS.md.
-	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, scsi.NewMemStore())
+	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, e.store)
 	if err != nil {
 		return err
 	}
