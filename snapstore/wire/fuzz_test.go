@@ -112,6 +112,8 @@ func FuzzDecodeSharedUpdate(f *testing.F)       { fuzzBody(f, TypeSharedUpdate) 
 func FuzzDecodeSharedResult(f *testing.F)       { fuzzBody(f, TypeSharedResult) }
 func FuzzDecodeUploadShared(f *testing.F)       { fuzzBody(f, TypeUploadShared) }
 func FuzzDecodeSharedState(f *testing.F)        { fuzzBody(f, TypeSharedState) }
+func FuzzDecodeReclaim(f *testing.F)            { fuzzBody(f, TypeReclaim) }
+func FuzzDecodeReclaimOK(f *testing.F)          { fuzzBody(f, TypeReclaimOK) }
 func FuzzDecodeCreateSnapshot(f *testing.F)     { fuzzBody(f, TypeCreateSnapshot) }
 func FuzzDecodeCreateSnapshotOK(f *testing.F)   { fuzzBody(f, TypeCreateSnapshotOK) }
 func FuzzDecodeDeleteSnapshot(f *testing.F)     { fuzzBody(f, TypeDeleteSnapshot) }
@@ -125,7 +127,7 @@ func FuzzDecodeCheckOK(f *testing.F)            { fuzzBody(f, TypeCheckOK) }
 
 // TestFuzzersCoverEveryType keeps the list above complete.
 func TestFuzzersCoverEveryType(t *testing.T) {
-	if n := len(allTypes()); n != 32 {
+	if n := len(allTypes()); n != 34 {
 		t.Fatalf("%d message types; add a FuzzDecode function for the new one and update this count", n)
 	}
 }
