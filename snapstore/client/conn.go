@@ -184,6 +184,8 @@ func (cn *conn) reader() {
 		switch m := m.(type) {
 		case *wire.Invalidate:
 			c.invalidate(cn, id, m.Generation)
+		case *wire.Reclaim:
+			c.reclaim(cn, id, m.Snapshots)
 		case *wire.SharedState:
 			c.installShared(m.SharedValue)
 			_ = cn.send(id, &wire.OK{})
