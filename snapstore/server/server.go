@@ -545,7 +545,9 @@ func (s *Server) endSessionLocked(ss *session, how int) bool {
 	}
 	delete(s.sessions, ss.id)
 	c := locks.ClientID(ss.id)
-	if how == endDetach && (s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
+	if how == endDetach && (s.closed || s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
+		// (A closed server keeps nothing for a reconnect, and its Close
+		// must not wait for a grace timer started after it.)
 		how = endDrop
 	}
 	switch how {
