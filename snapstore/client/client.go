@@ -114,6 +114,8 @@ type Config struct {
 	// for locations ahead of need, in bytes (default 16 MiB; capped at
 	// wire.MaxChunks chunks and the volume end; negative: none).
 	LocationReadahead int64
+
+	maxVersion uint16 // test knob: offer at most this protocol version
 }
 
 // callKind classifies a request for flow control and reconnect handling.
@@ -755,7 +757,11 @@ func (c *Client) connect() (*conn, *wire.HelloOK, error) {
 	c.mu.Lock()
 	c.nextID++
 	id := c.nextID
-	hello := &wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion,
+	maxV := wire.MaxVersion
+	if c.cfg.maxVersion != 0 {
+		maxV = c.cfg.maxVersion
+	}
+	hello := &wire.Hello{MinVersion: wire.MinVersion, MaxVersion: maxV,
 		Client: c.cfg.ID, Term: c.term, Node: c.cfg.Node, Volume: c.cfg.Volume}
 	c.mu.Unlock()
 	cn := newConn(c, nc, addr)

@@ -67,9 +67,12 @@
 // received a frame within three PingIntervals: a server waits
 // BarrierTimeout for a client it lost before reusing space without its
 // answer, so PingInterval times three must stay below the server's
-// BarrierTimeout (2 s and 10 s by default). Between a delete and its
-// RECLAIM (normally milliseconds: the delete starts the reclaimer) a
-// cached read of the deleted snapshot still returns its intact data.
+// BarrierTimeout (2 s and 10 s by default). A delete made through this
+// client drops its whole location cache; on other clients, between a
+// delete and its RECLAIM (normally milliseconds: the delete starts the
+// reclaimer, unless a pass is already running) a cached read of the
+// deleted snapshot still returns its intact data instead of
+// ErrSnapshotGone.
 // LocationCacheStats reports hits, misses and size.
 //
 // # The snapshot barrier

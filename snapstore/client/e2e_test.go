@@ -19,6 +19,7 @@ import (
 type e2e struct {
 	origin, store *snapstore.MemDevice
 	srv           *server.Server
+	eng           *snapstore.Engine
 	addr          string
 	c             *Client
 }
@@ -31,10 +32,11 @@ func newE2E(t *testing.T) *e2e {
 	if err := snapstore.Format(e.origin, e.store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
 		t.Fatal(err)
 	}
-	eng, err := snapstore.Open(e.origin, e.store, snapstore.Options{})
+	eng, err := snapstore.Open(e.origin, e.store, snapstore.Options{ManualReclaim: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.eng = eng
 	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
 		BarrierTimeout: 5 * time.Second})
 	if err != nil {
