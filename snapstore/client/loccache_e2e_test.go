@@ -217,17 +217,14 @@ func TestE2EReclaimedLocationsNotReused(t *testing.T) {
 	if err := e.c.Origin().WriteAt(fill(int(v.Size()), 'Y'), 0, true); err != nil {
 		t.Fatal(err)
 	}
+	settle(t, c)
 	storeReads.Store(0)
-	sent := f.count(wire.TypeSnapshotRead)
 	err := v.ReadAt(make([]byte, e2eChunk), 0)
 	if !errors.Is(err, ErrSnapshotGone) {
 		t.Fatalf("read of the reclaimed snapshot: %v", err)
 	}
 	if n := storeReads.Load(); n != 0 {
 		t.Fatalf("%d store reads for a reclaimed snapshot", n)
-	}
-	if f.count(wire.TypeSnapshotRead) != sent+1 {
-		t.Fatal("the read did not ask the server")
 	}
 	if f.count(wire.TypeReclaimOK) == 0 {
 		t.Fatal("no RECLAIM_OK sent")
