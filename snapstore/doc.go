@@ -28,7 +28,7 @@
 // # Using the engine (the snapshot server's view)
 //
 //	e, err := snapstore.Open(originDev, storeDev, snapstore.Options{
-//		BeforeReclaim: srv.drainReads, // finish reads of deleted snapshots
+//		BeforeReclaim: srv.drainReads, // func(ctx, ids): finish reads of deleted snapshots
 //		OnEvent:       srv.logEvent,
 //	})
 //	e.SetEpoch(ctx, term)                      // at takeover, durable

@@ -29,8 +29,12 @@ type Options struct {
 	ManualReclaim bool
 	// BeforeReclaim, if set, is called (without engine locks held) before
 	// the store chunks of deleted or dropped snapshots may be reused. The
-	// server uses it to finish reads of those snapshots it has in flight.
-	BeforeReclaim func(ids []SnapID)
+	// server uses it to finish reads of those snapshots it has in flight
+	// (SetBeforeReclaim installs it after Open). ctx ends when the engine
+	// is closed: the hook must then return promptly. Only one pass calls
+	// it at a time; while it runs, reclamation (and an origin write that
+	// needs the space) waits for it, so it should be bounded.
+	BeforeReclaim func(ctx context.Context, ids []SnapID)
 	// OnEvent, if set, receives events (drops, recovery, reclamation). It
 	// is called without engine locks held, possibly from another goroutine
 	// than the operation that caused the event, and must not block.
@@ -171,6 +175,15 @@ type Engine struct {
 	stop    chan struct{}
 	bgDone  chan struct{}
 	closeMu sync.Mutex
+
+	// beforeReclaim is Options.BeforeReclaim or what SetBeforeReclaim
+	// installed (guarded by mu); hookCtx ends at Close; hookWait is the
+	// time the last pass start spent in it (guarded by mu), which the
+	// background reclaimer leaves out of its pacing.
+	beforeReclaim func(ctx context.Context, ids []SnapID)
+	hookCtx       context.Context
+	hookCancel    context.CancelFunc
+	hookWait      time.Duration
 }
 
 // ---------------------------------------------------------------------------
@@ -459,6 +472,8 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), bgDone: make(chan struct{}),
 	}
 	e.cond = sync.NewCond(&e.mu)
+	e.beforeReclaim = o.BeforeReclaim
+	e.hookCtx, e.hookCancel = context.WithCancel(context.Background())
 	cs := int(e.cs)
 	// Copy buffers hold one chunk, or a run of chunks copied together
 	// (copyRun).
@@ -581,6 +596,7 @@ func (e *Engine) Close() error {
 	e.closed = true
 	e.mu.Unlock()
 	close(e.stop)
+	e.hookCancel() // a BeforeReclaim in progress returns
 	<-e.bgDone
 	e.mu.Lock()
 	err := e.waitDurableLocked(e.openSeq)

@@ -427,7 +427,7 @@ func TestHooksAndAdmin(t *testing.T) {
 	var events []Event
 	e, err := Open(od, sd, Options{
 		ManualReclaim: true,
-		BeforeReclaim: func(ids []SnapID) { mu.Lock(); hooked = append(hooked, ids...); mu.Unlock() },
+		BeforeReclaim: func(_ context.Context, ids []SnapID) { mu.Lock(); hooked = append(hooked, ids...); mu.Unlock() },
 		OnEvent:       func(ev Event) { mu.Lock(); events = append(events, ev); mu.Unlock() },
 	})
 	if err != nil {

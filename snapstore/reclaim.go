@@ -57,10 +57,12 @@ func (e *Engine) reclaimer() {
 			}
 			t0 := time.Now()
 			e.mu.Lock()
+			e.hookWait = 0
 			progressed, err := false, e.usable()
 			if err == nil {
 				progressed, err = e.reclaimOnceLocked(reclaimBatch, true)
 			}
+			hook := e.hookWait
 			e.trimCache()
 			e.unlock()
 			if err != nil || !progressed {
@@ -69,10 +71,21 @@ func (e *Engine) reclaimer() {
 			// Pace reclamation: it is background work, and each batch adds
 			// metadata blocks to foreground commits. At 32 entries per
 			// millisecond 1 GiB of 64 KiB chunks is reclaimed in about a
-			// second.
-			time.Sleep(max(time.Millisecond, 2*time.Since(t0)))
+			// second. Time spent waiting in BeforeReclaim (clients
+			// finishing their reads) is not work and does not count.
+			time.Sleep(max(time.Millisecond, 2*(time.Since(t0)-hook)))
 		}
 	}
+}
+
+// SetBeforeReclaim installs fn as the BeforeReclaim hook (nil removes it),
+// replacing Options.BeforeReclaim: the snapshot server, built after the
+// engine, installs its own. A pass already calling the old hook finishes
+// with it.
+func (e *Engine) SetBeforeReclaim(fn func(ctx context.Context, ids []SnapID)) {
+	e.mu.Lock()
+	e.beforeReclaim = fn
+	e.mu.Unlock()
 }
 
 // Reclaim runs reclamation of every deleted snapshot to completion and
@@ -152,14 +165,16 @@ func (e *Engine) startPassLocked() error {
 		blocks[b] = true
 		ids = append(ids, id)
 	}
-	if e.opts.BeforeReclaim != nil {
+	if hook := e.beforeReclaim; hook != nil && len(ids) > 0 {
 		sids := make([]SnapID, len(ids))
 		for i, id := range ids {
 			sids[i] = SnapID(id)
 		}
+		t0 := time.Now()
 		e.mu.Unlock()
-		e.opts.BeforeReclaim(sids)
+		hook(e.hookCtx, sids)
 		e.mu.Lock()
+		e.hookWait += time.Since(t0)
 		if err := e.usable(); err != nil {
 			return err
 		}

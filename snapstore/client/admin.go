@@ -96,13 +96,25 @@ func (c *Client) CreateSnapshot(ctx context.Context, name string, priority int32
 // DeleteSnapshot deletes a snapshot by name.
 func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
 	_, err := c.admin(ctx, "delete snapshot "+name, &wire.DeleteSnapshot{Snapshot: wire.SnapshotRef{Name: name}})
+	c.forgetDeleted()
 	return err
 }
 
 // DeleteSnapshotID deletes a snapshot by id.
 func (c *Client) DeleteSnapshotID(ctx context.Context, id uint32) error {
 	_, err := c.admin(ctx, fmt.Sprintf("delete snapshot %d", id), &wire.DeleteSnapshot{Snapshot: wire.SnapshotRef{ID: id}})
+	c.forgetDeleted()
 	return err
+}
+
+// forgetDeleted drops the location cache after a delete through this
+// client (whatever its outcome; deletes are rare), so that this client
+// reads a snapshot it deleted as gone at once rather than after the
+// RECLAIM. Other clients learn it from the RECLAIM.
+func (c *Client) forgetDeleted() {
+	c.mu.Lock()
+	c.dropLocationsLocked()
+	c.mu.Unlock()
 }
 
 // SetPriority changes a snapshot's priority.

@@ -105,6 +105,17 @@ type Config struct {
 	MinBackoff   time.Duration                                            // reconnect backoff start, default 50 ms
 	MaxBackoff   time.Duration                                            // backoff cap, default 1 s
 	CacheBytes   int                                                      // unique-chunk cache bound, default 8 MiB
+
+	// LocationCacheBytes bounds the cache of read-only snapshots' store
+	// locations (default 8 MiB, about a million chunks; negative: no
+	// cache). Used only with servers of protocol version 4 or later.
+	LocationCacheBytes int
+	// LocationReadahead is how far beyond a snapshot read the client asks
+	// for locations ahead of need, in bytes (default 16 MiB; capped at
+	// wire.MaxChunks chunks and the volume end; negative: none).
+	LocationReadahead int64
+
+	maxVersion uint16 // test knob: offer at most this protocol version
 }
 
 // callKind classifies a request for flow control and reconnect handling.
@@ -182,6 +193,19 @@ type Client struct {
 	proto    uint16              // protocol version of the last HELLO_OK; 0 before the first
 	shared   map[string]sharedEntry
 
+	// The location cache of read-only snapshots (nil: none) and what keeps
+	// it right (volume.go): locEpoch changes whenever locations may have
+	// been dropped (RECLAIM, connection lost or made), and an answer is
+	// cached only if the epoch has not changed since its request; storeReading
+	// counts, per snapshot, reads that may be reading store locations (a
+	// cache hit, or an answer received), which RECLAIM waits for; readsC is
+	// signalled when one ends; raWin are read-aheads in flight, by snapshot.
+	loc          *locCache
+	locEpoch     uint64
+	storeReading map[uint32]int
+	readsC       *sync.Cond
+	raWin        map[uint32][]wire.Range
+
 	changeMu  sync.Mutex
 	changeGen uint64
 	changeSig chan struct{}
@@ -228,18 +252,23 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	log = log.WithFields(logrus.Fields{"component": "snapclient", "volume": cfg.Volume})
 	c := &Client{
-		cfg:       cfg,
-		log:       log,
-		cache:     newChunkCache(cfg.CacheBytes),
-		writers:   make(map[uint64]int),
-		pending:   make(map[uint64]*call),
-		locks:     make(map[uint64]wire.HeldLock),
-		broken:    make(map[uint64]struct{}),
-		shared:    make(map[string]sharedEntry),
-		down:      time.Now(),
-		changeSig: make(chan struct{}, 1),
+		cfg:     cfg,
+		log:     log,
+		cache:   newChunkCache(cfg.CacheBytes),
+		writers: make(map[uint64]int),
+		pending: make(map[uint64]*call),
+		locks:   make(map[uint64]wire.HeldLock),
+		broken:  make(map[uint64]struct{}),
+		shared:  make(map[string]sharedEntry),
+		loc:     newLocCache(cfg.LocationCacheBytes),
+		down:    time.Now(),
+
+		storeReading: make(map[uint32]int),
+		raWin:        make(map[uint32][]wire.Range),
+		changeSig:    make(chan struct{}, 1),
 	}
 	c.writersC = sync.NewCond(&c.mu)
+	c.readsC = sync.NewCond(&c.mu)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.origin = &Volume{c: c}
 
@@ -287,6 +316,7 @@ func (c *Client) Close() {
 	}
 	c.waiting = nil
 	c.writersC.Broadcast()
+	c.readsC.Broadcast()
 	c.mu.Unlock()
 	c.cancel()
 	if cn != nil {
@@ -343,6 +373,10 @@ func (c *Client) Connected() (bool, string) {
 func (c *Client) start(kind callKind, msg wire.Message) (*call, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.startLocked(kind, msg)
+}
+
+func (c *Client) startLocked(kind callKind, msg wire.Message) (*call, error) {
 	if c.closed {
 		return nil, ErrClosed
 	}
@@ -551,12 +585,19 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 	r := result{msg: m}
 	if !isReplyTo(cl.msg.Type(), m.Type()) {
 		r = result{err: fmt.Errorf("%v answered with %v: %w", cl.msg.Type(), m.Type(), ErrProtocol)}
-	} else if ok, is := m.(*wire.SnapshotReadOK); is && ok.HoldsLock() {
-		// Record the lock before anyone can see the answer, so that a
-		// reconnection from now on re-declares it.
-		c.locks[id] = wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)}
-		if cl.abandon {
-			c.releaseLockLocked(id)
+	} else if ok, is := m.(*wire.SnapshotReadOK); is {
+		if ok.HoldsLock() {
+			// Record the lock before anyone can see the answer, so that a
+			// reconnection from now on re-declares it.
+			c.locks[id] = wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)}
+			if cl.abandon {
+				c.releaseLockLocked(id)
+			}
+		}
+		if !cl.abandon {
+			// The reader may read these store locations from now on: a
+			// RECLAIM behind this answer waits for it (storeReadDone).
+			c.storeReading[cl.snapshot]++
 		}
 	}
 	c.finishLocked(cl, r)
@@ -720,7 +761,11 @@ func (c *Client) connect() (*conn, *wire.HelloOK, error) {
 	c.mu.Lock()
 	c.nextID++
 	id := c.nextID
-	hello := &wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion,
+	maxV := wire.MaxVersion
+	if c.cfg.maxVersion != 0 {
+		maxV = c.cfg.maxVersion
+	}
+	hello := &wire.Hello{MinVersion: wire.MinVersion, MaxVersion: maxV,
 		Client: c.cfg.ID, Term: c.term, Node: c.cfg.Node, Volume: c.cfg.Volume}
 	c.mu.Unlock()
 	cn := newConn(c, nc, addr)
@@ -775,6 +820,9 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 		c.cache.clear()
 		c.unique = false
 	}
+	// Locations are trusted on the connection that taught them only: a
+	// new server (or term) may have reclaimed space meanwhile.
+	c.dropLocationsLocked()
 	c.maxIn = int(min(h.MaxInFlight, 1<<20))
 	if c.maxIn > 2 {
 		c.maxIn -= 2 // kept for PING and UPLOAD_DONE
@@ -880,6 +928,8 @@ func (c *Client) uninstall(cn *conn) {
 	c.down = time.Now()
 	c.inflight, c.readsOut = 0, 0
 	c.writersC.Broadcast() // barriers of cn stop waiting
+	c.readsC.Broadcast()   // RECLAIMs of cn stop waiting
+	c.dropLocationsLocked()
 	for h := range c.locks {
 		c.broken[h] = struct{}{}
 	}

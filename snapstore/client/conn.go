@@ -186,6 +186,8 @@ func (cn *conn) reader() {
 			c.invalidate(cn, id, m.Generation)
 		case *wire.OriginUnique:
 			c.originUnique(m.Generation)
+		case *wire.Reclaim:
+			c.reclaim(cn, id, m.Snapshots)
 		case *wire.SharedState:
 			c.installShared(m.SharedValue)
 			_ = cn.send(id, &wire.OK{})

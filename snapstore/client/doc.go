@@ -43,6 +43,43 @@
 // origin write itself until the generation changes, so that first writes
 // of a volume without snapshots cost no round trip either.
 //
+// # The location cache
+//
+// With a server of protocol version 4 or later, the client keeps the store
+// locations of read-only snapshots' chunks that SNAPSHOT_READ_OK answered
+// (never origin answers, which hold only under their read lock; never
+// writable snapshots, whose chunks move on SNAPSHOT_WRITE: the writable
+// flag given to Snapshot decides), in a cache bounded by
+// Config.LocationCacheBytes (pages of 256 chunks, least recently used
+// dropped first). A read batch whose chunks are all cached reads the store
+// with no round trip. After each snapshot read the client asks, in the
+// background, for the locations of up to Config.LocationReadahead bytes
+// beyond it unless half of that is cached already; the read lock that
+// answer grants on the window's origin-mapped chunks is released as soon
+// as it arrives (the origin is not read for it), so a read-ahead holds
+// back origin writes for one round trip at most.
+//
+// A read-only snapshot's store chunks move only when it is deleted or
+// dropped and its space is reclaimed, and the server sends RECLAIM{ids}
+// first. The client then forgets those snapshots' locations, changes its
+// location epoch (an answer requested under an older epoch is not cached),
+// waits until no read of them that may be reading the store is left (a
+// cache hit, or a SNAPSHOT_READ_OK delivered: the server writes every
+// answer it computed while they were readable before the RECLAIM), and
+// answers RECLAIM_OK. The whole cache is dropped when the connection is
+// lost and when one is made (a new server or term may have reclaimed space
+// meanwhile), and cached locations are used only while the connection has
+// received a frame within three PingIntervals: a server waits
+// BarrierTimeout for a client it lost before reusing space without its
+// answer, so PingInterval times three must stay below the server's
+// BarrierTimeout (2 s and 10 s by default). A delete made through this
+// client drops its whole location cache; on other clients, between a
+// delete and its RECLAIM (normally milliseconds: the delete starts the
+// reclaimer, unless a pass is already running) a cached read of the
+// deleted snapshot still returns its intact data instead of
+// ErrSnapshotGone.
+// LocationCacheStats reports hits, misses and size.
+//
 // # The snapshot barrier
 //
 // Every origin write is counted in flight, from approval until its data is

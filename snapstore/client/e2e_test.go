@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 type e2e struct {
 	origin, store *snapstore.MemDevice
 	srv           *server.Server
+	eng           *snapstore.Engine
 	addr          string
 	c             *Client
 }
@@ -33,10 +32,11 @@ func newE2E(t *testing.T) *e2e {
 	if err := snapstore.Format(e.origin, e.store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
 		t.Fatal(err)
 	}
-	eng, err := snapstore.Open(e.origin, e.store, snapstore.Options{})
+	eng, err := snapstore.Open(e.origin, e.store, snapstore.Options{ManualReclaim: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.eng = eng
 	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
 		BarrierTimeout: 5 * time.Second})
 	if err != nil {
@@ -370,59 +370,6 @@ func TestE2EBarrierAwaitsCutWriter(t *testing.T) {
 	}
 }
 
-// countingConn counts the ORIGIN_WRITE requests a client sends, decoding
-// the frames it writes.
-type countingConn struct {
-	net.Conn
-	pw *io.PipeWriter
-}
-
-func (c countingConn) Write(p []byte) (int, error) {
-	_, _ = c.pw.Write(p)
-	return c.Conn.Write(p)
-}
-
-func (c countingConn) Close() error {
-	c.pw.Close()
-	return c.Conn.Close()
-}
-
-// countingClient is a client on node-4 whose ORIGIN_WRITE requests are
-// counted in *n.
-func (e *e2e) countingClient(t *testing.T) (*Client, *atomic.Int64) {
-	t.Helper()
-	var n atomic.Int64
-	c, err := New(ctx5(t), Config{Volume: "vol", Node: "node-4", ID: wire.ClientID{4}, Locator: StaticLocator(e.addr),
-		Origin: e.origin, Store: e.store, Log: testLog(), IOTimeout: 5 * time.Second, MinBackoff: 5 * time.Millisecond,
-		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-			var d net.Dialer
-			nc, err := d.DialContext(ctx, "tcp", addr)
-			if err != nil {
-				return nil, err
-			}
-			pr, pw := io.Pipe()
-			go func() {
-				r := wire.NewReader(pr)
-				for {
-					_, m, err := r.Read()
-					if err != nil {
-						pr.CloseWithError(err)
-						return
-					}
-					if m.Type() == wire.TypeOriginWrite {
-						n.Add(1)
-					}
-				}
-			}()
-			return countingConn{nc, pw}, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c, &n
-}
-
 // TestE2EOriginUnique: while the volume has no snapshot, one ORIGIN_WRITE
 // tells the client so (ORIGIN_UNIQUE) and first writes of other chunks
 // ask nothing; with a snapshot every first write asks again and is copied
@@ -430,7 +377,7 @@ func (e *e2e) countingClient(t *testing.T) (*Client, *atomic.Int64) {
 func TestE2EOriginUnique(t *testing.T) {
 	e := newE2E(t)
 	ctx := ctx5(t)
-	c, asked := e.countingClient(t)
+	c, f := e.countedClient(t, 4, e.store, nil)
 	o := c.Origin()
 	write := func(chunk int64, b byte) {
 		t.Helper()
@@ -440,7 +387,7 @@ func TestE2EOriginUnique(t *testing.T) {
 	}
 	wantAsked := func(n int64, what string) {
 		t.Helper()
-		if got := asked.Load(); got != n {
+		if got := int64(f.count(wire.TypeOriginWrite)); got != n {
 			t.Fatalf("%s: %d ORIGIN_WRITE queries, want %d", what, got, n)
 		}
 	}

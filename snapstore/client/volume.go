@@ -298,9 +298,12 @@ func (c *Client) unmapOrigin(off, n int64) error {
 // ---------------------------------------------------------------------------
 // Snapshot IO
 
-// snapRead reads a snapshot: SNAPSHOT_READ per batch of chunks, then each
-// extent from the store or (under the read lock) the origin, then
-// FINISH_SNAPSHOT_READ if a lock was granted, whatever happened.
+// snapRead reads a snapshot: per batch of chunks, from the store at the
+// locations cached for a read-only snapshot if all are cached, else
+// SNAPSHOT_READ, then each extent from the store or (under the read lock)
+// the origin, then FINISH_SNAPSHOT_READ if a lock was granted, whatever
+// happened. The store extents of the answer are cached (read-only
+// snapshots), and locations beyond the read are asked for ahead of need.
 func (v *Volume) snapRead(p []byte, off int64) error {
 	c := v.c
 	if v.gone.Load() {
@@ -309,8 +312,19 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 	deadline := time.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
+	defer v.readahead(last)
 	for b := first; b <= last; {
 		r := wire.Range{Start: b, Count: uint32(min(last-b+1, wire.MaxChunks))}
+		xs, hit, epoch := c.cachedLocations(v, r)
+		if hit {
+			err := v.readStore(xs, p, off, end)
+			c.storeReadDone(v.snap)
+			if err != nil {
+				return err
+			}
+			b += uint64(r.Count)
+			continue
+		}
 		cl, err := c.start(kindSnapRead, &wire.SnapshotRead{Snapshot: v.snap, Ranges: []wire.Range{r}})
 		if err != nil {
 			return err
@@ -321,6 +335,13 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 		}
 		// The id is final now: it is the handle of the lock, if any.
 		err = v.readExtents(m, cl.id, r, p, off, end)
+		if ok, is := m.(*wire.SnapshotReadOK); is {
+			// Counted in storeReading by deliver.
+			if err == nil || errors.Is(err, errLockBroken) {
+				c.cacheAnswer(v, epoch, ok.Extents)
+			}
+			c.storeReadDone(v.snap)
+		}
 		if errors.Is(err, errLockBroken) {
 			c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start, "handle": cl.id}).
 				Info("read lock held across a lost connection; reading again")
@@ -330,6 +351,23 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 			return err
 		}
 		b += uint64(r.Count)
+	}
+	return nil
+}
+
+// readStore reads the part of store extents xs within [off, end) into p
+// (which holds [off, end)).
+func (v *Volume) readStore(xs []wire.Extent, p []byte, off, end int64) error {
+	c := v.c
+	for _, x := range xs {
+		xs, xe := int64(x.Start)<<c.chunkShift, int64(x.Start+uint64(x.Count))<<c.chunkShift
+		lo, hi := max(xs, off), min(xe, end)
+		if lo >= hi {
+			continue
+		}
+		if err := readFull(c.cfg.Store, p[lo-off:hi-off], int64(x.StoreOffset)+(lo-xs)); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -169,6 +169,50 @@
 // forever would instead stop every snapshot of the volume. Its node leaving
 // the cluster (fencing, in the cluster layer) is what ends that risk.
 //
+// # Reclamation and client location caches
+//
+// A version-4 client caches the store locations of read-only snapshots
+// (never origin answers) and reads them again without asking. Those
+// locations stay right until the snapshot's space is reclaimed, so the
+// server installs the engine's BeforeReclaim hook (Engine.SetBeforeReclaim;
+// the reclaimer calls it without engine locks, in the background, so a
+// DELETE_SNAPSHOT never waits for it). Before a pass reuses the space of
+// snapshots W:
+//
+//  1. it waits until every SNAPSHOT_READ whose lookup began before now has
+//     had its answer written: any later lookup of W fails, so from here on
+//     no client can learn a location of W;
+//  2. it sends RECLAIM{W} to every live version-4 connection, and to
+//     version-4 clients that finish their UPLOAD_DONE while it waits and
+//     that it waits for (below). A client answers RECLAIM_OK once it has
+//     dropped W's cached locations and every store read of W it began has
+//     finished (answers to SNAPSHOT_READ received before the RECLAIM
+//     included, by step 1 and the order of frames on a connection);
+//  3. it waits for the answer of each client that was connected, or had
+//     lost its connection less than BarrierTimeout ago after being
+//     answered store locations ("away": it may still be reading). A
+//     connected client that does not answer within BarrierTimeout is
+//     disconnected; an away client is waited for until it is back and
+//     answers, or until BarrierTimeout after its connection was lost.
+//
+// Why an away client cannot read reused space: a client drops its whole
+// cache when its connection is lost and when it connects, and uses a
+// cached location only while its connection has received a frame within
+// the last three ping intervals (client.Config.PingInterval, default 2 s;
+// this must stay below BarrierTimeout, default 10 s). The last frame it
+// received was sent before the server saw the connection end (or, for a
+// client disconnected for not answering, before the RECLAIM it did not
+// get), so it starts no store read of W from its cache after that time
+// plus three ping intervals, and a store read it started earlier (from
+// its cache or from an answer) is assumed to finish within the rest of
+// BarrierTimeout. A client whose store device stalls longer than that is
+// the same trade-off as the snapshot barrier's. Version 1-3 clients get no
+// RECLAIM: they do not cache; their uncached reads of a snapshot deleted
+// while they read it are not drained (as before version 4). A pass that
+// runs while the server is closed is not drained either (its clients lose
+// their connections and drop their caches; csnapd closes the engine with
+// the server).
+//
 // # Failover: the client registry and awaited clients
 //
 // The Registry (Consul KV in cluster mode) records each connected client

@@ -139,6 +139,7 @@ type client struct {
 	inval   chan frame     // INVALIDATEs, when not auto-acked
 	autoAck bool           // answer INVALIDATE at once
 	done    chan struct{}  // reader ended
+	reclaim chan frame     // RECLAIMs (answered by the test)
 }
 
 func cid(b byte) wire.ClientID {
@@ -155,7 +156,8 @@ func dial(t *testing.T, addr string, h wire.Hello) (*client, wire.Message) {
 		t.Fatal(err)
 	}
 	c := &client{t: t, conn: conn, w: wire.NewWriter(conn), id: h.Client, next: 100,
-		waiting: map[uint64]chan wire.Message{}, inval: make(chan frame, 16), autoAck: true, done: make(chan struct{})}
+		waiting: map[uint64]chan wire.Message{}, inval: make(chan frame, 16), autoAck: true, done: make(chan struct{}),
+		reclaim: make(chan frame, 16)}
 	t.Cleanup(func() { conn.Close() })
 	if err := c.w.Write(1, &h); err != nil {
 		t.Fatal(err)
@@ -199,6 +201,10 @@ func (c *client) read(r *wire.Reader) {
 		id, m, err := r.Read()
 		if err != nil {
 			return
+		}
+		if _, ok := m.(*wire.Reclaim); ok {
+			c.reclaim <- frame{id, m}
+			continue
 		}
 		if inv, ok := m.(*wire.Invalidate); ok {
 			c.mu.Lock()

@@ -35,11 +35,20 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 		s.mu.Unlock()
 		return nil, nil
 	case *wire.SnapshotRead:
+		// From lookup until the answer is on the wire the read counts in
+		// its era, so that a reclamation pass sends RECLAIM after it.
+		era := s.enterRead()
+		defer s.leaveRead(era)
 		xs, err := s.snapshotRead(ctx, ss, id, m.Snapshot, m.Ranges)
 		if err != nil {
 			return nil, err
 		}
-		return &wire.SnapshotReadOK{Extents: xs}, nil
+		if ss.version >= wire.VersionReclaim && !ss.storeReads.Load() &&
+			slices.ContainsFunc(xs, func(x wire.Extent) bool { return !x.Origin }) {
+			ss.storeReads.Store(true)
+		}
+		ss.send(id, &wire.SnapshotReadOK{Extents: xs})
+		return nil, nil
 	case *wire.SnapshotWrite:
 		xs, err := s.snapshotWrite(ctx, m.Snapshot, m.Ranges)
 		if err != nil {

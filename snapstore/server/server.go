@@ -110,12 +110,21 @@ type Server struct {
 	uploadAwait map[wire.ClientID]string
 	parked      map[locks.Key]chan struct{}
 	barrier     *barrier
-	preparing   int           // origin-write copy-outs in progress
-	changed     chan struct{} // closed and replaced on every state change
-	listeners   map[net.Listener]struct{}
-	closed      bool
-	timer       *time.Timer
-	closeCh     chan struct{}
+	preparing   int // origin-write copy-outs in progress
+	// Reclamation (reclaim.go): the pass in progress, clients that lost
+	// their connection while they may have been reading the store, and
+	// SNAPSHOT_READs in progress by era (a pass waits for the older ones).
+	reclaim    *reclaimPass
+	reclaimSem chan struct{}
+	away       map[wire.ClientID]awayReader
+	readEra    uint64
+	readsByEra map[uint64]int
+	readDrain  int           // passes waiting for readsByEra
+	changed    chan struct{} // closed and replaced on every state change
+	listeners  map[net.Listener]struct{}
+	closed     bool
+	timer      *time.Timer
+	closeCh    chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -225,6 +234,9 @@ func New(cfg Config) (*Server, error) {
 		changed:     make(chan struct{}),
 		listeners:   map[net.Listener]struct{}{},
 		closeCh:     make(chan struct{}),
+		reclaimSem:  make(chan struct{}, 1),
+		away:        map[wire.ClientID]awayReader{},
+		readsByEra:  map[uint64]int{},
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
@@ -259,6 +271,7 @@ func New(cfg Config) (*Server, error) {
 		s.wg.Add(1) // done when the timer has run or was stopped
 		s.timer = time.AfterFunc(cfg.AwaitTimeout, s.awaitExpired)
 	}
+	eng.SetBeforeReclaim(s.beforeReclaim)
 	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
 	return s, nil
 }
@@ -432,6 +445,7 @@ func (s *Server) Close() error {
 		s.notifyLocked()
 	}
 	s.mu.Unlock()
+	s.eng.SetBeforeReclaim(nil)
 	s.wg.Wait()
 	return nil
 }
@@ -479,6 +493,14 @@ func (s *Server) NodeLeft(node string) {
 			delete(s.uploadAwait, id)
 		}
 	}
+	for id, a := range s.away {
+		if a.node == node {
+			delete(s.away, id)
+			if s.reclaim != nil {
+				delete(s.reclaim.pending, id)
+			}
+		}
+	}
 	slices.SortFunc(ids, func(a, b wire.ClientID) int { return bytes.Compare(a[:], b[:]) })
 	ids = slices.Compact(ids)
 	s.notifyLocked()
@@ -508,6 +530,9 @@ func (s *Server) dropSessionLocked(ss *session) bool { return s.endSessionLocked
 // cancelled and, depending on how, its locks are released (waking writes)
 // or kept. It reports whether ss was the client's current session.
 func (s *Server) endSessionLocked(ss *session, how int) bool {
+	if !ss.closed {
+		s.noteSessionEndLocked(ss)
+	}
 	ss.closed = true
 	if b := s.barrier; b != nil {
 		if _, ok := b.pending[ss]; ok {
@@ -520,7 +545,9 @@ func (s *Server) endSessionLocked(ss *session, how int) bool {
 	}
 	delete(s.sessions, ss.id)
 	c := locks.ClientID(ss.id)
-	if how == endDetach && (s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
+	if how == endDetach && (s.closed || s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
+		// (A closed server keeps nothing for a reconnect, and its Close
+		// must not wait for a grace timer started after it.)
 		how = endDrop
 	}
 	switch how {

@@ -42,6 +42,13 @@ type session struct {
 	invals map[uint64]uint64        // INVALIDATE request id -> generation
 	calls  map[uint64]chan struct{} // other server requests (SHARED_STATE) -> closed on OK
 	seen   map[string]uint64        // shared entries uploaded before UPLOAD_DONE, by key
+	// reclaims: RECLAIM request id -> the pass it belongs to
+	reclaims map[uint64]*reclaimPass
+
+	// storeReads: answered a SNAPSHOT_READ with store extents (version 4:
+	// the client may cache them), so after a disconnect it may still read
+	// the store for its lease (reclaim.go).
+	storeReads atomic.Bool
 
 	// guarded by s.regMu
 	regDone, regHolds bool
@@ -287,6 +294,8 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 		return ss.invalidateReply(id, m.Generation, nil)
 	case *wire.OK:
 		return ss.callReply(id, nil)
+	case *wire.ReclaimOK:
+		return ss.reclaimReply(id, nil)
 	case *wire.Error:
 		if id == 0 {
 			ss.log.WithField("error", m.Error()).Info("client reported a connection error")
@@ -294,9 +303,13 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 		}
 		s.mu.Lock()
 		_, isCall := ss.calls[id]
+		_, isReclaim := ss.reclaims[id]
 		s.mu.Unlock()
 		if isCall {
 			return ss.callReply(id, m)
+		}
+		if isReclaim {
+			return ss.reclaimReply(id, m)
 		}
 		return ss.invalidateReply(id, 0, m)
 	case *wire.Pong:
@@ -428,6 +441,7 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 			s.log.Info("every awaited client is back: origin writes proceed")
 		}
 	}
+	reclaim := ss.reclaimAfterUploadLocked()
 	var inval uint64
 	if b := s.barrier; b != nil && b.gen != 0 {
 		// A snapshot is being created: this client must drain its old
@@ -442,6 +456,9 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 	ss.pushSharedAfterUpload()
 	if inval != 0 {
 		ss.invalidate(inval)
+	}
+	if reclaim != nil {
+		reclaim()
 	}
 	ss.log.WithField("locks", len(up)).Debug("client ready")
 	return true

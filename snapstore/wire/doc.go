@@ -43,8 +43,8 @@
 //   - ERROR with id 0 reports a connection-level failure just before its
 //     sender closes the connection.
 //
-// Both sides may send requests: the server sends INVALIDATE, SHARED_STATE
-// (and PING).
+// Both sides may send requests: the server sends INVALIDATE, SHARED_STATE,
+// RECLAIM (and PING).
 // Id spaces are per sender; the receiver knows from the type whether a
 // frame is a request to it or a reply to one of its own.
 //
@@ -150,6 +150,10 @@
 //	0x22 SHARED_STATE        req    shared value (server -> client) -> OK
 //	0x23 ORIGIN_UNIQUE       notice u64 generation (server -> client, version 3):
 //	                                no live snapshot and no read lock at it
+//	0x24 RECLAIM             req    u16 n (1..MaxReclaimIDs, 4096), then n times u32
+//	                                snapshot id: nonzero, strictly ascending
+//	                                (server -> client, version 4)
+//	0x25 RECLAIM_OK          reply  empty (version 4)
 //	0x30 CREATE_SNAPSHOT     req    name, i32 priority, bool writable
 //	0x31 CREATE_SNAPSHOT_OK  reply  snapshot entry
 //	0x32 DELETE_SNAPSHOT     req    snapshot ref -> OK
@@ -251,11 +255,50 @@
 // the newest version offered, and after UPLOAD_DONE it sends the client
 // SHARED_STATE for every entry it holds at another version.
 //
+// # Location cache and RECLAIM (version 4)
+//
+// A read-only snapshot's store chunks never move while it lives: only
+// reclamation of a deleted or dropped snapshot frees store chunks, and a
+// writable snapshot's SNAPSHOT_WRITE gives it new chunks but leaves the
+// others' in place. So a version-4 client may keep the store extents of
+// SNAPSHOT_READ_OK answers for read-only snapshots (never origin extents:
+// those hold only under their read lock) and read them again without
+// asking. Before a reclamation pass may reuse the space of snapshots W, the
+// server sends RECLAIM{W} to every version-4 client and waits (up to its
+// barrier timeout) for RECLAIM_OK; a client that does not answer in time
+// is disconnected. The client answers once it has forgotten W's locations
+// and every store read of W it started has finished. Every SNAPSHOT_READ_OK
+// the server computed before the pass is on the wire before the RECLAIM,
+// so an answer the client receives after RECLAIM for a snapshot of W is
+// ERROR (the snapshot is no longer readable).
+//
+// For example, RECLAIM with request id 3 for snapshots 4 and 9:
+//
+//	c5 4e 01 24  00 00 00 00 00 00 00 03  00 00 00 0a  <crc32c>
+//	00 02  00 00 00 04  00 00 00 09
+//
+// and its answer, RECLAIM_OK with request id 3 and an empty body:
+//
+//	c5 4e 01 25  00 00 00 00 00 00 00 03  00 00 00 00  <crc32c>
+//
+// A client's cached reads rely on its connection: it drops the whole cache
+// when the connection is lost and when it connects (to any server, of any
+// term), and uses a cached location only while its connection has
+// received a frame within the last three ping intervals (the interval
+// after which it gives a silent connection up). A server that has lost a
+// client which may have been reading store chunks waits until the client
+// is back and answers, or until its barrier timeout has passed since the
+// connection was lost, before reusing space.
+//
 // # Versioning
 //
 // HELLO offers [MinVersion, MaxVersion]; HELLO_OK names the version
 // chosen. A new message type or field means a new version; a peer never
-// sends a type the negotiated version does not define. Reject reasons and
+// sends a type the negotiated version does not define. Version 2 added
+// shared state; version 3 adds ORIGIN_UNIQUE; version 4 adds RECLAIM
+// and RECLAIM_OK: a server sends RECLAIM
+// only to clients that negotiated 4 or later, and a client caches
+// snapshot locations only under version 4 or later. Reject reasons and
 // error codes a receiver does not know are accepted and treated as fatal
 // for the request (so a server can add codes without a version bump).
 package wire

@@ -113,6 +113,8 @@ func FuzzDecodeSharedResult(f *testing.F)       { fuzzBody(f, TypeSharedResult) 
 func FuzzDecodeUploadShared(f *testing.F)       { fuzzBody(f, TypeUploadShared) }
 func FuzzDecodeSharedState(f *testing.F)        { fuzzBody(f, TypeSharedState) }
 func FuzzDecodeOriginUnique(f *testing.F)       { fuzzBody(f, TypeOriginUnique) }
+func FuzzDecodeReclaim(f *testing.F)            { fuzzBody(f, TypeReclaim) }
+func FuzzDecodeReclaimOK(f *testing.F)          { fuzzBody(f, TypeReclaimOK) }
 func FuzzDecodeCreateSnapshot(f *testing.F)     { fuzzBody(f, TypeCreateSnapshot) }
 func FuzzDecodeCreateSnapshotOK(f *testing.F)   { fuzzBody(f, TypeCreateSnapshotOK) }
 func FuzzDecodeDeleteSnapshot(f *testing.F)     { fuzzBody(f, TypeDeleteSnapshot) }
@@ -126,7 +128,7 @@ func FuzzDecodeCheckOK(f *testing.F)            { fuzzBody(f, TypeCheckOK) }
 
 // TestFuzzersCoverEveryType keeps the list above complete.
 func TestFuzzersCoverEveryType(t *testing.T) {
-	if n := len(allTypes()); n != 33 {
+	if n := len(allTypes()); n != 35 {
 		t.Fatalf("%d message types; add a FuzzDecode function for the new one and update this count", n)
 	}
 }

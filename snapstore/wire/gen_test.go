@@ -200,6 +200,23 @@ func (g gen) message(t MsgType) Message {
 		return &SharedState{g.shared()}
 	case TypeOriginUnique:
 		return &OriginUnique{g.u64()}
+	case TypeReclaim:
+		n := 1 + r.Intn(4)
+		if g.big() {
+			n = MaxReclaimIDs
+		}
+		m := &Reclaim{Snapshots: make([]uint32, n)}
+		id := uint32(0)
+		if r.Intn(8) == 0 {
+			id = ^uint32(0) - uint32(n)*3 // ids near the top
+		}
+		for i := range m.Snapshots {
+			id += 1 + uint32(r.Intn(3))
+			m.Snapshots[i] = id
+		}
+		return m
+	case TypeReclaimOK:
+		return &ReclaimOK{}
 	case TypeCreateSnapshot:
 		return &CreateSnapshot{Name: g.name(), Priority: int32(r.Uint32()), Writable: r.Intn(2) == 0}
 	case TypeCreateSnapshotOK:

@@ -9,7 +9,7 @@ import (
 // picks the highest version both sides support.
 const (
 	MinVersion uint16 = 1
-	MaxVersion uint16 = 3 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE); 3: ORIGIN_UNIQUE
+	MaxVersion uint16 = 4 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE); 3: ORIGIN_UNIQUE; 4: RECLAIM
 )
 
 // VersionShared is the first protocol version with the shared-state messages.
@@ -17,6 +17,12 @@ const VersionShared uint16 = 2
 
 // VersionUnique is the first protocol version with ORIGIN_UNIQUE.
 const VersionUnique uint16 = 3
+
+// VersionReclaim is the first protocol version with RECLAIM and
+// RECLAIM_OK: a client that negotiated it may cache the store locations of
+// read-only snapshots, and the server tells it before a deleted snapshot's
+// space is reused.
+const VersionReclaim uint16 = 4
 
 // Limits. Decoders enforce them before allocating; encoders refuse to
 // produce messages that exceed them, so a peer never has to guess.
@@ -34,6 +40,7 @@ const (
 	MaxClients     = 4096 // clients in one STATUS_OK
 	MaxSharedKey   = 255  // bytes of a shared-state key
 	MaxSharedValue = 512 << 10
+	MaxReclaimIDs  = 4096 // snapshot ids in one RECLAIM
 )
 
 // ClientID identifies a client (one csnapd's attachment to one volume) for
@@ -89,6 +96,8 @@ const (
 	TypeInvalidateAck      MsgType = 0x21
 	TypeSharedState        MsgType = 0x22
 	TypeOriginUnique       MsgType = 0x23
+	TypeReclaim            MsgType = 0x24
+	TypeReclaimOK          MsgType = 0x25
 	TypeCreateSnapshot     MsgType = 0x30
 	TypeCreateSnapshotOK   MsgType = 0x31
 	TypeDeleteSnapshot     MsgType = 0x32
@@ -125,7 +134,8 @@ var typeNames = map[MsgType]string{
 	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
 	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
 	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
-	TypeOriginUnique:   "ORIGIN_UNIQUE",
+	TypeOriginUnique: "ORIGIN_UNIQUE",
+	TypeReclaim:      "RECLAIM", TypeReclaimOK: "RECLAIM_OK",
 	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
 	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
 	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
@@ -144,11 +154,12 @@ func (t MsgType) Kind() Kind {
 	switch t {
 	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
 		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
-		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState:
+		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState,
+		TypeReclaim:
 		return KindRequest
 	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
 		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
-		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult:
+		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult, TypeReclaimOK:
 		return KindReply
 	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique:
 		return KindNotice
@@ -184,6 +195,8 @@ func (t MsgType) Replies() []MsgType {
 		r = TypeCheckOK
 	case TypeSharedUpdate:
 		r = TypeSharedResult
+	case TypeReclaim:
+		r = TypeReclaimOK
 	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState:
 		r = TypeOK
 	default:
@@ -250,6 +263,10 @@ func newMessage(t MsgType) Message {
 		return new(SharedState)
 	case TypeOriginUnique:
 		return new(OriginUnique)
+	case TypeReclaim:
+		return new(Reclaim)
+	case TypeReclaimOK:
+		return new(ReclaimOK)
 	case TypeCreateSnapshot:
 		return new(CreateSnapshot)
 	case TypeCreateSnapshotOK:
@@ -815,6 +832,61 @@ func (*InvalidateAck) Type() MsgType          { return TypeInvalidateAck }
 func (*InvalidateAck) validate() error        { return nil }
 func (m *InvalidateAck) marshal(e *encoder)   { e.u64(m.Generation) }
 func (m *InvalidateAck) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+
+// Reclaim (server -> client request, version 4) announces that the store
+// space of the listed snapshots (deleted or dropped) is about to be reused.
+// The client forgets every store location it caches for them, waits until
+// every store read of them it has started (from its cache, or from a
+// SNAPSHOT_READ_OK it has received) has finished, then answers RECLAIM_OK.
+// Snapshots holds 1..MaxReclaimIDs nonzero ids, strictly ascending.
+type Reclaim struct{ Snapshots []uint32 }
+
+func (*Reclaim) Type() MsgType { return TypeReclaim }
+
+func (m *Reclaim) validate() error {
+	if len(m.Snapshots) == 0 {
+		return fmt.Errorf("no snapshot ids: %w", ErrMalformed)
+	}
+	if len(m.Snapshots) > MaxReclaimIDs {
+		return fmt.Errorf("%d snapshot ids exceeds limit %d: %w", len(m.Snapshots), MaxReclaimIDs, ErrLimit)
+	}
+	for i, id := range m.Snapshots {
+		if id == 0 {
+			return fmt.Errorf("snapshot id %d is zero: %w", i, ErrMalformed)
+		}
+		if i > 0 && id <= m.Snapshots[i-1] {
+			return fmt.Errorf("snapshot id %d (%d) not above %d: ids must ascend: %w", i, id, m.Snapshots[i-1], ErrMalformed)
+		}
+	}
+	return nil
+}
+
+func (m *Reclaim) marshal(e *encoder) {
+	e.u16(uint16(len(m.Snapshots)))
+	for _, id := range m.Snapshots {
+		e.u32(id)
+	}
+}
+
+func (m *Reclaim) unmarshal(d *decoder) {
+	n := d.count(int(d.u16("snapshot count")), MaxReclaimIDs, 4, "snapshot ids")
+	if n == 0 {
+		return
+	}
+	m.Snapshots = make([]uint32, n)
+	for i := range m.Snapshots {
+		m.Snapshots[i] = d.u32("snapshot id")
+	}
+}
+
+// ReclaimOK answers RECLAIM: the client holds no location of those
+// snapshots and reads none of their store chunks any more.
+type ReclaimOK struct{}
+
+func (*ReclaimOK) Type() MsgType        { return TypeReclaimOK }
+func (*ReclaimOK) validate() error      { return nil }
+func (*ReclaimOK) marshal(*encoder)     {}
+func (*ReclaimOK) unmarshal(d *decoder) {}
 
 // ---------------------------------------------------------------------------
 // Shared state

@@ -67,6 +67,17 @@ func TestGolden(t *testing.T) {
 		"00000002"+"0000000000000005"+"00000001"+"00"+"0000000000000006"+"00000001"+"01"+"0000000000010000"; got != want {
 		t.Fatalf("extents body\n got %s\nwant %s", got, want)
 	}
+	// The RECLAIM example of doc.go.
+	frame, _ = Encode(3, &Reclaim{Snapshots: []uint32{4, 9}})
+	want = "c54e" + "01" + "24" + "0000000000000003" + "0000000a" + "xxxxxxxx" + "0002" + "00000004" + "00000009"
+	if got := hex.EncodeToString(frame); got[:32] != want[:32] || got[40:] != want[40:] {
+		t.Fatalf("RECLAIM frame\n got %s\nwant %s", got, want)
+	}
+	frame, _ = Encode(3, &ReclaimOK{})
+	want = "c54e" + "01" + "25" + "0000000000000003" + "00000000" + "xxxxxxxx"
+	if got := hex.EncodeToString(frame); got[:32] != want[:32] || len(got) != len(want) {
+		t.Fatalf("RECLAIM_OK frame\n got %s\nwant %s", got, want)
+	}
 }
 
 // TestCorruption: every truncation of a body and every single-bit flip of
@@ -146,6 +157,10 @@ func TestEncodeRejects(t *testing.T) {
 		{1, &SnapshotWriteOK{Extents: []Extent{{Start: 0, Count: 1, Origin: true}}}, ErrMalformed},                // origin in write
 		{0, &FinishSnapshotRead{}, ErrMalformed},                                                                  // handle 0
 		{0, &UploadLocks{}, ErrMalformed},                                                                         // empty
+		{1, &Reclaim{}, ErrMalformed},                                                                             // no ids
+		{1, &Reclaim{Snapshots: []uint32{0}}, ErrMalformed},                                                       // id 0
+		{1, &Reclaim{Snapshots: []uint32{3, 3}}, ErrMalformed},                                                    // not ascending
+		{1, &Reclaim{Snapshots: make([]uint32, MaxReclaimIDs+1)}, ErrLimit},                                       // too many
 		{0, &UploadLocks{Locks: []HeldLock{{Handle: 2, Snapshot: 1, Ranges: []Range{{0, 1}}}, {Handle: 2, Snapshot: 1, Ranges: []Range{{0, 1}}}}}, ErrMalformed},
 		{0, bigUpload, ErrLimit},             // body over MaxBody
 		{1, &DeleteSnapshot{}, ErrMalformed}, // neither id nor name
