@@ -6,6 +6,8 @@
 #
 # usage: tests/bench/target-vs-tgtd.sh [ROUNDS]     (default 5)
 # env:   CSNAP_BIN=dir with csnapd (default ./bin)  BENCH_SIZE_MB (default 1024)
+#        METRICS="randwrite_IOPS qd1write_us" measures only those (default: all);
+#        the table gives medians, ratios, and each target's min-max over the rounds.
 #
 # Measures: sequential 1 MiB read and write at QD 8, random 4 KiB read and
 # write at QD 32, 4 KiB QD1 read and write latency, and the target's CPU
@@ -73,19 +75,32 @@ bench_time() { qemu-img bench -f raw "$@" 2>&1 | sed -n 's/^Run completed in \([
 declare -A R   # R[target,metric]="v1 v2 ..."
 add() { R[$1,$2]="${R[$1,$2]:-} $3"; }
 
+want() { [ -z "${METRICS:-}" ] || [[ " $METRICS " == *" $1 "* ]]; }
 measure() { # NAME URL PID
 	local n=$1 url=$2 pid=$3 t c0 c1 mb=512 iops
-	c0=$(cpu $pid)
-	t=$(bench_time -c $mb -d 8 -s 1M "$url"); add $n seqread_MiBps "$(echo "$mb / $t" | bc -l)"
-	c1=$(cpu $pid); add $n cpu_s_per_GiB_read "$(echo "($c1 - $c0) / $TICK / ($mb / 1024)" | bc -l)"
-	c0=$(cpu $pid)
-	t=$(bench_time -w -c $mb -d 8 -s 1M "$url"); add $n seqwrite_MiBps "$(echo "$mb / $t" | bc -l)"
-	c1=$(cpu $pid); add $n cpu_s_per_GiB_write "$(echo "($c1 - $c0) / $TICK / ($mb / 1024)" | bc -l)"
-	iops=$(timeout 30 iscsi-perf -m 32 -b 8 -r -t 4 "$url" 2>&1 | tr '\r' '\n' | sed -n 's/^iops average \([0-9]*\).*/\1/p' | tail -1)
-	add $n randread_IOPS "${iops:-0}"
-	t=$(bench_time -w -c 40000 -d 32 -s 4K -S 1052672 "$url"); add $n randwrite_IOPS "$(echo "40000 / $t" | bc -l)"
-	t=$(bench_time -c 4000 -d 1 -s 4K -S 1052672 "$url"); add $n qd1read_us "$(echo "$t * 1000000 / 4000" | bc -l)"
-	t=$(bench_time -w -c 4000 -d 1 -s 4K -S 1052672 "$url"); add $n qd1write_us "$(echo "$t * 1000000 / 4000" | bc -l)"
+	if want seqread_MiBps; then
+		c0=$(cpu $pid)
+		t=$(bench_time -c $mb -d 8 -s 1M "$url"); add $n seqread_MiBps "$(echo "$mb / $t" | bc -l)"
+		c1=$(cpu $pid); add $n cpu_s_per_GiB_read "$(echo "($c1 - $c0) / $TICK / ($mb / 1024)" | bc -l)"
+	fi
+	if want seqwrite_MiBps; then
+		c0=$(cpu $pid)
+		t=$(bench_time -w -c $mb -d 8 -s 1M "$url"); add $n seqwrite_MiBps "$(echo "$mb / $t" | bc -l)"
+		c1=$(cpu $pid); add $n cpu_s_per_GiB_write "$(echo "($c1 - $c0) / $TICK / ($mb / 1024)" | bc -l)"
+	fi
+	if want randread_IOPS; then
+		iops=$(timeout 30 iscsi-perf -m 32 -b 8 -r -t 4 "$url" 2>&1 | tr '\r' '\n' | sed -n 's/^iops average \([0-9]*\).*/\1/p' | tail -1)
+		add $n randread_IOPS "${iops:-0}"
+	fi
+	if want randwrite_IOPS; then
+		t=$(bench_time -w -c 40000 -d 32 -s 4K -S 1052672 "$url"); add $n randwrite_IOPS "$(echo "40000 / $t" | bc -l)"
+	fi
+	if want qd1read_us; then
+		t=$(bench_time -c 4000 -d 1 -s 4K -S 1052672 "$url"); add $n qd1read_us "$(echo "$t * 1000000 / 4000" | bc -l)"
+	fi
+	if want qd1write_us; then
+		t=$(bench_time -w -c 4000 -d 1 -s 4K -S 1052672 "$url"); add $n qd1write_us "$(echo "$t * 1000000 / 4000" | bc -l)"
+	fi
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -97,13 +112,17 @@ for r in $(seq $ROUNDS); do
 	echo "round $r done" >&2
 done
 
-printf '%-22s %12s %12s %8s  %s\n' metric tgtd csnapd ratio goal
+lo() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
+hi() { tr ' ' '\n' | grep -v '^$' | sort -g | tail -1; }
+printf '%-22s %12s %12s %8s  %-18s %s\n' metric tgtd csnapd ratio goal "spread (min-max of rounds: tgtd | csnapd)"
 for m in seqread_MiBps seqwrite_MiBps randread_IOPS randwrite_IOPS qd1read_us qd1write_us cpu_s_per_GiB_read cpu_s_per_GiB_write; do
+	[ -n "${R[tgtd,$m]:-}" ] || continue
 	a=$(echo "${R[tgtd,$m]}" | median); b=$(echo "${R[csnapd,$m]}" | median)
 	ratio=$(echo "$b / $a" | bc -l)
 	case $m in
 	seqread_MiBps) goal=">= 1.35" ;; seqwrite_MiBps) goal=">= 3.3" ;;
 	randread_IOPS|randwrite_IOPS) goal=">= 1.2" ;; qd1*) goal="<= 0.9" ;; *) goal="(lower is better)" ;;
 	esac
-	printf '%-22s %12.1f %12.1f %8.2f  %s\n' $m "$a" "$b" "$ratio" "$goal"
+	printf '%-22s %12.1f %12.1f %8.2f  %-18s %.1f-%.1f | %.1f-%.1f\n' $m "$a" "$b" "$ratio" "$goal" \
+		"$(echo "${R[tgtd,$m]}" | lo)" "$(echo "${R[tgtd,$m]}" | hi)" "$(echo "${R[csnapd,$m]}" | lo)" "$(echo "${R[csnapd,$m]}" | hi)"
 done
