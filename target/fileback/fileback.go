@@ -102,11 +102,29 @@ func (b *File) WriteAt(p []byte, off int64, fua bool) error {
 	if off < 0 || off+int64(len(p)) > b.size {
 		return fmt.Errorf("fileback: write [%d,+%d) beyond size %d", off, len(p), b.size)
 	}
-	if _, err := b.f.WriteAt(p, off); err != nil {
+	if err := writePieces(b.f, p, off); err != nil {
 		return err
 	}
 	if fua {
 		return b.Flush()
+	}
+	return nil
+}
+
+// writePiece bounds each buffered write, as snapstore.FileDevice does: a
+// kernel that caches files in large folios makes later small writes into
+// ranges written by large ones much slower (tests/bench/RESULTS.md).
+const writePiece = 64 << 10
+
+// writePieces writes p at off in pieces that never cross a multiple of
+// writePiece.
+func writePieces(f *os.File, p []byte, off int64) error {
+	for len(p) > 0 {
+		k := min(int64(len(p)), writePiece-off%writePiece)
+		if _, err := f.WriteAt(p[:k], off); err != nil {
+			return err
+		}
+		p, off = p[k:], off+k
 	}
 	return nil
 }

@@ -8,6 +8,7 @@
 # env:   CSNAP_BIN=dir with csnapd (default ./bin)  BENCH_SIZE_MB (default 1024)
 #        METRICS="randwrite_IOPS qd1write_us" measures only those (default: all);
 #        the table gives medians, ratios, and each target's min-max over the rounds.
+#        SEPARATE_FILES=1 gives tgtd an identical copy of the file instead of the same file.
 #
 # Measures: sequential 1 MiB read and write at QD 8, random 4 KiB read and
 # write at QD 32, 4 KiB QD1 read and write latency, and the target's CPU
@@ -50,14 +51,24 @@ trap cleanup EXIT
 mkdir -p "$WORK/cs"
 IMG=$WORK/cs/origin.img
 truncate -s ${SIZE_MB}M "$IMG"
-# Fill it once so reads hit real data on both targets.
-dd if=/dev/urandom of="$IMG" bs=1M count=$SIZE_MB conv=notrunc status=none
+# Fill it once so reads hit real data on both targets. O_DIRECT keeps the
+# fill out of the page cache: buffered 1 MiB writes would leave the file
+# cached in large folios, which slow every later small write to it (see
+# RESULTS.md) whatever the target, an artefact of the harness.
+dd if=/dev/urandom of="$IMG" bs=1M count=$SIZE_MB conv=notrunc oflag=direct status=none
+TGT_IMG=$IMG
+if [ "${SEPARATE_FILES:-0}" = 1 ]; then
+	# tgtd gets its own copy, so that neither target's writes shape the
+	# page cache the other one writes through.
+	TGT_IMG=$WORK/tgtd.img
+	dd if="$IMG" of="$TGT_IMG" bs=1M iflag=direct oflag=direct status=none
+fi
 
 ( exec tgtd -f -C $CTL --iscsi portal=127.0.0.1:$TGT_PORT > "$WORK/tgtd.log" 2>&1 ) &
 TGT_PID=$!
 for _ in $(seq 50); do tgtadm -C $CTL --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm -C $CTL --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.csnap:bench-tgtd
-tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$IMG"
+tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$TGT_IMG"
 tgtadm -C $CTL --lld iscsi --op bind --mode target --tid 1 -I ALL
 TGT_URL=iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.io.csnap:bench-tgtd/1
 
@@ -105,7 +116,7 @@ measure() { # NAME URL PID
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB"
+echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB separate_files=${SEPARATE_FILES:-0}"
 for r in $(seq $ROUNDS); do
 	measure tgtd "$TGT_URL" $TGT_PID
 	measure csnapd "$CS_URL" $CS_PID
