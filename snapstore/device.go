@@ -40,10 +40,10 @@ func OpenFile(path string) (*FileDevice, error) {
 // NewFileDevice wraps an open file.
 func NewFileDevice(f *os.File) *FileDevice { return &FileDevice{f: f} }
 
-func (d *FileDevice) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, off) }
-func (d *FileDevice) Flush() error                             { return fdatasync(d.f) }
-func (d *FileDevice) Close() error                             { return d.f.Close() }
-func (d *FileDevice) Name() string                             { return d.f.Name() }
+func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
+func (d *FileDevice) Flush() error                            { return fdatasync(d.f) }
+func (d *FileDevice) Close() error                            { return d.f.Close() }
+func (d *FileDevice) Name() string                            { return d.f.Name() }
 
 // WriteAt writes p at off in pieces that never cross a multiple of
 // WritePiece. The page cache of current kernels (6.x) caches a file in
