@@ -37,14 +37,17 @@ func registry(t *testing.T, c *cluster.Cluster, i int) ([]clientEntry, error) {
 	return es, nil
 }
 
-// snapshotReader reads region 0 of a snapshot through node i over and
+// snapshotReader reads a region of a snapshot through node i over and
 // over with qemu-io, checking every read against pattern, so that it
-// holds read locks on origin chunks much of the time.
-func snapshotReader(t *testing.T, c *cluster.Cluster, i int, snap string, pattern byte, reads int) *writer {
-	w := &writer{node: i, pattern: pattern, done: make(chan struct{})}
+// holds read locks on origin chunks much of the time. (The node's client
+// also asks for the locations of up to 16 MiB beyond each read ahead of
+// need, holding read locks on them for a round trip: a reader frozen then
+// may hold locks past its region, up to the end of the volume.)
+func snapshotReader(t *testing.T, c *cluster.Cluster, i int, snap string, region int, pattern byte, reads int) *writer {
+	w := &writer{node: i, region: region, pattern: pattern, done: make(chan struct{})}
 	args := []string{"-f", "raw", "-r"}
 	for k := 0; k < reads; k++ {
-		args = append(args, "-c", fmt.Sprintf("read -P %d 0 %d", pattern, regionSize))
+		args = append(args, "-c", fmt.Sprintf("read -P %d %d %d", pattern, region*regionSize, regionSize))
 	}
 	args = append(args, lunOn(c, i, clusterIQN+":"+snap))
 	w.run(t, args)
@@ -108,14 +111,18 @@ func TestClusterDeparture(t *testing.T) {
 	s, _ := serverOf(t, c, 1)
 	o := others(c, s)
 	a, r := o[0], o[1] // a writes, r reads the snapshot and dies
-	qemuIO(t, lunOn(c, a, clusterIQN), fmt.Sprintf("write -P 17 0 %d", regionSize))
+	// The last region: the reader's locks, read-ahead ones included, stay
+	// within it (read-ahead stops at the end of the volume), so the
+	// writer of that region conflicts with whichever lock is caught.
+	reg := lastRegion
+	qemuIO(t, lunOn(c, a, clusterIQN), fmt.Sprintf("write -P 17 %d %d", reg*regionSize, regionSize))
 	clusterAdmin(t, c, a, "snapshot", "create", clusterVolume, "s1")
 	waitTarget(t, c, r, clusterIQN+":s1", true)
 
-	reader := snapshotReader(t, c, r, "s1", 17, 400)
+	reader := snapshotReader(t, c, r, "s1", reg, 17, 400)
 	locks := freezeHoldingLocks(t, c, r, a, reader)
 	t.Logf("n%d frozen holding %d read locks", r, locks)
-	w := startWriter(t, c, a, 0, 18, 0)
+	w := startWriter(t, c, a, reg, 18, 0)
 	time.Sleep(300 * time.Millisecond)
 	select {
 	case <-w.done:
@@ -138,8 +145,8 @@ func TestClusterDeparture(t *testing.T) {
 			t.Fatalf("the dead node's client is still in the registry: %+v", e)
 		}
 	}
-	verify(t, c, a, clusterIQN+":s1", 0, 17)
-	verify(t, c, s, clusterIQN, 0, 18)
+	verify(t, c, a, clusterIQN+":s1", reg, 17)
+	verify(t, c, s, clusterIQN, reg, 18)
 }
 
 // crossedFailover reports whether node r's client logged, after the
@@ -186,7 +193,7 @@ func TestClusterSnapshotReadAcrossFailover(t *testing.T) {
 			logFrom[i] = len(c.CsnapdLog(i))
 		}
 
-		reader := snapshotReader(t, c, r, snap, old, 150)
+		reader := snapshotReader(t, c, r, snap, 0, old, 150)
 		locks := freezeHoldingLocks(t, c, r, a, reader)
 		must(t, c.KillCsnapd(s))
 		must(t, syscall.Kill(c.Node(r).CsnapdPID, syscall.SIGCONT))

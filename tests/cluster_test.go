@@ -29,6 +29,8 @@ const (
 	clusterIQN    = "iqn.2026-11.io.csnap:v"
 	regionSize    = 4 << 20 // each writer owns one region of the volume
 	opSize        = 64 << 10
+	volumeSize    = 64 << 20
+	lastRegion    = volumeSize/regionSize - 1
 )
 
 // testWriterLog sends harness progress lines to t.Log.
@@ -63,7 +65,7 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 	}
 	stopClusterAtEnd(t, c)
 	clusterAdmin(t, c, 1, "volume", "create", clusterVolume, "--origin", dir+"/origin.img",
-		"--store", dir+"/store.img", "--size", "64MiB")
+		"--store", dir+"/store.img", "--size", "64MiB") // volumeSize
 	for i := 1; i <= c.Nodes(); i++ {
 		waitTarget(t, c, i, clusterIQN, true)
 	}
