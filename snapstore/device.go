@@ -22,9 +22,11 @@ type Device interface {
 }
 
 // FileDevice is a Device backed by an *os.File: a regular file or a block
-// device node.
+// device node, opened for buffered IO (OpenFile, NewFileDevice) or for
+// direct IO (OpenDirect).
 type FileDevice struct {
-	f *os.File
+	f      *os.File
+	direct *directIO // nil: buffered IO through the page cache
 }
 
 // OpenFile opens path (a regular file or a block device) read-write as a
@@ -40,11 +42,43 @@ func OpenFile(path string) (*FileDevice, error) {
 // NewFileDevice wraps an open file.
 func NewFileDevice(f *os.File) *FileDevice { return &FileDevice{f: f} }
 
-func (d *FileDevice) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, off) }
-func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
-func (d *FileDevice) Flush() error                             { return fdatasync(d.f) }
-func (d *FileDevice) Close() error                             { return d.f.Close() }
-func (d *FileDevice) Name() string                             { return d.f.Name() }
+func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
+	if d.direct != nil {
+		return d.direct.readAt(p, off)
+	}
+	return d.f.ReadAt(p, off)
+}
+
+func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
+	if d.direct != nil {
+		return d.direct.writeAt(p, off)
+	}
+	return d.f.WriteAt(p, off)
+}
+
+// Flush is fdatasync: for a device opened O_DIRECT it also flushes the
+// device's volatile write cache, which direct writes may still sit in.
+func (d *FileDevice) Flush() error { return fdatasync(d.f) }
+
+// Close closes the file; no IO may be running or start later.
+func (d *FileDevice) Close() error { return d.f.Close() }
+func (d *FileDevice) Name() string { return d.f.Name() }
+
+// File returns the underlying file (for fallocate and the like; do not
+// read or write it directly: a direct device's rules would be bypassed).
+func (d *FileDevice) File() *os.File { return d.f }
+
+// Direct reports whether the device was opened for direct IO (O_DIRECT).
+func (d *FileDevice) Direct() bool { return d.direct != nil }
+
+// Alignment is the alignment direct IO needs for buffer addresses, offsets
+// and lengths to skip the bounce buffer (1 for a buffered device).
+func (d *FileDevice) Alignment() int64 {
+	if d.direct == nil {
+		return 1
+	}
+	return d.direct.align
+}
 
 // Size works for regular files and for block devices (whose Stat size is 0).
 func (d *FileDevice) Size() (int64, error) {
