@@ -56,6 +56,11 @@ type directIO struct {
 	// bounced counts unaligned reads and writes (tests check that hot
 	// paths avoid them).
 	bounced atomic.Uint64
+	// bounces recycles bounce buffers of up to directRegion and up to
+	// bounceMax bytes: an initiator that sends 512-byte-aligned IO makes
+	// every command take the slow path, and a fresh buffer for each would
+	// be garbage-collector work at the IO rate.
+	bounces [2]sync.Pool
 }
 
 // rawIO is the system interface directIO needs: one pread or pwrite (no
@@ -71,6 +76,21 @@ type rawIO interface {
 func (d *directIO) aligned(p []byte, off int64) bool {
 	a := d.align
 	return off%a == 0 && int64(len(p))%a == 0 && isAlignedAddr(p, int(max(a, 1)))
+}
+
+// bounce returns an aligned buffer of n bytes (n <= bounceMax) with
+// undefined contents, and the function that gives it back.
+func (d *directIO) bounce(n int) ([]byte, func()) {
+	class, size := 0, directRegion
+	if n > directRegion {
+		class, size = 1, bounceMax
+	}
+	bp, ok := d.bounces[class].Get().(*[]byte)
+	if !ok {
+		b := d.buffer(size)
+		bp = &b
+	}
+	return (*bp)[:n], func() { d.bounces[class].Put(bp) }
 }
 
 // buffer returns a zeroed buffer of n bytes aligned for this device.
@@ -121,7 +141,8 @@ func (d *directIO) readDirect(p []byte, off int64) (int, error) {
 // bounceMax bytes at a time.
 func (d *directIO) readBounced(p []byte, off int64) (int, error) {
 	end := off + int64(len(p))
-	buf := d.buffer(int(min(bounceMax, alignUp(end, d.align)-alignDown(off, d.align))))
+	buf, put := d.bounce(int(min(bounceMax, alignUp(end, d.align)-alignDown(off, d.align))))
+	defer put()
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
@@ -255,7 +276,8 @@ func (d *directIO) writeDirect(p []byte, off int64) (int, error) {
 func (d *directIO) writeBounced(p []byte, off int64) (int, error) {
 	a := d.align
 	end := off + int64(len(p))
-	buf := d.buffer(int(min(bounceMax, alignUp(end, a)-alignDown(off, a))))
+	buf, put := d.bounce(int(min(bounceMax, alignUp(end, a)-alignDown(off, a))))
+	defer put()
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
