@@ -354,8 +354,14 @@ func residentPages(t *testing.T, path string, size int) int {
 // a snapshot, a copy-out, reopen, and the snapshot's data read back. The
 // engine's own IO must all be aligned (no bounce buffer).
 func TestEngineOverDirect(t *testing.T) {
-	od, _ := newDirectFile(t, 4<<20, 0)
-	sd, _ := newDirectFile(t, 16<<20, 0)
+	for _, align := range []int64{0, 4096} {
+		t.Run(fmt.Sprintf("align=%d", align), func(t *testing.T) { testEngineOverDirect(t, align) })
+	}
+}
+
+func testEngineOverDirect(t *testing.T, align int64) {
+	od, _ := newDirectFile(t, 4<<20, align)
+	sd, _ := newDirectFile(t, 16<<20, align)
 	if err := Format(od, sd, FormatOptions{}); err != nil {
 		t.Fatal(err)
 	}
