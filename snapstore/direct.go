@@ -166,32 +166,32 @@ func (d *directIO) writeAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	aligned := d.aligned(p, off)
-	if !aligned {
-		d.bounced.Add(1)
-	}
 	d.extend.RLock()
-	unlock := d.lockRange(alignDown(off, d.align), alignUp(off+int64(len(p)), d.align))
-	if aligned {
-		n, err := d.writeDirect(p, off)
-		unlock()
-		d.extend.RUnlock()
-		return n, err
-	}
-	pads, err := d.padsPastEnd(off + int64(len(p)))
-	if err == nil && !pads {
-		var n int
-		n, err = d.writeBounced(p, off)
-		unlock()
-		d.extend.RUnlock()
-		return n, err
-	}
-	unlock()
+	n, extend, err := d.writeLocked(p, off)
 	d.extend.RUnlock()
-	if err != nil {
-		return 0, err
+	if extend {
+		return d.writeExtending(p, off)
 	}
-	return d.writeExtending(p, off)
+	return n, err
+}
+
+// writeLocked writes p at off under the stripe locks of its blocks; it
+// reports extend, having written nothing, when the write must pad the
+// file's last block (writeExtending does it).
+func (d *directIO) writeLocked(p []byte, off int64) (n int, extend bool, err error) {
+	end := off + int64(len(p))
+	unlock := d.lockRange(alignDown(off, d.align), alignUp(end, d.align))
+	defer unlock()
+	if d.aligned(p, off) {
+		n, err = d.writeDirect(p, off)
+		return n, false, err
+	}
+	d.bounced.Add(1)
+	if pads, err := d.padsPastEnd(end); err != nil || pads {
+		return 0, pads, err
+	}
+	n, err = d.writeBounced(p, off)
+	return n, false, err
 }
 
 // padsPastEnd reports whether an unaligned write ending at end would
