@@ -17,6 +17,7 @@ consul_prefix = "csnap/"          # Consul KV prefix, the same on every node
 log_level      = "info"           # debug, info, warn or error
 log_format     = "text"           # text or json
 chap_discovery = false            # also require CHAP on discovery sessions ($CSNAP_CHAP_USER etc.)
+direct_io      = true             # origin and store O_DIRECT: needed when nodes share them from different hosts
 
 # Failover timing. These are the safe defaults; keep them equal on every node. The lease
 # must stay shorter than Consul's node-failure detection plus lock_delay, and longer than

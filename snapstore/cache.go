@@ -60,7 +60,7 @@ func (e *Engine) trimCache() {
 }
 
 func (e *Engine) readBlock(addr uint64) ([]byte, error) {
-	buf := make([]byte, BlockSize)
+	buf := AlignedBuffer(BlockSize)
 	if err := readFull(e.store, buf, int64(addr)*BlockSize); err != nil {
 		return nil, fmt.Errorf("read metadata block %d: %w", addr, err)
 	}

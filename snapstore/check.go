@@ -71,7 +71,7 @@ type checker struct {
 }
 
 func (c *checker) read(addr uint64) ([]byte, bool) {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	if err := readFull(c.e.store, b, int64(addr)*BlockSize); err != nil {
 		c.bad("block %d: read failed: %v", addr, err)
 		return nil, false

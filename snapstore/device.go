@@ -22,9 +22,11 @@ type Device interface {
 }
 
 // FileDevice is a Device backed by an *os.File: a regular file or a block
-// device node.
+// device node, opened for buffered IO (OpenFile, NewFileDevice) or for
+// direct IO (OpenDirect).
 type FileDevice struct {
-	f *os.File
+	f      *os.File
+	direct *directIO // nil: buffered IO through the page cache
 }
 
 // OpenFile opens path (a regular file or a block device) read-write as a
@@ -40,19 +42,25 @@ func OpenFile(path string) (*FileDevice, error) {
 // NewFileDevice wraps an open file.
 func NewFileDevice(f *os.File) *FileDevice { return &FileDevice{f: f} }
 
-func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
-func (d *FileDevice) Flush() error                            { return fdatasync(d.f) }
-func (d *FileDevice) Close() error                            { return d.f.Close() }
-func (d *FileDevice) Name() string                            { return d.f.Name() }
+func (d *FileDevice) ReadAt(p []byte, off int64) (int, error) {
+	if d.direct != nil {
+		return d.direct.readAt(p, off)
+	}
+	return d.f.ReadAt(p, off)
+}
 
-// WriteAt writes p at off in pieces that never cross a multiple of
-// WritePiece. The page cache of current kernels (6.x) caches a file in
-// folios as large as the writes that created them: after 1 MiB writes a
-// later 4 KiB write dirties (and has written back) a whole large folio,
-// which measured 2.5 times slower for random 4 KiB writes than on a file
-// written in 64 KiB pieces (tests/bench/RESULTS.md). A few more system
-// calls per large write cost much less.
+// WriteAt writes p at off. A buffered device writes in pieces that never
+// cross a multiple of WritePiece: the page cache of current kernels (6.x)
+// caches a file in folios as large as the writes that created them, and
+// after 1 MiB writes a later 4 KiB write dirties (and has written back) a
+// whole large folio, which measured 2.5 times slower for random 4 KiB
+// writes than on a file written in 64 KiB pieces (tests/bench/RESULTS.md).
+// A few more system calls per large write cost much less. Direct IO has
+// no page cache to shape and writes in one piece.
 func (d *FileDevice) WriteAt(p []byte, off int64) (int, error) {
+	if d.direct != nil {
+		return d.direct.writeAt(p, off)
+	}
 	return WriteInPieces(d.f, p, off)
 }
 
@@ -72,6 +80,30 @@ func WriteInPieces(w io.WriterAt, p []byte, off int64) (int, error) {
 		p, off = p[k:], off+k
 	}
 	return n, nil
+}
+
+// Flush is fdatasync: for a device opened O_DIRECT it also flushes the
+// device's volatile write cache, which direct writes may still sit in.
+func (d *FileDevice) Flush() error { return fdatasync(d.f) }
+
+// Close closes the file; no IO may be running or start later.
+func (d *FileDevice) Close() error { return d.f.Close() }
+func (d *FileDevice) Name() string { return d.f.Name() }
+
+// File returns the underlying file (for fallocate and the like; do not
+// read or write it directly: a direct device's rules would be bypassed).
+func (d *FileDevice) File() *os.File { return d.f }
+
+// Direct reports whether the device was opened for direct IO (O_DIRECT).
+func (d *FileDevice) Direct() bool { return d.direct != nil }
+
+// Alignment is the alignment direct IO needs for buffer addresses, offsets
+// and lengths to skip the bounce buffer (1 for a buffered device).
+func (d *FileDevice) Alignment() int64 {
+	if d.direct == nil {
+		return 1
+	}
+	return d.direct.align
 }
 
 // Size works for regular files and for block devices (whose Stat size is 0).

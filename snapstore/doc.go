@@ -67,6 +67,32 @@
 // Options.OnEvent for the caller to log and count; Stats().Drops is the
 // persistent number of drops.
 //
+// # Devices shared by several hosts: direct IO
+//
+// In a cluster every node reads and writes the volume's origin itself and
+// the server node also the store, all of them the same block devices (or
+// files on shared storage) from different hosts. Through each host's page
+// cache that is incoherent: a host would keep serving an origin chunk it
+// cached after another host overwrote it, and the server could copy that
+// stale chunk into a snapshot. Such devices are opened with OpenDirect
+// (O_DIRECT, as ddsnap did): reads come from the device, writes reach it
+// before they complete, and Flush (fdatasync) also empties the device's
+// volatile cache.
+//
+// Direct IO needs the buffer address, the offset and the length to be
+// multiples of the device's alignment (Alignment: the logical block size,
+// BLKSSZGET or statx STATX_DIOALIGN; 4096 if unknown). Aligned IO is one
+// pread or pwrite from the caller's buffer. Anything else is correct but
+// slower: it goes through an aligned bounce buffer covering the blocks it
+// touches, and a write covering part of a block reads the block first
+// (read-modify-write). Writes to the same 64 KiB region are serialised
+// within the process so a read-modify-write cannot undo a concurrent write
+// of the same block; across hosts nothing serialises them, so two hosts
+// writing different parts of one block at once can lose one part. The
+// engine's IO is all aligned (chunk and 4 KiB block offsets, buffers from
+// AlignedBuffer), and so is a client's whenever its caller's buffer and
+// range are (the iSCSI target allocates 4 KiB-aligned command buffers).
+//
 // # Testing
 //
 //	go test ./snapstore/                       # ~15 s: everything below

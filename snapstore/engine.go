@@ -309,7 +309,7 @@ func Format(origin, store Device, o FormatOptions) error {
 	}
 	// Invalidate any old superblocks first, so a failed format is not
 	// mistaken for the previous store.
-	zero := make([]byte, BlockSize)
+	zero := AlignedBuffer(BlockSize)
 	if err := w(0, zero); err != nil {
 		return err
 	}
@@ -390,7 +390,7 @@ func readSuper(store Device) (*superblock, uint64, error) {
 	var bestSlot uint64
 	var errs [2]error
 	for slot := uint64(0); slot < 2; slot++ {
-		b := make([]byte, BlockSize)
+		b := AlignedBuffer(BlockSize)
 		if err := readFull(store, b, int64(slot)*BlockSize); err != nil {
 			errs[slot] = err
 			continue
@@ -476,8 +476,9 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 	e.hookCtx, e.hookCancel = context.WithCancel(context.Background())
 	cs := int(e.cs)
 	// Copy buffers hold one chunk, or a run of chunks copied together
-	// (copyRun).
-	e.bufPool.New = func() any { b := make([]byte, max(cs, copyRunBytes)); return &b }
+	// (copyRun). Aligned, so that on O_DIRECT devices (chunk-aligned
+	// offsets, whole chunks) copy-outs go straight to the device.
+	e.bufPool.New = func() any { b := AlignedBuffer(max(cs, copyRunBytes)); return &b }
 
 	// Journal recovery.
 	n, err := e.replay()

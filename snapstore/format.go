@@ -219,7 +219,7 @@ type superblock struct {
 const superMagic2 = "csnap snapshot store\x00\x00\x00\x00" // 24 bytes at offset 232
 
 func encodeSuper(s *superblock, addr uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	putHeader(b, blockHeader{kind: kindSuper, addr: addr, seq: s.seq, uuid: s.uuid})
 	le := binary.LittleEndian
 	le.PutUint32(b[48:], s.chunkSize)
@@ -366,7 +366,7 @@ type state struct {
 }
 
 func encodeState(st *state, uuid [16]byte, addr, seq uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	putHeader(b, blockHeader{kind: kindState, addr: addr, seq: seq, uuid: uuid})
 	le := binary.LittleEndian
 	le.PutUint64(b[48:], st.root)
@@ -447,7 +447,7 @@ type tableEntry struct {
 func (t *tableEntry) privCount() int64 { return t.priv }
 
 func encodeTableBlock(ents []tableEntry, uuid [16]byte, addr, seq uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	putHeader(b, blockHeader{kind: kindTable, addr: addr, seq: seq, uuid: uuid})
 	le := binary.LittleEndian
 	for i, t := range ents {
@@ -504,7 +504,7 @@ func decodeTableBlock(b []byte, addr uint64, uuid [16]byte) ([]tableEntry, error
 // Bitmaps
 
 func encodeBitmap(bits []byte, kind uint8, uuid [16]byte, addr, seq uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	putHeader(b, blockHeader{kind: kind, addr: addr, seq: seq, uuid: uuid})
 	copy(b[hdrSize:], bits)
 	sealBlock(b)
@@ -548,7 +548,7 @@ type node struct {
 const storeFlagPriv = uint64(1) << 63
 
 func encodeNode(n *node, uuid [16]byte, seq uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	kind := uint8(kindBranch)
 	if n.leaf {
 		kind = kindLeaf
@@ -655,7 +655,7 @@ type jdesc struct {
 func jdescFits(n, m int) bool { return journalHdr+8*n+dataEntSize*m <= BlockSize }
 
 func encodeJDesc(d *jdesc, uuid [16]byte, addr uint64) []byte {
-	b := make([]byte, BlockSize)
+	b := AlignedBuffer(BlockSize)
 	putHeader(b, blockHeader{kind: kindJournal, addr: addr, seq: d.seq, uuid: uuid})
 	le := binary.LittleEndian
 	le.PutUint32(b[hdrSize:], uint32(len(d.homes)))

@@ -33,7 +33,7 @@ func (e *Engine) replay() (int, error) {
 		if err != nil || d.seq != seq || pos+1+uint64(len(d.homes)) > e.sb.journalBlocks {
 			break // end of the log
 		}
-		imgs := make([]byte, len(d.homes)*BlockSize)
+		imgs := AlignedBuffer(len(d.homes) * BlockSize)
 		if err := readFull(e.store, imgs, int64(addr+1)*BlockSize); err != nil {
 			return 0, fmt.Errorf("read journal transaction %d: %w", seq, err)
 		}
@@ -61,7 +61,7 @@ func (e *Engine) replay() (int, error) {
 	// Pass 2: write every image home.
 	for _, t := range chain {
 		addr := e.sb.journalStart + t.pos
-		imgs := make([]byte, len(t.d.homes)*BlockSize)
+		imgs := AlignedBuffer(len(t.d.homes) * BlockSize)
 		if err := readFull(e.store, imgs, int64(addr+1)*BlockSize); err != nil {
 			return 0, fmt.Errorf("read journal transaction %d: %w", t.d.seq, err)
 		}
@@ -89,7 +89,7 @@ func (e *Engine) replay() (int, error) {
 
 // dataIntact checks copied-out chunks against their recorded CRC32C.
 func (e *Engine) dataIntact(data []dataCRC) (bool, error) {
-	buf := make([]byte, e.cs)
+	buf := AlignedBuffer(int(e.cs))
 	for _, x := range data {
 		if x.chunk >= e.sb.dataChunks {
 			return false, nil
@@ -260,7 +260,7 @@ func (e *Engine) writeTx(imgs []image, data []dataCRC, pos, jseq uint64, needFlu
 		}
 	}
 	// 3. Descriptor and images in one write, then flush: the commit point.
-	buf := make([]byte, (1+len(imgs))*BlockSize)
+	buf := AlignedBuffer((1 + len(imgs)) * BlockSize)
 	homes := make([]uint64, len(imgs))
 	c := uint32(0)
 	for i, im := range imgs {

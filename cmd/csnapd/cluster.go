@@ -453,11 +453,11 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 	if err != nil || len(uuid) != 16 {
 		return nil, fmt.Errorf("volume %s: bad uuid %q in its definition", d.Name, d.UUID)
 	}
-	origin, err := openFileDev(d.Origin)
+	origin, err := openFileDev(d.Origin, n.o.directIO)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: origin: %w", d.Name, err)
 	}
-	store, err := openFileDev(d.Store)
+	store, err := openFileDev(d.Store, n.o.directIO)
 	if err != nil {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)

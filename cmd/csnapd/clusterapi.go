@@ -93,7 +93,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 			return api.Volume{}, fmt.Errorf("creating origin %s: %w", r.Origin, err)
 		}
 	}
-	origin, err := openFileDev(r.Origin)
+	origin, err := openFileDev(r.Origin, s.n.o.directIO)
 	if err != nil {
 		return api.Volume{}, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
 	}
@@ -108,7 +108,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	if _, err := createSparse(r.Store, osize); err != nil {
 		return api.Volume{}, fmt.Errorf("creating store %s: %w", r.Store, err)
 	}
-	store, err := openFileDev(r.Store)
+	store, err := openFileDev(r.Store, s.n.o.directIO)
 	if err != nil {
 		return api.Volume{}, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
 	}

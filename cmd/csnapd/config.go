@@ -46,6 +46,7 @@ var configSettings = []configSetting{
 	{"lease", func(o *options) any { return &o.lease }},
 	{"io_timeout", func(o *options) any { return &o.ioTimeout }},
 	{"await_timeout", func(o *options) any { return &o.awaitTimeout }},
+	{"direct_io", func(o *options) any { return &o.directIO }},
 }
 
 // commandLineOnly are the flags that have no key in the file.

@@ -42,6 +42,7 @@ check_interval   = "500ms"
 lease            = "3s"
 io_timeout       = "20s"
 await_timeout    = "1m"
+direct_io        = false
 `)
 	o, err := parseFlags([]string{"-config", path}, io.Discard)
 	if err != nil {
@@ -53,7 +54,7 @@ await_timeout    = "1m"
 		serverAddr: "127.0.0.2:7863", consulAddr: "127.0.0.2:8500", consulPrefix: "other/",
 		logLevel: "debug", logFormat: "json", chapDiscovery: true, portalGroupTag: 2,
 		lockDelay: 1500 * time.Millisecond, checkInterval: 500 * time.Millisecond, lease: 3 * time.Second,
-		ioTimeout: 20 * time.Second, awaitTimeout: time.Minute,
+		ioTimeout: 20 * time.Second, awaitTimeout: time.Minute, directIO: false,
 	}
 	if *o != want {
 		t.Fatalf("got  %+v\nwant %+v", *o, want)
@@ -67,7 +68,7 @@ func TestConfigFileKeepsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.nodeName != "n1" || o.lease != defaultLease || o.consulPrefix != defaultConsulPrefix ||
-		o.logLevel != "info" || o.portalGroupTag != 0 || !o.cluster {
+		o.logLevel != "info" || o.portalGroupTag != 0 || !o.cluster || !o.directIO {
 		t.Fatalf("defaults lost: %+v", *o)
 	}
 	// An empty file (comments only) is valid.

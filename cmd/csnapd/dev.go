@@ -42,12 +42,33 @@ type fileDev struct {
 	f *os.File
 }
 
-func openFileDev(path string) (*fileDev, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
+// openFileDev opens a volume's origin or store. direct opens it O_DIRECT
+// (cluster volumes, -direct-io): the nodes share the device from different
+// hosts, and IO through each host's page cache would read what another
+// host has since overwritten (docs/CLUSTER.md, "Coherence across hosts").
+// fallocate, and so PunchHole, works on a direct descriptor as well.
+func openFileDev(path string, direct bool) (*fileDev, error) {
+	if !direct {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		return &fileDev{FileDevice: snapstore.NewFileDevice(f), f: f}, nil
 	}
-	return &fileDev{FileDevice: snapstore.NewFileDevice(f), f: f}, nil
+	d, err := snapstore.OpenDirect(path)
+	if err != nil {
+		return nil, explainDirectErr(err)
+	}
+	return &fileDev{FileDevice: d, f: d.File()}, nil
+}
+
+// explainDirectErr says, when direct IO is what failed, how to run
+// without it and what that costs.
+func explainDirectErr(err error) error {
+	if errors.Is(err, snapstore.ErrDirectIOUnsupported) {
+		return fmt.Errorf("%w; -direct-io=false opens it buffered, which is safe only while every node runs on this one host", err)
+	}
+	return err
 }
 
 // PunchHole deallocates [off, off+n): later reads return zeros.
@@ -183,12 +204,12 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err != nil {
 		return fmt.Errorf("snapshot store %s: %w", storePath, err)
 	}
-	origin, err := openFileDev(originPath)
+	origin, err := openFileDev(originPath, false) // one node: its page cache is the only one
 	if err != nil {
 		return err
 	}
 	defer origin.Close()
-	store, err := openFileDev(storePath)
+	store, err := openFileDev(storePath, false)
 	if err != nil {
 		return err
 	}

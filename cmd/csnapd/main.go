@@ -51,6 +51,7 @@ type options struct {
 	lease          time.Duration // self-fencing lease of a server
 	ioTimeout      time.Duration // how long IO waits for a snapshot server before failing
 	awaitTimeout   time.Duration // how long a new server waits for the old one's clients
+	directIO       bool          // open volumes' origin and store O_DIRECT (coherent across hosts)
 }
 
 // Cluster-mode defaults (docs/CLUSTER.md explains the timings).
@@ -86,6 +87,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.lease, "lease", defaultLease, "cluster: a server stops serving when it could not confirm its lock for this long")
 	fs.DurationVar(&o.ioTimeout, "io-timeout", defaultIOTimeout, "cluster: how long IO waits for an unreachable snapshot server before failing")
 	fs.DurationVar(&o.awaitTimeout, "await-timeout", defaultAwaitTimeout, "cluster: how long a newly elected server waits for the previous server's clients")
+	fs.BoolVar(&o.directIO, "direct-io", true, "cluster: open volumes' origin and store with O_DIRECT, bypassing this host's page cache (needed when nodes run on different hosts)")
 	return fs
 }
 

@@ -3,6 +3,7 @@ package iscsi
 import (
 	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 // bufPool recycles command data buffers by power-of-two size class
@@ -10,7 +11,10 @@ import (
 // and, later, the garbage collector's work; reused buffers cost neither.
 // Pooled buffers are not zeroed: they hold only data that is overwritten
 // before use (data-out received in full before a command runs; data-in
-// filled by the read before it is sent).
+// filled by the read before it is sent). Every buffer starts at a
+// 4096-aligned address: backends that open their devices O_DIRECT (csnap's
+// cluster volumes) then read and write a command's data in place, without
+// a bounce buffer, whenever its offset and length are aligned too.
 type bufPool struct {
 	classes [minClassBits + numClasses]sync.Pool
 }
@@ -31,12 +35,12 @@ func class(n int) int {
 func (p *bufPool) get(n int) []byte {
 	c := class(n)
 	if c >= minClassBits+numClasses {
-		return make([]byte, n)
+		return alignedBuf(n, n)
 	}
 	if b, ok := p.classes[c].Get().(*[]byte); ok {
 		return (*b)[:n]
 	}
-	return make([]byte, n, 1<<c)
+	return alignedBuf(n, 1<<c)
 }
 
 // put returns a buffer obtained from get.
@@ -47,4 +51,18 @@ func (p *bufPool) put(b []byte) {
 	}
 	b = b[:cap(b)]
 	p.classes[c].Put(&b)
+}
+
+// bufAlign is the address alignment of command data buffers: 4096 suits
+// O_DIRECT on devices with 512-byte and 4 KiB logical blocks alike.
+const bufAlign = 4096
+
+// alignedBuf returns a buffer of length n and capacity c (c >= n) whose
+// first byte is at a multiple of bufAlign. Go promises no alignment for a
+// []byte, so it is cut from a slice over-allocated by bufAlign-1 bytes;
+// the capacity is clipped to c so that put recognises its size class.
+func alignedBuf(n, c int) []byte {
+	raw := make([]byte, c+bufAlign-1)
+	skip := (bufAlign - int(uintptr(unsafe.Pointer(unsafe.SliceData(raw)))%bufAlign)) % bufAlign
+	return raw[skip : skip+n : skip+c]
 }

@@ -1,6 +1,9 @@
 package iscsi
 
-import "testing"
+import (
+	"testing"
+	"unsafe"
+)
 
 func TestBufPool(t *testing.T) {
 	var p bufPool
@@ -12,9 +15,16 @@ func TestBufPool(t *testing.T) {
 		if n <= 32<<20 && cap(b)&(cap(b)-1) != 0 {
 			t.Fatalf("get(%d) capacity %d is not a size class", n, cap(b))
 		}
+		if a := uintptr(unsafe.Pointer(&b[0])) % bufAlign; a != 0 {
+			t.Fatalf("get(%d) is %d bytes past a %d-byte boundary", n, a, bufAlign)
+		}
 		p.put(b)
-		if again := p.get(n); len(again) != n {
+		again := p.get(n)
+		if len(again) != n {
 			t.Fatalf("reused buffer for %d has length %d", n, len(again))
+		}
+		if a := uintptr(unsafe.Pointer(&again[0])) % bufAlign; a != 0 {
+			t.Fatalf("reused get(%d) is %d bytes past a %d-byte boundary", n, a, bufAlign)
 		}
 	}
 	p.put(nil)
