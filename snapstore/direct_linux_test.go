@@ -32,7 +32,7 @@ func newDirectFile(t *testing.T, size, align int64) (*FileDevice, string) {
 	}
 	d, err := openDirect(p, align)
 	if errors.Is(err, ErrDirectIOUnsupported) {
-		t.Skipf("no direct IO in %s: %v", filepath.Dir(p), err)
+		t.Fatalf("no direct IO in %s (cluster volumes need it; set TMPDIR to a file system with O_DIRECT): %v", filepath.Dir(p), err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -94,30 +94,6 @@ func TestOpenFileDevDirect(t *testing.T) {
 	}
 }
 
-// TestOpenFileDevDirectUnsupported: where O_DIRECT is refused, the error
-// names the flag that turns it off. tmpfs refused O_DIRECT before Linux
-// 6.6; on a newer kernel there may be no such file system to try.
-func TestOpenFileDevDirectUnsupported(t *testing.T) {
-	dir, err := os.MkdirTemp("/dev/shm", "csnap-direct-")
-	if err != nil {
-		t.Skipf("no /dev/shm: %v", err)
-	}
-	defer os.RemoveAll(dir)
-	p := filepath.Join(dir, "origin.img")
-	if _, err := createSparse(p, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	d, err := openFileDev(p, true)
-	if err == nil {
-		d.Close()
-		t.Skip("this kernel's tmpfs supports O_DIRECT")
-	}
-	if !strings.Contains(err.Error(), "-direct-io=false") {
-		t.Fatalf("error does not name the flag: %v", err)
-	}
-	t.Log(err)
-}
-
 func TestExplainDirectErr(t *testing.T) {
 	err := explainDirectErr(fmt.Errorf("open device x: %w: %w", snapstore.ErrDirectIOUnsupported, syscall.EINVAL))
 	if !strings.Contains(err.Error(), "-direct-io=false") || !errors.Is(err, syscall.EINVAL) {
