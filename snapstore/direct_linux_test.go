@@ -283,7 +283,9 @@ func TestDirectBypassesPageCache(t *testing.T) {
 	}{{"direct", d, false}, {"buffered", buffered, true}} {
 		evict(t, buffered.File())
 		w := AlignedBuffer(size)
-		rand.Read(w)
+		for i := range w {
+			w[i] = byte(i * 7)
+		}
 		if _, err := c.dev.WriteAt(w, 0); err != nil {
 			t.Fatal(err)
 		}
