@@ -38,6 +38,15 @@ type conn struct {
 
 	lastRecv  atomic.Int64 // unix nanos of the last PDU received
 	executing atomic.Int32 // commands executing now
+	// inline is the reader's inline execution (see start): odd while a
+	// command runs on the reader goroutine, bumped at its start and at its
+	// end or hand-off; inlineSince is when it started (unix nanos); watch
+	// is the timer that hands reading off when it runs too long, armed
+	// (watchArmed) only while inline execution goes on.
+	inline      atomic.Uint64
+	inlineSince atomic.Int64
+	watch       *time.Timer
+	watchArmed  atomic.Bool
 	readErr   chan error   // the final reader goroutine's error
 	pingTTT   atomic.Uint32
 
@@ -94,6 +103,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	idle := func() bool { return c.executing.Load() == 0 }
 	c.rd.r = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
 	c.readErr = make(chan error, 1)
+	c.watch = time.AfterFunc(time.Hour, c.watchInline)
+	c.watch.Stop()
 	return c
 }
 
@@ -102,6 +113,7 @@ func (c *conn) shutdown(reason error) {
 	c.closeOnce.Do(func() {
 		c.cancel(reason)
 		c.nc.Close()
+		c.watch.Stop()
 	})
 }
 

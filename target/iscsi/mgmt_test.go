@@ -168,6 +168,60 @@ func TestSlowInlineCommandHandsOffReading(t *testing.T) {
 	}
 }
 
+// TestInlineWatchdogRearms: the watchdog that hands reading off from a
+// slow inline command is one timer per connection, armed while inline
+// commands run back to back and disarmed when they stop. A slow command
+// is handed off both right after a run of fast ones (watchdog armed) and
+// after the connection was idle (watchdog disarmed), several times.
+func TestInlineWatchdogRearms(t *testing.T) {
+	_, addr, ex := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	itt := uint32(100)
+	for round := 0; round < 4; round++ {
+		ex.delay = 0
+		for i := 0; i < 50; i++ {
+			if st, _ := in.scsiCmd(rw10(0x28, uint32(i), 1), 512, true, nil, 0); st != 0 {
+				t.Fatalf("round %d: fast command %d: status %#x", round, i, st)
+			}
+		}
+		if round%2 == 1 {
+			time.Sleep(10 * time.Millisecond) // idle: the watchdog disarms
+		}
+		ex.delay = 300 * time.Millisecond
+		itt++
+		p := new(PDU)
+		p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
+		p.setU32(16, itt)
+		p.setU32(20, 512)
+		p.setU32(24, in.cmdSN)
+		in.cmdSN++
+		copy(p.BHS[32:], rw10(0x28, 0, 1))
+		in.send(p)
+		time.Sleep(10 * time.Millisecond)
+		nop := new(PDU)
+		nop.setOpcode(opNopOut|0x40, flagFinal)
+		itt++
+		nop.setU32(16, itt)
+		nop.setU32(20, reservedTag)
+		nop.setU32(24, in.cmdSN)
+		start := time.Now()
+		in.send(nop)
+		r := in.recv()
+		if r.Opcode() != opNopIn || r.ITT() != itt {
+			t.Fatalf("round %d: first answer: opcode %#x ITT %d, want the NOP-In %d", round, r.Opcode(), r.ITT(), itt)
+		}
+		if d := time.Since(start); d > 150*time.Millisecond {
+			t.Fatalf("round %d: NOP-In took %v behind a slow command", round, d)
+		}
+		if r := in.recv(); r.Opcode() != opDataIn || r.ITT() != itt-1 {
+			t.Fatalf("round %d: second answer: opcode %#x ITT %d, want the READ's data", round, r.Opcode(), r.ITT())
+		}
+	}
+}
+
 // TestAbortBeforeArrival: an ABORT TASK whose RefCmdSN lies ahead of the
 // commands received (and below the TMF's own CmdSN) cancels that CmdSN: the
 // command, arriving late, never runs, and the window moves on.
