@@ -32,6 +32,19 @@ type Volume struct {
 	// StoreUsed and StoreSize describe the snapshot store's space.
 	StoreUsed int64 `json:"store_used"`
 	StoreSize int64 `json:"store_size"`
+	// LocationCache describes the answering node's cache of read-only
+	// snapshots' store locations (absent while its client is not
+	// connected).
+	LocationCache *LocationCache `json:"location_cache,omitempty"`
+}
+
+// LocationCache counts a node's snapshot reads served from its cache of
+// store locations (hits) and those that asked the volume's server.
+type LocationCache struct {
+	Hits    uint64 `json:"hits"`
+	Misses  uint64 `json:"misses"`
+	Entries int    `json:"entries"` // chunk locations held
+	Bytes   int    `json:"bytes"`   // memory they are accounted for
 }
 
 // CreateVolume is the body of POST /v1/volumes.

@@ -50,6 +50,28 @@ func TestSnapshotsWithQemu(t *testing.T) {
 	}
 	verify(n, true)
 
+	// Reads of s1 (which lives wholly in the store) in 1 MiB pieces go
+	// through the node's cache of store locations: the first asks the
+	// server, and for the locations ahead of it; the others hit.
+	var reads []string
+	for off := 0; off < 8; off++ {
+		reads = append(reads, fmt.Sprintf("read -P 0xaa %dM 1M", off))
+	}
+	qemuIO(t, s1, reads...)
+	var vol struct {
+		LocationCache *struct {
+			Hits   uint64 `json:"hits"`
+			Misses uint64 `json:"misses"`
+		} `json:"location_cache"`
+	}
+	if err := json.Unmarshal([]byte(admin(t, n, "volume", "status", "dev", "--json")), &vol); err != nil || vol.LocationCache == nil {
+		t.Fatalf("volume status: %v %+v", err, vol)
+	}
+	if lc := vol.LocationCache; lc.Hits < 7 {
+		t.Errorf("location cache after eight 1 MiB reads of s1: %d hits, %d misses, want at least 7 hits", lc.Hits, lc.Misses)
+	}
+	t.Logf("location cache: %d hits, %d misses", vol.LocationCache.Hits, vol.LocationCache.Misses)
+
 	// Snapshots are read-only LUNs unless created --writable.
 	out, err := runCmd(t, time.Minute, requireTool(t, "qemu-io"), "-f", "raw", "-c", "write -P 0x11 0 4096", s1)
 	if err == nil && !strings.Contains(out, "write protected") {

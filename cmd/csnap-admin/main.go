@@ -335,6 +335,9 @@ func volumeStatus(e *env, a args) error {
 	e.show(v, func(w io.Writer) {
 		fmt.Fprintf(w, "volume\t%s\norigin\t%s\nstore\t%s\nsize\t%s\nchunk size\t%s\nsnapshots\t%d\nstore used\t%s of %s\nserver\t%s\n",
 			v.Name, v.Origin, v.Store, human(v.Size), human(v.ChunkSize), v.Snapshots, human(v.StoreUsed), human(v.StoreSize), orDash(v.Server))
+		if lc := v.LocationCache; lc != nil {
+			fmt.Fprintf(w, "location cache\t%d hits, %d misses, %d chunks (%s)\n", lc.Hits, lc.Misses, lc.Entries, human(int64(lc.Bytes)))
+		}
 	})
 	return nil
 }

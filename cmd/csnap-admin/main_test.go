@@ -64,6 +64,8 @@ func TestCommands(t *testing.T) {
 		{[]string{"volume", "list"}, `[{"name":"dev","size":1073741824,"chunk_size":65536}]`, "GET", "/v1/volumes", "", "1GiB", 200},
 		{[]string{"volume", "create", "v2", "--origin", "/o", "--store=/s", "--chunk-size", "16KiB", "--size", "2GiB"}, `{"name":"v2","size":2147483648,"chunk_size":16384}`,
 			"POST", "/v1/volumes", `"chunk_size":16384`, "volume v2 created", 201},
+		{[]string{"volume", "status", "dev"}, `{"name":"dev","size":1073741824,"chunk_size":65536,"location_cache":{"hits":41,"misses":3,"entries":512,"bytes":2176}}`,
+			"GET", "/v1/volumes/dev", "", "41 hits, 3 misses, 512 chunks", 200},
 		{[]string{"server", "dev"}, `{"node":"n1","address":"127.0.0.1:7000","term":42}`, "GET", "/v1/volumes/dev/server", "", "42", 200},
 		{[]string{"clients", "dev"}, `[{"id":"c1","node":"n2","state":"awaited","locks":3}]`, "GET", "/v1/volumes/dev/clients", "", "awaited", 200},
 		{[]string{"check", "dev"}, `{"volume":"dev","clean":true,"checked_blocks":12}`, "POST", "/v1/volumes/dev/check", "", "clean", 200},

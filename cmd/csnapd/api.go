@@ -58,6 +58,7 @@ func (d *devService) Volume(ctx context.Context, name string) (api.Volume, error
 		Name: devVolume, Origin: d.origin, Store: d.store,
 		Size: d.eng.OriginSize(), ChunkSize: cs, Server: d.node, Snapshots: len(snaps),
 		StoreUsed: int64(st.DataChunks-st.FreeChunks) * cs, StoreSize: int64(st.DataChunks) * cs,
+		LocationCache: d.ops().locationCache(),
 	}, nil
 }
 

@@ -47,6 +47,7 @@ func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si co
 		if snaps, err := ops.live(ctx); err == nil {
 			v.Snapshots = len(snaps)
 		}
+		v.LocationCache = ops.locationCache()
 	}
 	return v
 }

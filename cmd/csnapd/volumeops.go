@@ -120,3 +120,9 @@ func (o volumeOps) check(ctx context.Context) (api.CheckReport, error) {
 	}
 	return api.CheckReport{Volume: o.name, Clean: r.Clean(), Problems: r.Problems}, nil
 }
+
+// locationCache reports this node's snapshot location cache.
+func (o volumeOps) locationCache() *api.LocationCache {
+	st := o.cl.LocationCacheStats()
+	return &api.LocationCache{Hits: st.Hits, Misses: st.Misses, Entries: st.Entries, Bytes: st.Bytes}
+}
