@@ -47,8 +47,8 @@ type conn struct {
 	inlineSince atomic.Int64
 	watch       *time.Timer
 	watchArmed  atomic.Bool
-	readErr   chan error   // the final reader goroutine's error
-	pingTTT   atomic.Uint32
+	readErr     chan error // the final reader goroutine's error
+	pingTTT     atomic.Uint32
 
 	mu      sync.Mutex
 	tasks   map[uint32]*task // by ITT

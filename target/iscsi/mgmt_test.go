@@ -123,6 +123,30 @@ func TestLUNCodec(t *testing.T) {
 	}
 }
 
+// sendRead1 sends a READ(10) of one block at LBA 0 with task tag itt
+// (without waiting for its answer).
+func (in *testInitiator) sendRead1(itt uint32) {
+	p := new(PDU)
+	p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
+	p.setU32(16, itt)
+	p.setU32(20, 512)
+	p.setU32(24, in.cmdSN)
+	in.cmdSN++
+	copy(p.BHS[32:], rw10(0x28, 0, 1))
+	in.send(p)
+}
+
+// sendPing sends an immediate NOP-Out with task tag itt that asks for a
+// NOP-In.
+func (in *testInitiator) sendPing(itt uint32) {
+	nop := new(PDU)
+	nop.setOpcode(opNopOut|0x40, flagFinal)
+	nop.setU32(16, itt)
+	nop.setU32(20, reservedTag)
+	nop.setU32(24, in.cmdSN)
+	in.send(nop)
+}
+
 // TestSlowInlineCommandHandsOffReading: at queue depth 1 the reader runs a
 // command itself; when that command is slow, reading moves to another
 // goroutine, so a NOP-Out sent behind it is answered first.
@@ -133,22 +157,10 @@ func TestSlowInlineCommandHandsOffReading(t *testing.T) {
 	if st := in.login(testIQN); st != 0 {
 		t.Fatalf("login %#x", st)
 	}
-	p := new(PDU)
-	p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
-	p.setU32(16, 1)
-	p.setU32(20, 512)
-	p.setU32(24, in.cmdSN)
-	in.cmdSN++
-	copy(p.BHS[32:], rw10(0x28, 0, 1))
-	in.send(p)
+	in.sendRead1(1)
 	time.Sleep(20 * time.Millisecond)
-	nop := new(PDU)
-	nop.setOpcode(opNopOut|0x40, flagFinal)
-	nop.setU32(16, 2)
-	nop.setU32(20, reservedTag)
-	nop.setU32(24, in.cmdSN)
 	start := time.Now()
-	in.send(nop)
+	in.sendPing(2)
 	r := in.recv()
 	if r.Opcode() != opNopIn || r.ITT() != 2 {
 		t.Fatalf("first answer: opcode %#x ITT %d, want the NOP-In", r.Opcode(), r.ITT())
@@ -192,23 +204,11 @@ func TestInlineWatchdogRearms(t *testing.T) {
 		}
 		ex.delay = 300 * time.Millisecond
 		itt++
-		p := new(PDU)
-		p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
-		p.setU32(16, itt)
-		p.setU32(20, 512)
-		p.setU32(24, in.cmdSN)
-		in.cmdSN++
-		copy(p.BHS[32:], rw10(0x28, 0, 1))
-		in.send(p)
+		in.sendRead1(itt)
 		time.Sleep(10 * time.Millisecond)
-		nop := new(PDU)
-		nop.setOpcode(opNopOut|0x40, flagFinal)
 		itt++
-		nop.setU32(16, itt)
-		nop.setU32(20, reservedTag)
-		nop.setU32(24, in.cmdSN)
 		start := time.Now()
-		in.send(nop)
+		in.sendPing(itt)
 		r := in.recv()
 		if r.Opcode() != opNopIn || r.ITT() != itt {
 			t.Fatalf("round %d: first answer: opcode %#x ITT %d, want the NOP-In %d", round, r.Opcode(), r.ITT(), itt)
