@@ -62,6 +62,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./snapstore/
 
 lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l: not formatted:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
