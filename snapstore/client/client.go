@@ -817,8 +817,7 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 		// Writes approved before (still in flight) keep counting under
 		// their older generation, so the next INVALIDATE waits for them.
 		c.gen = h.Generation
-		c.cache.clear()
-		c.unique = false
+		c.forgetApprovalsLocked()
 	}
 	// Locations are trusted on the connection that taught them only: a
 	// new server (or term) may have reclaimed space meanwhile.
@@ -970,24 +969,42 @@ func (c *Client) invalidate(cn *conn, id, gen uint64) {
 	c.mu.Lock()
 	if gen > c.gen {
 		c.gen = gen
-		c.cache.clear()
-		c.unique = false
+		c.forgetApprovalsLocked()
 	}
 	c.mu.Unlock()
+	c.answerWhenDrained(cn, id, &wire.InvalidateAck{Generation: gen}, c.writersC,
+		func() bool { return c.oldWritersLocked(gen) > 0 },
+		func(waited time.Duration) {
+			c.log.WithFields(logrus.Fields{"generation": gen, "waited": waited}).Debug("invalidate acknowledged")
+			c.notifyChange()
+		})
+}
+
+// forgetApprovalsLocked drops every approval cached for the generation
+// that stops being current: the unique-chunk cache and ORIGIN_UNIQUE.
+func (c *Client) forgetApprovalsLocked() {
+	c.cache.clear()
+	c.unique = false
+}
+
+// answerWhenDrained answers the server's request id on cn with reply, in
+// the background, once busy (called with c.mu held, re-checked whenever
+// cond is signalled) reports nothing left to wait for, or the client is
+// closed or cn is dead; then done gets the time waited.
+func (c *Client) answerWhenDrained(cn *conn, id uint64, reply wire.Message, cond *sync.Cond, busy func() bool, done func(waited time.Duration)) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		start := time.Now()
 		c.mu.Lock()
-		for c.oldWritersLocked(gen) > 0 && !c.closed && !cn.isDead() {
-			c.writersC.Wait()
+		for busy() && !c.closed && !cn.isDead() {
+			cond.Wait()
 		}
 		c.mu.Unlock()
-		if err := cn.send(id, &wire.InvalidateAck{Generation: gen}); err != nil {
-			c.log.WithError(err).Error("sending INVALIDATE_ACK")
+		if err := cn.send(id, reply); err != nil {
+			c.log.WithError(err).WithField("reply", reply.Type()).Error("answering the server")
 		}
-		c.log.WithFields(logrus.Fields{"generation": gen, "waited": time.Since(start).Round(time.Microsecond)}).Debug("invalidate acknowledged")
-		c.notifyChange()
+		done(time.Since(start).Round(time.Microsecond))
 	}()
 }
 

@@ -112,21 +112,12 @@ func (c *Client) reclaim(cn *conn, id uint64, snaps []uint32) {
 		dropped = before - c.loc.chunks
 	}
 	c.mu.Unlock()
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		start := time.Now()
-		c.mu.Lock()
-		for c.readingAnyLocked(snaps) && !c.closed && !cn.isDead() {
-			c.readsC.Wait()
-		}
-		c.mu.Unlock()
-		if err := cn.send(id, &wire.ReclaimOK{}); err != nil {
-			c.log.WithError(err).Error("sending RECLAIM_OK")
-		}
-		c.log.WithFields(logrus.Fields{"snapshots": snaps, "dropped": dropped,
-			"waited": time.Since(start).Round(time.Microsecond)}).Debug("reclaim acknowledged")
-	}()
+	c.answerWhenDrained(cn, id, &wire.ReclaimOK{}, c.readsC,
+		func() bool { return c.readingAnyLocked(snaps) },
+		func(waited time.Duration) {
+			c.log.WithFields(logrus.Fields{"snapshots": snaps, "dropped": dropped, "waited": waited}).
+				Debug("reclaim acknowledged")
+		})
 }
 
 func (c *Client) readingAnyLocked(snaps []uint32) bool {

@@ -166,8 +166,10 @@ func (s *Server) originWrite(ctx context.Context, ss *session, id uint64, ranges
 		if ok {
 			s.preparing++ // until the approval is sent; see handle
 			s.unsettled[ss.id] = unsettled{node: ss.node, gen: gen}
-			locks, _ := s.tab.Len()
-			unique = live == 0 && locks == 0 && ss.version >= wire.VersionUnique
+			if live == 0 && ss.version >= wire.VersionUnique {
+				locks, _ := s.tab.Len()
+				unique = locks == 0
+			}
 		}
 		s.mu.Unlock()
 		if ok {
