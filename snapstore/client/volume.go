@@ -8,10 +8,10 @@ import (
 	"math"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/wire"
 )
 
@@ -543,24 +543,13 @@ func zeroFill(n int64, write func(z []byte, off int64) error) error {
 	if n <= 0 {
 		return nil
 	}
-	z := alignedZeros(int(min(n, 1<<20)))
+	// Aligned, so that a device opened O_DIRECT (snapstore.OpenDirect)
+	// writes it without a bounce buffer when the offset is aligned too.
+	z := snapstore.AlignedBuffer(int(min(n, 1<<20)))
 	for o := int64(0); o < n; o += int64(len(z)) {
 		if err := write(z[:min(int64(len(z)), n-o)], o); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// alignedZeros returns n zero bytes at a 4096-aligned address, so that a
-// device opened O_DIRECT (snapstore.OpenDirect) writes them without a
-// bounce buffer when the offset is aligned too. Go does not promise the
-// alignment of a []byte, so the buffer is cut from one over-allocated by
-// 4095 bytes. (snapstore.AlignedBuffer does the same; the client does not
-// import the engine's package for it.)
-func alignedZeros(n int) []byte {
-	const align = 4096
-	raw := make([]byte, n+align-1)
-	skip := (align - int(uintptr(unsafe.Pointer(unsafe.SliceData(raw)))%align)) % align
-	return raw[skip : skip+n : skip+n]
 }
