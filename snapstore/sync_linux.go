@@ -5,6 +5,8 @@ package snapstore
 import (
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 func fdatasync(f *os.File) error {
@@ -18,3 +20,5 @@ func fdatasync(f *os.File) error {
 		}
 	}
 }
+
+func adviseRandom(f *os.File) { _ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM) }

@@ -54,6 +54,7 @@ func openFileDev(path string, direct bool) (*fileDev, error) {
 		if err != nil {
 			return nil, err
 		}
+		snapstore.AdviseRandom(f)
 		return &fileDev{FileDevice: snapstore.NewFileDevice(f), f: f}, nil
 	}
 	d, err := snapstore.OpenDirect(path)

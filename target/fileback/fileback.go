@@ -10,6 +10,8 @@ import (
 	"os"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/csnap/csnap/target/scsi"
 )
 
@@ -57,6 +59,12 @@ func Open(path string, size int64, readOnly bool, id scsi.Identity) (*File, erro
 			return nil, fmt.Errorf("fileback: growing %s: %w", path, err)
 		}
 	}
+	// No readahead: the initiator reads ahead if it wants to, and the
+	// kernel's readahead caches the file in large folios that make every
+	// later small write slower (snapstore.AdviseRandom explains; this
+	// package must not import snapstore). Advice only, so errors are
+	// ignored.
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 	return &File{f: f, size: size, readOnly: readOnly, id: id, punch: !readOnly}, nil
 }
 

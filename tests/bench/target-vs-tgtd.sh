@@ -9,6 +9,13 @@
 #        METRICS="randwrite_IOPS qd1write_us" measures only those (default: all);
 #        the table gives medians, ratios, and each target's min-max over the rounds.
 #        SEPARATE_FILES=1 gives tgtd an identical copy of the file instead of the same file.
+#        COLD_TURNS (default 1): before each target's turn the file is synced
+#          and dropped from the page cache, then read once through that target
+#          (untimed), so each target is measured on the page cache its own IO
+#          shaped. On a shared file the first reader otherwise decides how the
+#          kernel caches it (readahead makes large folios, into which every
+#          small write costs more: RESULTS.md) for both targets.
+#          COLD_TURNS=0: no drop, no warm-up read (the script until the sixth session).
 #
 # Measures: sequential 1 MiB read and write at QD 8, random 4 KiB read and
 # write at QD 32, 4 KiB QD1 read and write latency, and the target's CPU
@@ -87,8 +94,12 @@ declare -A R   # R[target,metric]="v1 v2 ..."
 add() { R[$1,$2]="${R[$1,$2]:-} $3"; }
 
 want() { [ -z "${METRICS:-}" ] || [[ " $METRICS " == *" $1 "* ]]; }
-measure() { # NAME URL PID
-	local n=$1 url=$2 pid=$3 t c0 c1 mb=512 iops
+measure() { # NAME URL PID FILE
+	local n=$1 url=$2 pid=$3 file=$4 t c0 c1 mb=512 iops
+	if [ "${COLD_TURNS:-1}" = 1 ]; then
+		sync "$file"; dd if="$file" iflag=nocache count=0 status=none
+		bench_time -c $mb -d 8 -s 1M "$url" >/dev/null
+	fi
 	if want seqread_MiBps; then
 		c0=$(cpu $pid)
 		t=$(bench_time -c $mb -d 8 -s 1M "$url"); add $n seqread_MiBps "$(echo "$mb / $t" | bc -l)"
@@ -116,10 +127,10 @@ measure() { # NAME URL PID
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB separate_files=${SEPARATE_FILES:-0}"
+echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB separate_files=${SEPARATE_FILES:-0} cold_turns=${COLD_TURNS:-1}"
 for r in $(seq $ROUNDS); do
-	measure tgtd "$TGT_URL" $TGT_PID
-	measure csnapd "$CS_URL" $CS_PID
+	measure tgtd "$TGT_URL" $TGT_PID "$TGT_IMG"
+	measure csnapd "$CS_URL" $CS_PID "$IMG"
 	echo "round $r done" >&2
 done
 
