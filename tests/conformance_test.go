@@ -184,6 +184,38 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// TestConformanceReadOnlySnapshot runs iscsi-test-cu's ReadOnly suite,
+// which the origin LUN cannot run (it is writable), against a read-only
+// snapshot LUN: every write-type command must fail with DATA PROTECT and
+// MODE SENSE must report the LU write-protected. Every test of the suite
+// must pass; none may skip.
+func TestConformanceReadOnlySnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs iscsi-test-cu; skipped with -short")
+	}
+	cu := requireTool(t, "iscsi-test-cu")
+	n := startDev(t, "")
+	admin(t, n, "snapshot", "create", "dev", "ro")
+	out, err := runCmd(t, 5*time.Minute, cu, "-d", "-t", "ALL.ReadOnly",
+		lunURL(n, "iqn.2026-11.io.csnap:dev:ro"))
+	if dir := os.Getenv("CSNAP_TEST_ARTIFACTS"); dir != "" {
+		os.WriteFile(filepath.Join(dir, "iscsi-test-cu-readonly.out"), []byte(out), 0o644)
+	}
+	if err != nil && !strings.Contains(out, "Run Summary") {
+		t.Fatalf("iscsi-test-cu did not complete: %v\n%s", err, tail(out, 4000))
+	}
+	results := parseCU(out)
+	if len(results) == 0 {
+		t.Fatalf("no ReadOnly test ran; output:\n%s", tail(out, 4000))
+	}
+	for _, r := range results {
+		if r.Status != "passed" {
+			t.Errorf("%s %s against a read-only snapshot LUN:\n%s", r.Name, r.Status, r.Detail)
+		}
+	}
+	t.Logf("ReadOnly suite against a snapshot LUN: %d tests, all passed unless reported above", len(results))
+}
+
 func TestParseCU(t *testing.T) {
 	out := `Suite: Read10
   Test: Simple ...passed
