@@ -25,6 +25,7 @@ type conn struct {
 	nc     net.Conn
 	log    *logrus.Entry
 	rd     pduReader
+	in     *bufio.Reader // under rd: what is buffered was received and not yet parsed
 	sess   *session
 	params Params
 	cid    uint16
@@ -101,7 +102,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
 	idle := func() bool { return c.executing.Load() == 0 }
-	c.rd.r = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
+	c.in = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
+	c.rd.r = c.in
 	c.readErr = make(chan error, 1)
 	c.watch = time.AfterFunc(time.Hour, c.watchInline)
 	c.watch.Stop()

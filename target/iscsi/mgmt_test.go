@@ -267,3 +267,51 @@ func TestAbortBeforeArrival(t *testing.T) {
 		t.Fatal("the cancelled write reached the backend")
 	}
 }
+
+// TestPipelinedCommandsRunConcurrently: commands that arrive together (an
+// initiator keeping several in flight) are not run inline by the reader one
+// after another; only a command with nothing buffered behind it is. Run
+// inline, slow commands (O_DIRECT reads waiting on the disk, each under the
+// watchdog's budget) executed at queue depth 1 whatever the initiator sent.
+func TestPipelinedCommandsRunConcurrently(t *testing.T) {
+	srv, addr, _ := startServer(t, Config{}, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	// Queue depth 1: every command runs inline.
+	before := srv.inlineRuns.Load()
+	for i := 0; i < 5; i++ {
+		if st, _ := in.scsiCmd(rw10(0x28, uint32(i), 1), 512, true, nil, 0); st != 0 {
+			t.Fatalf("command %d: status %#x", i, st)
+		}
+	}
+	if n := srv.inlineRuns.Load() - before; n != 5 {
+		t.Fatalf("%d of 5 commands at queue depth 1 ran inline, want 5", n)
+	}
+	// 16 READs in one write: they reach the reader's buffer together.
+	const n = 16
+	var batch []byte
+	for i := 0; i < n; i++ {
+		p := new(PDU)
+		p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
+		p.setU32(16, uint32(1000+i))
+		p.setU32(20, 512)
+		p.setU32(24, in.cmdSN)
+		in.cmdSN++
+		copy(p.BHS[32:], rw10(0x28, uint32(i), 1))
+		batch = append(batch, p.marshal(false, false)...)
+	}
+	before = srv.inlineRuns.Load()
+	if _, err := in.nc.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < n; {
+		if r := in.recv(); r.Opcode() == opDataIn && r.BHS[1]&0x01 != 0 {
+			got++ // the Data-In carrying status ends a command
+		}
+	}
+	if inl := srv.inlineRuns.Load() - before; inl > 1 {
+		t.Fatalf("%d of %d pipelined commands ran inline on the reader, want at most the last", inl, n)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -103,6 +104,8 @@ type Server struct {
 	wg        sync.WaitGroup
 	bufs      bufPool
 	pollers   pollSlots
+	// inlineRuns counts commands a reader ran itself (see conn.start).
+	inlineRuns atomic.Uint64
 }
 
 type target struct {

@@ -251,18 +251,24 @@ const inlineBudget = time.Millisecond
 // connection and it must stop.
 var errHandedOff = errors.New("reading handed to another goroutine")
 
-// start runs a ready task. When the reader goroutine starts a task and no
-// other command is executing (queue depth 1, the latency case), it runs it
-// itself: a new goroutine would make the Go runtime wake a second thread,
-// which costs more than the command. Should the command be slow (a
-// snapshot server round trip, a failover), the watchdog (watchInline)
-// hands reading to a new goroutine after inlineBudget, so NOP pings and
-// task management are never stuck behind it.
+// start runs a ready task. When the reader goroutine starts a task, no
+// other command is executing and no further PDU is already buffered (queue
+// depth 1, the latency case), it runs it itself: a new goroutine would
+// make the Go runtime wake a second thread, which costs more than the
+// command. With PDUs buffered behind it the initiator is pipelining, and
+// running inline would execute its commands one at a time: over O_DIRECT,
+// where a read waits for the disk, that held random 4 KiB reads at queue
+// depth 32 to queue-depth-1 speed (tests/bench/RESULTS.md, cluster rows).
+// Should an inline command be slow (a snapshot server round trip, a
+// failover), the watchdog (watchInline) hands reading to a new goroutine
+// after inlineBudget, so NOP pings and task management are never stuck
+// behind it.
 func (c *conn) start(t *task, onReader bool) error {
-	if !onReader || c.executing.Load() != 0 {
+	if !onReader || c.executing.Load() != 0 || c.in.Buffered() > 0 {
 		go c.execute(t)
 		return nil
 	}
+	c.srv.inlineRuns.Add(1)
 	c.inlineSince.Store(time.Now().UnixNano())
 	s := c.inline.Add(1) // odd: running inline
 	c.armWatch()

@@ -16,6 +16,11 @@
 #          kernel caches it (readahead makes large folios, into which every
 #          small write costs more: RESULTS.md) for both targets.
 #          COLD_TURNS=0: no drop, no warm-up read (the script until the sixth session).
+#        TGT_BSOFLAGS=direct makes tgtd open the file O_DIRECT (tgtadm --bsoflags).
+#        CSNAP_TARGET="URL PID FILE" measures an already running csnapd (a cluster
+#          node: tests/bench/cluster-vs-tgtd.sh) serving FILE at URL instead of
+#          starting csnapd -dev; FILE must hold BENCH_SIZE_MB of data, and the
+#          script leaves the process running.
 #
 # Measures: sequential 1 MiB read and write at QD 8, random 4 KiB read and
 # write at QD 32, 4 KiB QD1 read and write latency, and the target's CPU
@@ -56,13 +61,18 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/cs"
-IMG=$WORK/cs/origin.img
-truncate -s ${SIZE_MB}M "$IMG"
-# Fill it once so reads hit real data on both targets. O_DIRECT keeps the
-# fill out of the page cache: buffered 1 MiB writes would leave the file
-# cached in large folios, which slow every later small write to it (see
-# RESULTS.md) whatever the target, an artefact of the harness.
-dd if=/dev/urandom of="$IMG" bs=1M count=$SIZE_MB conv=notrunc oflag=direct status=none
+if [ -n "${CSNAP_TARGET:-}" ]; then
+	read -r CS_URL EXT_PID IMG <<<"$CSNAP_TARGET"
+	[ -f "$IMG" ] && kill -0 "$EXT_PID" || { echo "CSNAP_TARGET: want \"URL PID FILE\" of a running csnapd" >&2; exit 2; }
+else
+	IMG=$WORK/cs/origin.img
+	truncate -s ${SIZE_MB}M "$IMG"
+	# Fill it once so reads hit real data on both targets. O_DIRECT keeps the
+	# fill out of the page cache: buffered 1 MiB writes would leave the file
+	# cached in large folios, which slow every later small write to it (see
+	# RESULTS.md) whatever the target, an artefact of the harness.
+	dd if=/dev/urandom of="$IMG" bs=1M count=$SIZE_MB conv=notrunc oflag=direct status=none
+fi
 TGT_IMG=$IMG
 if [ "${SEPARATE_FILES:-0}" = 1 ]; then
 	# tgtd gets its own copy, so that neither target's writes shape the
@@ -75,14 +85,19 @@ fi
 TGT_PID=$!
 for _ in $(seq 50); do tgtadm -C $CTL --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm -C $CTL --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.csnap:bench-tgtd
-tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$TGT_IMG"
+tgtadm -C $CTL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$TGT_IMG" ${TGT_BSOFLAGS:+--bsoflags $TGT_BSOFLAGS}
 tgtadm -C $CTL --lld iscsi --op bind --mode target --tid 1 -I ALL
 TGT_URL=iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.io.csnap:bench-tgtd/1
 
-"$BIN/csnapd" -dev -data-dir "$WORK/cs" -iscsi-addr 127.0.0.1:$CS_PORT -http-addr 127.0.0.1:$HTTP_PORT -log-level warn > "$WORK/csnapd.log" 2>&1 &
-CS_PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$CS_PORT) 2>/dev/null && break; sleep 0.1; done
-CS_URL=iscsi://127.0.0.1:$CS_PORT/iqn.2026-11.io.csnap:dev/0
+if [ -n "${CSNAP_TARGET:-}" ]; then
+	MEAS_PID=$EXT_PID # not ours to stop: CS_PID stays empty
+else
+	"$BIN/csnapd" -dev -data-dir "$WORK/cs" -iscsi-addr 127.0.0.1:$CS_PORT -http-addr 127.0.0.1:$HTTP_PORT -log-level warn > "$WORK/csnapd.log" 2>&1 &
+	CS_PID=$!
+	MEAS_PID=$CS_PID
+	for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$CS_PORT) 2>/dev/null && break; sleep 0.1; done
+	CS_URL=iscsi://127.0.0.1:$CS_PORT/iqn.2026-11.io.csnap:dev/0
+fi
 
 # cpu PID: utime+stime of a process in clock ticks.
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
@@ -127,10 +142,10 @@ measure() { # NAME URL PID FILE
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB separate_files=${SEPARATE_FILES:-0} cold_turns=${COLD_TURNS:-1}"
+echo "# $(date -u +%FT%TZ) $(uname -n) rounds=$ROUNDS size=${SIZE_MB}MiB separate_files=${SEPARATE_FILES:-0} cold_turns=${COLD_TURNS:-1} tgt_bsoflags=${TGT_BSOFLAGS:-} csnap_target=${CSNAP_TARGET:-dev}"
 for r in $(seq $ROUNDS); do
 	measure tgtd "$TGT_URL" $TGT_PID "$TGT_IMG"
-	measure csnapd "$CS_URL" $CS_PID "$IMG"
+	measure csnapd "$CS_URL" $MEAS_PID "$IMG"
 	echo "round $r done" >&2
 done
 
