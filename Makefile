@@ -56,9 +56,10 @@ $(BIN)/consul: tools/consul/go.mod tools/consul/go.sum
 cluster: build consul
 	$(GO) run ./tests/cluster/csnap-cluster -bin $(BIN) -dir ./csnap-cluster
 
-bench: build
+bench: build consul
 	./tests/bench/target-vs-tgtd.sh
 	./tests/bench/snapshot-vs-plain.sh
+	./tests/bench/cluster-vs-tgtd.sh
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./snapstore/
 
 lint:
