@@ -1,8 +1,6 @@
 package tests
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,19 +13,12 @@ import (
 // sharedStore over the snapshot server). Every test of the suite must run
 // and pass: a skip here means the suite did not see two paths.
 func TestClusterMultipathIO(t *testing.T) {
-	cu := requireTool(t, "iscsi-test-cu")
+	requireTool(t, "iscsi-test-cu") // before starting the cluster
 	c := startCluster(t)
 	s, _ := serverOf(t, c, 1)
 	o := others(c, s)
-	out, err := runCmd(t, 5*time.Minute, cu, "-d", "-t", "ALL.MultipathIO",
+	results, out := runCU(t, "multipath-iscsi-test-cu.out", 5*time.Minute, "-d", "-t", "ALL.MultipathIO",
 		lunOn(c, o[0], clusterIQN), lunOn(c, o[1], clusterIQN))
-	if dir := os.Getenv("CSNAP_TEST_ARTIFACTS"); dir != "" {
-		os.WriteFile(filepath.Join(dir, "multipath-iscsi-test-cu.out"), []byte(out), 0o644)
-	}
-	if err != nil && !strings.Contains(out, "Run Summary") {
-		t.Fatalf("iscsi-test-cu did not complete: %v\n%s", err, tail(out, 4000))
-	}
-	results := parseCU(out)
 	if len(results) == 0 {
 		t.Fatalf("no MultipathIO results parsed:\n%s", tail(out, 4000))
 	}

@@ -117,6 +117,22 @@ func loadSkips(t *testing.T) map[string]string {
 	return m
 }
 
+// runCU runs iscsi-test-cu with args, saves its output as artifact under
+// $CSNAP_TEST_ARTIFACTS, fails the test if it did not complete, and returns
+// the parsed results and the output.
+func runCU(t *testing.T, artifact string, timeout time.Duration, args ...string) ([]cuResult, string) {
+	t.Helper()
+	cu := requireTool(t, "iscsi-test-cu")
+	out, err := runCmd(t, timeout, cu, args...)
+	if dir := os.Getenv("CSNAP_TEST_ARTIFACTS"); dir != "" {
+		os.WriteFile(filepath.Join(dir, artifact), []byte(out), 0o644)
+	}
+	if err != nil && !strings.Contains(out, "Run Summary") {
+		t.Fatalf("iscsi-test-cu did not complete: %v\n%s", err, tail(out, 4000))
+	}
+	return parseCU(out), out
+}
+
 // TestConformance runs libiscsi's iscsi-test-cu, data-loss tests included,
 // against csnapd -dev's origin LUN through two portals (so the MultipathIO
 // suite runs), and requires no failure, every skip explained in
@@ -125,22 +141,14 @@ func TestConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("conformance run takes about a minute; skipped with -short")
 	}
-	cu := requireTool(t, "iscsi-test-cu")
 	p1 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p2 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	n := startDev(t, "", "-iscsi-addr", p1+","+p2)
 	waitTCP(t, n.proc, p2, 10*time.Second)
 	iqn := "iqn.2026-11.io.csnap:dev"
-	out, err := runCmd(t, 15*time.Minute, cu, "-d", "-t", "ALL",
+	results, out := runCU(t, "iscsi-test-cu.out", 15*time.Minute, "-d", "-t", "ALL",
 		fmt.Sprintf("iscsi://%s/%s/0", p1, iqn),
 		fmt.Sprintf("iscsi://%s/%s/0", p2, iqn))
-	if dir := os.Getenv("CSNAP_TEST_ARTIFACTS"); dir != "" {
-		os.WriteFile(filepath.Join(dir, "iscsi-test-cu.out"), []byte(out), 0o644)
-	}
-	if err != nil && !strings.Contains(out, "Run Summary") {
-		t.Fatalf("iscsi-test-cu did not complete: %v\n%s", err, tail(out, 4000))
-	}
-	results := parseCU(out)
 	if len(results) < 200 {
 		t.Fatalf("parsed only %d test results; output:\n%s", len(results), tail(out, 4000))
 	}
@@ -193,18 +201,10 @@ func TestConformanceReadOnlySnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs iscsi-test-cu; skipped with -short")
 	}
-	cu := requireTool(t, "iscsi-test-cu")
 	n := startDev(t, "")
 	admin(t, n, "snapshot", "create", "dev", "ro")
-	out, err := runCmd(t, 5*time.Minute, cu, "-d", "-t", "ALL.ReadOnly",
+	results, out := runCU(t, "iscsi-test-cu-readonly.out", 5*time.Minute, "-d", "-t", "ALL.ReadOnly",
 		lunURL(n, "iqn.2026-11.io.csnap:dev:ro"))
-	if dir := os.Getenv("CSNAP_TEST_ARTIFACTS"); dir != "" {
-		os.WriteFile(filepath.Join(dir, "iscsi-test-cu-readonly.out"), []byte(out), 0o644)
-	}
-	if err != nil && !strings.Contains(out, "Run Summary") {
-		t.Fatalf("iscsi-test-cu did not complete: %v\n%s", err, tail(out, 4000))
-	}
-	results := parseCU(out)
 	if len(results) == 0 {
 		t.Fatalf("no ReadOnly test ran; output:\n%s", tail(out, 4000))
 	}

@@ -471,14 +471,7 @@ func TestCmdSNWindow(t *testing.T) {
 	const n = 128
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		p := new(PDU)
-		p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
-		p.setU32(16, uint32(1000+i))
-		p.setU32(20, 512)
-		p.setU32(24, in.cmdSN)
-		in.cmdSN++
-		copy(p.BHS[32:], rw10(0x28, uint32(i), 1))
-		in.send(p)
+		in.send(in.read1(uint32(1000+i), uint32(i)))
 	}
 	got := 0
 	for got < n {

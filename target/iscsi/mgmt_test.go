@@ -125,15 +125,18 @@ func TestLUNCodec(t *testing.T) {
 
 // sendRead1 sends a READ(10) of one block at LBA 0 with task tag itt
 // (without waiting for its answer).
-func (in *testInitiator) sendRead1(itt uint32) {
+func (in *testInitiator) sendRead1(itt uint32) { in.send(in.read1(itt, 0)) }
+
+// read1 builds a READ(10) of block lba with task tag itt and the next CmdSN.
+func (in *testInitiator) read1(itt, lba uint32) *PDU {
 	p := new(PDU)
 	p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
 	p.setU32(16, itt)
 	p.setU32(20, 512)
 	p.setU32(24, in.cmdSN)
 	in.cmdSN++
-	copy(p.BHS[32:], rw10(0x28, 0, 1))
-	in.send(p)
+	copy(p.BHS[32:], rw10(0x28, lba, 1))
+	return p
 }
 
 // sendPing sends an immediate NOP-Out with task tag itt that asks for a
@@ -293,14 +296,7 @@ func TestPipelinedCommandsRunConcurrently(t *testing.T) {
 	const n = 16
 	var batch []byte
 	for i := 0; i < n; i++ {
-		p := new(PDU)
-		p.setOpcode(opSCSICmd, flagFinal|flagRead|1)
-		p.setU32(16, uint32(1000+i))
-		p.setU32(20, 512)
-		p.setU32(24, in.cmdSN)
-		in.cmdSN++
-		copy(p.BHS[32:], rw10(0x28, uint32(i), 1))
-		batch = append(batch, p.marshal(false, false)...)
+		batch = append(batch, in.read1(uint32(1000+i), uint32(i)).marshal(false, false)...)
 	}
 	before = srv.inlineRuns.Load()
 	if _, err := in.nc.Write(batch); err != nil {
