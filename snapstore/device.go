@@ -182,8 +182,9 @@ func writeFull(d Device, p []byte, off int64) error {
 // reads ahead itself if it wants to, and readahead on current kernels (6.x)
 // caches what it reads in large folios (up to the readahead window, 8 MiB
 // on some disks), into which every later small write costs time in
-// proportion to the folio's size: 22-26 µs per 4 KiB write into a file
-// read with readahead, 3-5 µs into one read without (tests/bench/RESULTS.md).
+// proportion to the folio's size: 11-17 µs per 4 KiB write into a file
+// read with readahead, 2.6 µs into one read without
+// (BenchmarkSmallWriteAfterRead; tests/bench/RESULTS.md).
 // Without readahead a read caches its pages in small folios; warm 1 MiB
 // reads cost more CPU, cold sequential reads issued in parallel are as
 // fast. Advice only: an error (or a kernel ignoring it) costs speed, not
