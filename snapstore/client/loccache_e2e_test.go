@@ -77,6 +77,18 @@ func (e *e2e) countedClient(t *testing.T, id byte, store Device, mod func(*Confi
 
 // snapOfA: the origin holds A, snapshot "a" is taken, the origin is
 // overwritten with X, so every chunk of "a" lives in the store.
+// cachedPass sets up the usual location-cache case: a snapshot of pattern
+// A, a counted client without read-ahead, and one pass over the first four
+// chunks of the snapshot (which fills the cache).
+func (e *e2e) cachedPass(t *testing.T) (*Client, *frameCounter, *Volume) {
+	t.Helper()
+	snap := e.snapOfA(t)
+	c, f := e.countedClient(t, 5, e.store, func(cfg *Config) { cfg.LocationReadahead = -1 })
+	v := c.Snapshot(snap, false)
+	readPass(t, v, 4*e2eChunk, 'A')
+	return c, f, v
+}
+
 func (e *e2e) snapOfA(t *testing.T) uint32 {
 	t.Helper()
 	o := e.c.Origin()
@@ -129,10 +141,7 @@ func settle(t *testing.T, c *Client) {
 
 func TestE2ELocationCacheHits(t *testing.T) {
 	e := newE2E(t)
-	snap := e.snapOfA(t)
-	c, f := e.countedClient(t, 5, e.store, func(cfg *Config) { cfg.LocationReadahead = -1 })
-	v := c.Snapshot(snap, false)
-	readPass(t, v, 4*e2eChunk, 'A')
+	c, f, v := e.cachedPass(t)
 	first := f.count(wire.TypeSnapshotRead)
 	if first == 0 {
 		t.Fatal("first pass sent no SNAPSHOT_READ")
@@ -294,10 +303,7 @@ func TestE2EDeleteWaitsForInFlightRead(t *testing.T) {
 
 func TestE2EReconnectDropsLocationCache(t *testing.T) {
 	e := newE2E(t)
-	snap := e.snapOfA(t)
-	c, f := e.countedClient(t, 5, e.store, func(cfg *Config) { cfg.LocationReadahead = -1 })
-	v := c.Snapshot(snap, false)
-	readPass(t, v, 4*e2eChunk, 'A')
+	c, f, v := e.cachedPass(t)
 	if c.LocationCacheStats().Entries == 0 {
 		t.Fatal("nothing cached")
 	}
@@ -319,10 +325,7 @@ func TestE2EReconnectDropsLocationCache(t *testing.T) {
 // is not trusted with cached locations.
 func TestE2ELocationCacheLease(t *testing.T) {
 	e := newE2E(t)
-	snap := e.snapOfA(t)
-	c, f := e.countedClient(t, 5, e.store, func(cfg *Config) { cfg.LocationReadahead = -1 })
-	v := c.Snapshot(snap, false)
-	readPass(t, v, 4*e2eChunk, 'A')
+	c, f, v := e.cachedPass(t)
 	sent := f.count(wire.TypeSnapshotRead)
 	c.mu.Lock()
 	c.cn.lastRecv.Store(time.Now().Add(-3 * c.cfg.PingInterval).UnixNano())

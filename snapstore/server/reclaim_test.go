@@ -158,16 +158,7 @@ func TestReclaimAwaitsDisconnectedReader(t *testing.T) {
 	e, snap := reclaimEnv(t, waitLong)
 	idle := connect(t, e.addr, cid(2), "n2")
 	idle.conn.Close()
-	c1 := connect(t, e.addr, cid(1), "n1")
-	mustType[*wire.SnapshotReadOK](t, c1.call(&wire.SnapshotRead{Snapshot: uint32(snap), Ranges: rng(0, 4)}))
-	c1.conn.Close()
-	eventually(t, "disconnect noticed", func() bool {
-		e.srv.mu.Lock()
-		defer e.srv.mu.Unlock()
-		_, away := e.srv.away[cid(1)]
-		_, conn := e.srv.sessions[cid(1)]
-		return away && !conn
-	})
+	readThenLeave(t, e, snap)
 	done := reclaimAsync(t, e, snap)
 	notYet(t, done, "a reader is away")
 	back := connect(t, e.addr, cid(1), "n1")
@@ -183,6 +174,16 @@ func TestReclaimAwaitsDisconnectedReader(t *testing.T) {
 // waited for until BarrierTimeout after its connection was lost.
 func TestReclaimAwayLeaseLapses(t *testing.T) {
 	e, snap := reclaimEnv(t, 400*time.Millisecond)
+	readThenLeave(t, e, snap)
+	done := reclaimAsync(t, e, snap)
+	notYet(t, done, "the away reader's lease runs")
+	finished(t, done)
+}
+
+// readThenLeave connects client 1, has it answered store locations of
+// snap, drops its connection and waits until the server counts it away.
+func readThenLeave(t *testing.T, e *env, snap snapstore.SnapID) {
+	t.Helper()
 	c1 := connect(t, e.addr, cid(1), "n1")
 	mustType[*wire.SnapshotReadOK](t, c1.call(&wire.SnapshotRead{Snapshot: uint32(snap), Ranges: rng(0, 4)}))
 	c1.conn.Close()
@@ -190,9 +191,7 @@ func TestReclaimAwayLeaseLapses(t *testing.T) {
 		e.srv.mu.Lock()
 		defer e.srv.mu.Unlock()
 		_, away := e.srv.away[cid(1)]
-		return away
+		_, conn := e.srv.sessions[cid(1)]
+		return away && !conn
 	})
-	done := reclaimAsync(t, e, snap)
-	notYet(t, done, "the away reader's lease runs")
-	finished(t, done)
 }
