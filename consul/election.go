@@ -99,6 +99,11 @@ type election struct {
 	session string
 	serving bool
 	term    uint64
+	// stale holds sessions of ours that stop could not destroy (Consul
+	// had no leader, say). Such a session stays valid while this node's
+	// checks pass, and if it still holds the lock nobody, this node
+	// included, can take it: no new session is made until they are gone.
+	stale []string
 }
 
 // call runs one Consul request with the client-side deadline.
@@ -111,6 +116,14 @@ func (e *election) call(ctx context.Context, f func(context.Context) error) erro
 // round creates a session, acquires the lock (retrying) and monitors it
 // until it is lost, the lease runs out, or ctx ends.
 func (e *election) round(ctx context.Context) error {
+	for len(e.stale) > 0 {
+		s := e.stale[0]
+		if err := e.call(ctx, func(c context.Context) error { return e.api.DestroySession(c, s) }); err != nil {
+			return fmt.Errorf("destroying session %s of an earlier term (it may still hold the lock): %w", s, err)
+		}
+		e.log.WithField("session", s).Info("destroyed the session of an earlier term")
+		e.stale = e.stale[1:]
+	}
 	if err := e.call(ctx, func(c context.Context) (err error) {
 		e.session, err = e.api.CreateSession(c)
 		return err
@@ -237,8 +250,9 @@ func (e *election) monitor(ctx context.Context) error {
 	}
 }
 
-// stop ends serving (OnDeposed) and gives the lock and session up, best
-// effort, with fresh deadlines.
+// stop ends serving (OnDeposed) and gives the lock and session up with
+// fresh deadlines. A session it cannot destroy is kept in e.stale for the
+// next round to destroy before anything else.
 func (e *election) stop() {
 	if e.serving {
 		e.serving = false
@@ -252,7 +266,10 @@ func (e *election) stop() {
 	}
 	bg := context.Background()
 	e.call(bg, func(c context.Context) error { return e.api.Release(c, e.cfg.Key, e.session) })
-	e.call(bg, func(c context.Context) error { return e.api.DestroySession(c, e.session) })
+	if err := e.call(bg, func(c context.Context) error { return e.api.DestroySession(c, e.session) }); err != nil {
+		e.log.WithError(err).WithField("session", e.session).Warn("could not destroy the session; destroying it before the next attempt")
+		e.stale = append(e.stale, e.session)
+	}
 	e.session = ""
 }
 

@@ -25,6 +25,7 @@ type fakeConsul struct {
 	sessions         map[string]string    // session -> node ("" once invalidated)
 	lastContact      map[string]time.Time // node -> last successful call
 	partitioned      map[string]bool
+	noLeader         bool // every call fails at once, as while Consul elects a leader
 	holder           string
 	lockIndex        uint64
 	delayUntil       time.Time
@@ -60,12 +61,28 @@ type fakeAPI struct {
 	node string
 }
 
-var errPartition = errors.New("fake: partitioned")
+var (
+	errPartition = errors.New("fake: partitioned")
+	errNoLeader  = errors.New("fake: Unexpected response code: 500 (No cluster leader)")
+)
+
+// leaderless makes every call fail at once, as Consul's servers answer
+// while they elect a leader. Gossip goes on meanwhile: no session is
+// invalidated for it.
+func (f *fakeConsul) leaderless(on bool) {
+	f.mu.Lock()
+	f.noLeader = on
+	f.mu.Unlock()
+}
 
 // enter checks the partition and records contact; a partitioned node's
 // call hangs until its deadline.
 func (a fakeAPI) enter(ctx context.Context) error {
 	a.f.mu.Lock()
+	if a.f.noLeader {
+		a.f.mu.Unlock()
+		return errNoLeader
+	}
 	if a.f.partitioned[a.node] {
 		a.f.mu.Unlock()
 		<-ctx.Done()
@@ -322,6 +339,38 @@ func TestGracefulHandover(t *testing.T) {
 	}
 	if err := tl.overlaps(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLeaderlessConsul: Consul has no leader for longer than the lease
+// (its leader died), so the holder stops serving and cannot release the
+// lock or destroy its session either. Its session stays valid (gossip
+// goes on), still holding the lock: once Consul is back, the holder must
+// destroy it before competing again, or no node ever serves.
+func TestLeaderlessConsul(t *testing.T) {
+	f := newFakeConsul(time.Hour, 150*time.Millisecond)
+	tl := &timeline{}
+	startNode(t, context.Background(), f, "n1", tl)
+	waitFor(t, "n1 elected", func() bool { return tl.serving() == "n1" })
+	startNode(t, context.Background(), f, "n2", tl)
+	f.leaderless(true)
+	waitFor(t, "n1 deposed", func() bool { return tl.serving() == "" })
+	time.Sleep(200 * time.Millisecond) // stop's release and destroy fail too
+	f.leaderless(false)
+	waitFor(t, "a server again", func() bool { return tl.serving() != "" })
+	if err := tl.overlaps(); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	live := 0
+	for _, node := range f.sessions {
+		if node != "" {
+			live++
+		}
+	}
+	if live != 2 || f.lockIndex != 2 {
+		t.Fatalf("%d live sessions and LockIndex %d; want one per node and a second term", live, f.lockIndex)
 	}
 }
 
