@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,8 +88,25 @@ func TestNetnsPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("n3 rejoined %v after Heal", time.Since(healed).Round(time.Millisecond))
+	// Stopped while it is still catching up on the Raft log, a rejoined
+	// server's shutdown hangs (Consul 1.20: SIGINT 0.2 s after it rejoined,
+	// it was still running 10 s later, its Raft transport shut down): stop
+	// only once it is a healthy voter again.
+	if err := c.WaitFailureTolerance(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := c.Stop(); err != nil {
+		art := os.Getenv("CSNAP_TEST_ARTIFACTS")
+		for i := 1; i <= c.Nodes(); i++ {
+			t.Logf("n%d Consul log (end):\n%s", i, logTail(fmt.Sprintf("n%d consul", i), c.Node(i).ConsulLogPath))
+			if art != "" {
+				dir := filepath.Join(art, t.Name())
+				if err := os.MkdirAll(dir, 0o755); err == nil {
+					os.WriteFile(filepath.Join(dir, fmt.Sprintf("consul-n%d.log", i)), []byte(c.ConsulLog(i)), 0o644)
+				}
+			}
+		}
 		t.Fatal(err)
 	}
 	for j, pid := range pids {
