@@ -142,6 +142,7 @@ type call struct {
 	cn       *conn // the connection it is outstanding on; nil: waiting to be sent
 	sent     bool  // sent at least once (so a resend is a resend)
 	resent   bool
+	sentAt   time.Time    // when it was last put on a connection
 	done     chan result  // buffered; nil for internal calls
 	cb       func(result) // internal calls: called without c.mu
 	abandon  bool         // the caller gave up; drop the answer
@@ -187,10 +188,11 @@ type Client struct {
 	inflight int     // requests outstanding on cn (internal ones included)
 	readsOut int     // SNAPSHOT_READs outstanding on cn
 	locks    map[uint64]wire.HeldLock
-	broken   map[uint64]struct{} // locks held across a lost connection: the read must be redone
-	maxIn    int                 // requests the server allows in flight (for our calls, minus reserve)
-	maxLocks int                 // 0: no limit announced
-	proto    uint16              // protocol version of the last HELLO_OK; 0 before the first
+	broken   map[uint64]struct{}  // locks held across a lost connection: the read must be redone
+	trusted  map[uint64]time.Time // per lock: reads under it finished later are redone (wire.LockTrust)
+	maxIn    int                  // requests the server allows in flight (for our calls, minus reserve)
+	maxLocks int                  // 0: no limit announced
+	proto    uint16               // protocol version of the last HELLO_OK; 0 before the first
 	shared   map[string]sharedEntry
 
 	// The location cache of read-only snapshots (nil: none) and what keeps
@@ -259,6 +261,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		pending: make(map[uint64]*call),
 		locks:   make(map[uint64]wire.HeldLock),
 		broken:  make(map[uint64]struct{}),
+		trusted: make(map[uint64]time.Time),
 		shared:  make(map[string]sharedEntry),
 		loc:     newLocCache(cfg.LocationCacheBytes),
 		down:    time.Now(),
@@ -529,7 +532,7 @@ func (c *Client) sendLocked(cl *call) {
 	if cl.sent {
 		cl.resent = true
 	}
-	cl.sent = true
+	cl.sent, cl.sentAt = true, time.Now()
 	c.inflight++
 	if cl.kind == kindSnapRead {
 		c.readsOut++
@@ -590,6 +593,7 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 			// Record the lock before anyone can see the answer, so that a
 			// reconnection from now on re-declares it.
 			c.locks[id] = wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)}
+			c.trusted[id] = cl.sentAt.Add(wire.LockTrust)
 			if cl.abandon {
 				c.releaseLockLocked(id)
 			}
@@ -644,29 +648,38 @@ func lockRanges(xs []wire.Extent) []wire.Range {
 	return out
 }
 
-// releaseLocked releases the read lock with handle h: forgets it and tells
-// the current connection (if any; with none, the next upload leaves it
-// out, which releases it too). It reports whether the lock was broken: a
-// connection was lost while it was held, so the server may have released
-// it (a server drops a connection's locks with it) and let the chunks be
-// overwritten; what was read under it cannot be trusted.
-func (c *Client) releaseLockLocked(h uint64) (broken bool) {
+// releaseLockLocked releases the read lock with handle h: forgets it and
+// tells the current connection (if any; with none, the next upload leaves
+// it out, which releases it too). It returns why what was read under the
+// lock cannot be trusted, if it cannot: errLockBroken, a connection was
+// lost while it was held, so the server may have released it (a server
+// drops a connection's locks with it) and let the chunks be overwritten;
+// errLockExpired, it is released later than wire.LockTrust after its
+// request was sent, so the server may have struck this client off and
+// released it meanwhile (see wire.LockLease).
+func (c *Client) releaseLockLocked(h uint64) error {
 	if _, ok := c.locks[h]; !ok {
-		return false
+		return nil
 	}
-	_, broken = c.broken[h]
+	var err error
+	if _, broken := c.broken[h]; broken {
+		err = errLockBroken
+	} else if time.Now().After(c.trusted[h]) {
+		err = errLockExpired
+	}
 	delete(c.locks, h)
 	delete(c.broken, h)
+	delete(c.trusted, h)
 	if c.cn != nil {
 		if err := c.cn.send(0, &wire.FinishSnapshotRead{Handle: h}); err != nil {
 			c.log.WithError(err).WithField("handle", h).Error("sending FINISH_SNAPSHOT_READ")
 		}
 	}
 	c.pumpLocked()
-	return broken
+	return err
 }
 
-func (c *Client) releaseLock(h uint64) bool {
+func (c *Client) releaseLock(h uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.releaseLockLocked(h)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +27,10 @@ type e2e struct {
 
 const e2eChunk = 8192
 
-func newE2E(t *testing.T) *e2e {
+func newE2E(t *testing.T) *e2e { return newE2EWith(t, server.AllowAll{}) }
+
+// newE2EWith is newE2E with the server's cluster membership.
+func newE2EWith(t *testing.T, mem server.Membership) *e2e {
 	t.Helper()
 	e := &e2e{origin: snapstore.NewMemDevice(1 << 20), store: snapstore.NewMemDevice(8 << 20)}
 	if err := snapstore.Format(e.origin, e.store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
@@ -38,7 +42,7 @@ func newE2E(t *testing.T) *e2e {
 	}
 	e.eng = eng
 	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
-		BarrierTimeout: 5 * time.Second})
+		BarrierTimeout: 5 * time.Second, Membership: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,6 +282,107 @@ func TestE2EConnectionCut(t *testing.T) {
 	if err := c3.Snapshot(si.ID, false).ReadAt(buf, e2eChunk); err != nil || !bytes.Equal(buf, fill(e2eChunk, 'A')) {
 		t.Fatalf("after reconnect: %v", err)
 	}
+}
+
+// TestE2EStruckOffReaderReadsAgain: a client is frozen (as by SIGSTOP)
+// while a snapshot read holds a read lock and has not read the origin
+// yet, and struck off (its node left); another node overwrites the
+// chunk. The server keeps the lock until it is wire.LockLease old, so
+// the write lands no earlier. The client resumes: the read finishes
+// before the client has noticed its connection is gone, but later than
+// wire.LockTrust after it asked, so the client reads again and returns
+// the snapshot's data, not the write's. (Before the lease, the write was
+// approved at once and the resumed read returned its data.)
+func TestE2EStruckOffReaderReadsAgain(t *testing.T) {
+	var left atomic.Bool // node-3 has left the cluster
+	e := newE2EWith(t, server.MembershipFunc(func(node string) bool { return node != "node-3" || !left.Load() }))
+	ctx := ctx5(t)
+	if err := e.c.Origin().WriteAt(fill(e2eChunk, 'A'), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	si, err := e.c.CreateSnapshot(ctx, "s", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The frozen client: its origin read waits for release, and what its
+	// first connection reads (the server closing it) reaches it only
+	// after thaw.
+	entered, release, thaw := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var frozen atomic.Bool
+	first, dials := true, 0
+	c3, err := New(ctx, Config{Volume: "vol", Node: "node-3", ID: wire.ClientID{3}, Locator: StaticLocator(e.addr),
+		Origin: hookDev{e.origin, func(off int64) {
+			if off == 0 && first {
+				first = false
+				close(entered)
+				<-release
+			}
+		}}, Store: e.store, Log: testLog(), IOTimeout: 10 * time.Second,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if dials++; err == nil && dials == 1 {
+				nc = frozenConn{nc, &frozen, thaw}
+			}
+			return nc, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	buf := make([]byte, e2eChunk)
+	errc := make(chan error, 1)
+	asked := time.Now() // before the lock was granted
+	go func() { errc <- c3.Snapshot(si.ID, false).ReadAt(buf, 0) }()
+	<-entered
+	frozen.Store(true)
+	left.Store(true)
+	e.srv.NodeLeft("node-3")
+	werr := make(chan error, 1)
+	go func() { werr <- e.c.Origin().WriteAt(fill(e2eChunk, 'C'), 0, false) }()
+	select {
+	case err := <-werr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wire.LockLease + 3*time.Second):
+		t.Fatal("the origin write still waits for the struck-off client's lock")
+	}
+	if d := time.Since(asked); d < wire.LockLease {
+		t.Fatalf("the origin write landed %v after the read lock was asked for, within the lock lease (%v)", d, wire.LockLease)
+	}
+	// Resume: the read finishes and releases its lock, then the client
+	// learns its connection is gone, and its node is back.
+	close(release)
+	eventually(t, "the read lock released", func() bool {
+		c3.mu.Lock()
+		defer c3.mu.Unlock()
+		return len(c3.locks) == 0
+	})
+	close(thaw)
+	left.Store(false)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, fill(e2eChunk, 'A')) {
+		t.Fatalf("a snapshot read resumed after its client was struck off returned %q..., want the snapshot's 'A'", buf[:4])
+	}
+}
+
+// frozenConn holds back what it reads while frozen is set, until thaw.
+type frozenConn struct {
+	net.Conn
+	frozen *atomic.Bool
+	thaw   <-chan struct{}
+}
+
+func (c frozenConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.frozen.Load() {
+		<-c.thaw
+	}
+	return n, err
 }
 
 // writeHookDev calls beforeWrite before every write of the wrapped device.

@@ -338,14 +338,17 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 		err = v.readExtents(m, cl.id, r, p, off, end)
 		if ok, is := m.(*wire.SnapshotReadOK); is {
 			// Counted in storeReading by deliver.
-			if err == nil || errors.Is(err, errLockBroken) {
+			if err == nil || redo(err) {
 				c.cacheAnswer(v, epoch, ok.Extents)
 			}
 			c.storeReadDone(v.snap)
 		}
-		if errors.Is(err, errLockBroken) {
-			c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start, "handle": cl.id}).
-				Info("read lock held across a lost connection; reading again")
+		if redo(err) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("snapshot read of chunk %d: %w, and the IO time limit has passed", r.Start, err)
+			}
+			c.log.WithError(err).WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start, "handle": cl.id}).
+				Info("cannot trust a snapshot read under its read lock; reading again")
 			continue // the same batch again
 		}
 		if err != nil {
@@ -373,8 +376,14 @@ func (v *Volume) readStore(xs []wire.Extent, p []byte, off, end int64) error {
 	return nil
 }
 
-// errLockBroken: the batch must be read again (see releaseLockLocked).
-var errLockBroken = errors.New("read lock broken by a lost connection")
+// errLockBroken and errLockExpired: the batch must be read again (see
+// releaseLockLocked).
+var (
+	errLockBroken  = errors.New("read lock held across a lost connection")
+	errLockExpired = errors.New("origin read under a read lock finished after the lock's trust time (wire.LockTrust)")
+)
+
+func redo(err error) bool { return errors.Is(err, errLockBroken) || errors.Is(err, errLockExpired) }
 
 func (v *Volume) readExtents(m wire.Message, handle uint64, r wire.Range, p []byte, off, end int64) (err error) {
 	c := v.c
@@ -387,8 +396,8 @@ func (v *Volume) readExtents(m wire.Message, handle uint64, r wire.Range, p []by
 	}
 	if ok.HoldsLock() {
 		defer func() {
-			if c.releaseLock(handle) {
-				err = errLockBroken
+			if rerr := c.releaseLock(handle); rerr != nil {
+				err = rerr
 			}
 		}()
 	}

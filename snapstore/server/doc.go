@@ -65,7 +65,10 @@
 // still reading for a snapshot, and the client re-declares its locks on
 // reconnect precisely to prevent that.) A replaced connection (same
 // client id in a new HELLO) keeps the locks for the new one's upload.
-// NodeLeft and a barrier timeout release locks at once.
+// NodeLeft and a barrier timeout release locks at once, except locks
+// younger than wire.LockLease, kept (as for a lost connection) until they
+// reach that age; locks of clients awaited from the registry count from
+// the server's start.
 //
 // # Origin writes and snapshot reads
 //

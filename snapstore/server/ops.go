@@ -246,6 +246,9 @@ func (s *Server) snapshotRead(ctx context.Context, ss *session, id uint64, snap 
 		return nil, errSessionClosed
 	}
 	err := s.tab.Acquire(key, origin)
+	if err == nil {
+		s.granted[ss.id] = time.Now()
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err

@@ -96,12 +96,17 @@ type Server struct {
 	// overtakes the Put of the client's next connection.
 	regMu sync.Mutex
 
-	mu        sync.Mutex
-	tab       *locks.Table
-	sessions  map[wire.ClientID]*session  // accepted HELLOs, by client
-	conns     map[*session]struct{}       // every open connection
-	awaited   map[wire.ClientID]Entry     // registry clients not back yet
-	detached  map[wire.ClientID]*detached // lost connections whose locks are kept
+	mu       sync.Mutex
+	tab      *locks.Table
+	sessions map[wire.ClientID]*session  // accepted HELLOs, by client
+	conns    map[*session]struct{}       // every open connection
+	awaited  map[wire.ClientID]Entry     // registry clients not back yet
+	detached map[wire.ClientID]*detached // lost connections whose locks are kept
+	// granted is when each client was last granted a read lock, and
+	// started when this server started: no lock is released against its
+	// client's will before it is wire.LockLease old (lockLeaseLeftLocked).
+	granted   map[wire.ClientID]time.Time
+	started   time.Time
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
 	// shared is the shared state (shared.go); uploadAwait the registry
 	// clients whose upload a newly elected server waits for before it
@@ -226,6 +231,8 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*session]struct{}{},
 		awaited:   map[wire.ClientID]Entry{},
 		detached:  map[wire.ClientID]*detached{},
+		granted:   map[wire.ClientID]time.Time{},
+		started:   time.Now(),
 		unsettled: map[wire.ClientID]unsettled{},
 		shared:    map[string]*sharedEntry{},
 
@@ -268,8 +275,12 @@ func New(cfg Config) (*Server, error) {
 			Warn("origin writes wait until these lock-holding clients reconnect (or their nodes leave)")
 	}
 	if len(s.awaited) > 0 || len(s.uploadAwait) > 0 {
+		d := cfg.AwaitTimeout
+		if len(s.awaited) > 0 {
+			d = max(d, wire.LockLease) // the awaited clients' lock leases
+		}
 		s.wg.Add(1) // done when the timer has run or was stopped
-		s.timer = time.AfterFunc(cfg.AwaitTimeout, s.awaitExpired)
+		s.timer = time.AfterFunc(d, s.awaitExpired)
 	}
 	eng.SetBeforeReclaim(s.beforeReclaim)
 	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
@@ -454,8 +465,17 @@ func (s *Server) Close() error {
 // that node's clients are struck off the registry, their locks released
 // (waking the writes parked behind them), their connections closed, and
 // none of them is awaited any more.
+//
+// Read locks younger than wire.LockLease are kept until they reach that
+// age (the client may still be reading under them, trusting them for
+// that long): the sessions' as for a lost connection, the awaited
+// clients' by looking at the node again then.
 func (s *Server) NodeLeft(node string) {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
 	var kill []*session
 	var ids []wire.ClientID
 	for id, ss := range s.sessions {
@@ -468,20 +488,20 @@ func (s *Server) NodeLeft(node string) {
 		s.dropSessionLocked(ss)
 	}
 	for id, d := range s.detached {
-		if d.node == node {
-			s.stopDetachLocked(d)
-			delete(s.detached, id)
-			s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
-			ids = append(ids, id)
+		if d.node != node || slices.Contains(ids, id) { // (kept just now, above)
+			continue
 		}
-	}
-	for id, e := range s.awaited {
-		if e.Node == node {
-			delete(s.awaited, id)
-			s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
-			ids = append(ids, id)
+		ids = append(ids, id)
+		if left := s.lockLeaseLeftLocked(id); left > 0 {
+			s.detachLocked(id, node, left, "client struck off within its read-lock lease; keeping its locks until the lease ends")
+			continue
 		}
+		s.stopDetachLocked(d)
+		delete(s.detached, id)
+		s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
 	}
+	var later time.Duration
+	ids, later = s.strikeAwaitedLocked(node, ids)
 	for id, u := range s.unsettled {
 		if u.node == node {
 			delete(s.unsettled, id)
@@ -514,6 +534,71 @@ func (s *Server) NodeLeft(node string) {
 	if len(ids) > 0 {
 		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn("node left: its clients struck off")
 	}
+	if later > 0 {
+		time.AfterFunc(later, func() { s.awaitedLeft(node) })
+	}
+}
+
+// strikeAwaitedLocked stops awaiting the clients of node, appending their
+// ids to ids, except those whose lock lease has time left: it reports the
+// longest such time, after which awaitedLeft should look again.
+func (s *Server) strikeAwaitedLocked(node string, ids []wire.ClientID) ([]wire.ClientID, time.Duration) {
+	var later time.Duration
+	for id, e := range s.awaited {
+		if e.Node != node {
+			continue
+		}
+		if left := s.lockLeaseLeftLocked(id); left > 0 {
+			later = max(later, left)
+			continue
+		}
+		delete(s.awaited, id)
+		s.wakeLocked(s.tab.DropClient(locks.ClientID(id)))
+		ids = append(ids, id)
+	}
+	return ids, later
+}
+
+// awaitedLeft strikes off the clients of a departed node that were still
+// awaited, their lock leases over, unless they reconnected meanwhile.
+func (s *Server) awaitedLeft(node string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	ids, later := s.strikeAwaitedLocked(node, nil)
+	s.notifyLocked()
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.regDelete(id)
+	}
+	if len(ids) > 0 {
+		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn("node left: its awaited clients struck off, their lock leases over")
+	}
+	if later > 0 {
+		time.AfterFunc(later, func() { s.awaitedLeft(node) })
+	}
+}
+
+// lockLeaseLeftLocked is how long client id's read locks must still be
+// kept against its will (0: none): wire.LockLease after the latest one
+// this server granted it, or, for a client awaited from the registry
+// (holding locks the previous server granted), after this server started.
+func (s *Server) lockLeaseLeftLocked(id wire.ClientID) time.Duration {
+	from, ok := s.granted[id]
+	if _, awaited := s.awaited[id]; awaited && s.started.After(from) {
+		from, ok = s.started, true
+	}
+	if !ok {
+		return 0
+	}
+	left := time.Until(from.Add(wire.LockLease))
+	if left <= 0 {
+		delete(s.granted, id)
+		return 0
+	}
+	return left
 }
 
 // Ways a session ends, for endSessionLocked.
@@ -545,10 +630,16 @@ func (s *Server) endSessionLocked(ss *session, how int) bool {
 	}
 	delete(s.sessions, ss.id)
 	c := locks.ClientID(ss.id)
+	grace, why := s.cfg.DetachGrace, "client connection lost while holding read locks; keeping them until it reconnects"
 	if how == endDetach && (s.closed || s.cfg.DetachGrace <= 0 || s.tab.Usage(c).Locks == 0) {
 		// (A closed server keeps nothing for a reconnect, and its Close
 		// must not wait for a grace timer started after it.)
 		how = endDrop
+	}
+	if how == endDrop && !s.closed && s.tab.Usage(c).Locks > 0 {
+		if left := s.lockLeaseLeftLocked(ss.id); left > 0 {
+			how, grace, why = endDetach, left, "client struck off within its read-lock lease; keeping its locks until the lease ends"
+		}
 	}
 	switch how {
 	case endDrop:
@@ -559,15 +650,27 @@ func (s *Server) endSessionLocked(ss *session, how int) bool {
 		}
 	}
 	if how == endDetach {
-		d := &detached{node: ss.node}
-		s.wg.Add(1) // done when the timer has run or was stopped
-		d.timer = time.AfterFunc(s.cfg.DetachGrace, func() { s.detachExpired(ss.id, d) })
-		s.detached[ss.id] = d
-		ss.log.WithFields(logrus.Fields{"locks": s.tab.Usage(c).Locks, "grace": s.cfg.DetachGrace.String()}).
-			Warn("client connection lost while holding read locks; keeping them until it reconnects")
+		s.detachLocked(ss.id, ss.node, grace, why)
+	} else {
+		delete(s.granted, ss.id)
 	}
 	s.notifyLocked()
 	return true
+}
+
+// detachLocked keeps client id's read locks for grace (replacing a
+// detached entry it may have): until it reconnects and re-declares them,
+// or the grace ends and they are released (detachExpired).
+func (s *Server) detachLocked(id wire.ClientID, node string, grace time.Duration, why string) {
+	if old := s.detached[id]; old != nil {
+		s.stopDetachLocked(old)
+	}
+	d := &detached{node: node}
+	s.wg.Add(1) // done when the timer has run or was stopped
+	d.timer = time.AfterFunc(grace, func() { s.detachExpired(id, d) })
+	s.detached[id] = d
+	s.log.WithFields(logrus.Fields{"client": id.String(), "node": node, "locks": s.tab.Usage(locks.ClientID(id)).Locks,
+		"grace": grace.Round(time.Millisecond).String()}).Warn(why)
 }
 
 // detached is a client whose connection was lost while it held read locks.
@@ -588,6 +691,11 @@ func (s *Server) detachExpired(id wire.ClientID, d *detached) {
 	defer s.wg.Done()
 	s.mu.Lock()
 	if s.detached[id] != d {
+		s.mu.Unlock()
+		return
+	}
+	if left := s.lockLeaseLeftLocked(id); left > 0 && !s.closed {
+		s.detachLocked(id, d.node, left, "keeping a disconnected client's read locks until their lease ends")
 		s.mu.Unlock()
 		return
 	}

@@ -362,6 +362,7 @@ func TestAwaitedClients(t *testing.T) {
 			if how == "timeout" {
 				cfg.AwaitTimeout = 300 * time.Millisecond
 			}
+			t0 := time.Now()
 			e := start(t, cfg)
 			// Both are awaited: cid(1) by origin writes and snapshots,
 			// cid(3) (no locks) by snapshots only (TestBarrierAwaitsRegistryClients).
@@ -386,8 +387,13 @@ func TestAwaitedClients(t *testing.T) {
 				a.notice(&wire.FinishSnapshotRead{Handle: 77})
 				mustType[*wire.OriginWriteOK](t, b.wait(w9))
 			case "nodeleft":
+				// Its locks, granted by the previous server, are kept
+				// until wire.LockLease after this one started.
 				e.srv.NodeLeft("n1")
 				mustType[*wire.OriginWriteOK](t, b.wait(wch))
+				if d := time.Since(t0); d < wire.LockLease {
+					t.Fatalf("write approved %v after the server started, within the awaited client's lock lease", d)
+				}
 			case "timeout":
 				mustType[*wire.OriginWriteOK](t, b.wait(wch))
 			}

@@ -194,6 +194,23 @@
 // owes one exactly when SnapshotReadOK.HoldsLock). A dropped snapshot
 // gets ERROR code 5 (never data), a deleted one code 4.
 //
+// A lock is only as good as the client's knowledge that it is still held,
+// and a client learns that its connection (and so perhaps its locks) was
+// lost only when it next runs: a client frozen (SIGSTOP, a paused VM)
+// between the grant and its origin read could be struck off, its chunks
+// overwritten, and then read the new data as the snapshot's. Hence the
+// read-lock lease (LockLease, LockTrust): a server never releases a lock
+// against the client's will (its node left, a barrier or an await timed
+// out) before the lock is LockLease old, counting a lock a new server
+// inherits through its registry as granted when that server started; and
+// a client whose origin reads under a lock finished later than LockTrust
+// after it sent the SNAPSHOT_READ reads the batch again, exactly as for a
+// lock held across a lost connection. The grant follows the send, so a
+// trusted read finished while the server still kept the lock. Nothing on
+// the wire changes, so there is no new protocol version; the guarantee
+// needs both sides to follow the rule (a peer of an older release behaves
+// as before).
+//
 // FINISH_SNAPSHOT_READ has no reply, as in ddsnap, because a reply would
 // tell the client nothing it can use: once sent, the client does not
 // touch those origin chunks again, and releasing a lock cannot fail in a

@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"math/bits"
+	"time"
 )
 
 // Protocol versions this package speaks. A HELLO offers a range; the server
@@ -23,6 +24,17 @@ const VersionUnique uint16 = 3
 // read-only snapshots, and the server tells it before a deleted snapshot's
 // space is reused.
 const VersionReclaim uint16 = 4
+
+// The read-lock lease (see "The IO path" in the package doc). A server
+// keeps a read lock it granted for at least LockLease, unless the client
+// releases it; a client trusts an origin read under a lock only if it
+// finished within LockTrust of sending the SNAPSHOT_READ that was granted
+// it. LockTrust leaves a quarter of the lease for clock-rate differences
+// and for the check itself.
+const (
+	LockLease = 2 * time.Second
+	LockTrust = LockLease * 3 / 4
+)
 
 // Limits. Decoders enforce them before allocating; encoders refuse to
 // produce messages that exceed them, so a peer never has to guess.
