@@ -17,6 +17,8 @@
 // SNAPSHOT_READ for the chunks and read each extent of the answer from
 // the store, or from the origin under the read lock the answer granted;
 // FINISH_SNAPSHOT_READ releases the lock whatever happened to the read.
+// Origin reads under a lock that finish later than wire.LockTrust after
+// the request was sent, or across a lost connection, are done again.
 // Snapshot writes (writable snapshots) send SNAPSHOT_WRITE, which makes
 // the chunks private to the snapshot, and write the data at the store
 // offsets of the answer. Unmap on the origin is a write (the old data is
@@ -69,7 +71,9 @@
 // answers RECLAIM_OK. The whole cache is dropped when the connection is
 // lost and when one is made (a new server or term may have reclaimed space
 // meanwhile), and cached locations are used only while the connection has
-// received a frame within three PingIntervals: a server waits
+// received a frame within three PingIntervals, and a read of them must
+// finish within that time too, or it is asked of the server (a client
+// frozen in the read may find the space reused): a server waits
 // BarrierTimeout for a client it lost before reusing space without its
 // answer, so PingInterval times three must stay below the server's
 // BarrierTimeout (2 s and 10 s by default). A delete made through this

@@ -38,12 +38,19 @@ func (c *Client) cachingLocked(v *Volume) bool {
 	return c.loc != nil && v.snap != 0 && !v.writable && c.cn != nil && c.proto >= wire.VersionReclaim
 }
 
-// leaseLocked reports whether cached locations may be used now: the
-// connection has received a frame within three ping intervals. A server
-// that lost us waits BarrierTimeout (above that) before it reuses space
-// without our answer, so a client cut off stops using its cache in time.
-func (c *Client) leaseLocked() bool {
-	return c.cn != nil && time.Since(time.Unix(0, c.cn.lastRecv.Load())) < 3*c.cfg.PingInterval
+// leaseLocked returns until when cached locations may be used, and
+// whether that is now or later: three ping intervals after the connection
+// last received a frame. A server that lost us waits BarrierTimeout (above
+// that) before it reuses space without our answer, so a client cut off
+// stops using its cache in time. A read from cached locations must also
+// finish by then (see snapRead): a client frozen in the middle of one may
+// find, when it resumes, that the space was reused meanwhile.
+func (c *Client) leaseLocked() (time.Time, bool) {
+	if c.cn == nil {
+		return time.Time{}, false
+	}
+	until := time.Unix(0, c.cn.lastRecv.Load()).Add(3 * c.cfg.PingInterval)
+	return until, time.Now().Before(until)
 }
 
 // dropLocationsLocked forgets every cached location (connection lost or
@@ -55,20 +62,24 @@ func (c *Client) dropLocationsLocked() {
 	}
 }
 
-// cachedLocations returns the store extents of chunks r of v if they are
-// all cached and may be used; the read then counts in storeReading until
-// storeReadDone. Otherwise it returns the epoch under which an answer to a
-// request sent now may be cached.
-func (c *Client) cachedLocations(v *Volume, r wire.Range) (xs []wire.Extent, hit bool, epoch uint64) {
+// cachedLocations returns, if useCache, the store extents of chunks r of
+// v if they are all cached and may be used, and until when the read of
+// them must have finished (leaseLocked); the read then counts in
+// storeReading until storeReadDone. Otherwise it returns the epoch under
+// which an answer to a request sent now may be cached.
+func (c *Client) cachedLocations(v *Volume, r wire.Range, useCache bool) (xs []wire.Extent, until time.Time, hit bool, epoch uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cachingLocked(v) && c.leaseLocked() {
+	if !useCache || !c.cachingLocked(v) {
+		return nil, time.Time{}, false, c.locEpoch
+	}
+	if until, ok := c.leaseLocked(); ok {
 		if xs, ok := c.loc.lookup(v.snap, r, c.chunkSize); ok {
 			c.storeReading[v.snap]++
-			return xs, true, 0
+			return xs, until, true, 0
 		}
 	}
-	return nil, false, c.locEpoch
+	return nil, time.Time{}, false, c.locEpoch
 }
 
 // cacheAnswer records the store extents of an answer to a request made

@@ -338,6 +338,39 @@ func TestE2ELocationCacheLease(t *testing.T) {
 	}
 }
 
+// TestE2ECachedReadOutlastingLease: a read from cached locations that
+// finishes after their lease (three ping intervals after the last frame
+// received when it looked them up) is not trusted: the server may have
+// struck this client off for not answering RECLAIM, and reused the space,
+// while it was stuck (frozen) in the read. The batch is asked of the
+// server again.
+func TestE2ECachedReadOutlastingLease(t *testing.T) {
+	e := newE2E(t)
+	snap := e.snapOfA(t)
+	store := &blockingDev{Device: e.store, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	const ping = 50 * time.Millisecond
+	c, f := e.countedClient(t, 5, store, func(cfg *Config) { cfg.LocationReadahead, cfg.PingInterval = -1, ping })
+	v := c.Snapshot(snap, false)
+	readPass(t, v, 4*e2eChunk, 'A')
+	sent := f.count(wire.TypeSnapshotRead)
+	store.armed.Store(true)
+	readDone := make(chan error, 1)
+	buf := make([]byte, e2eChunk)
+	go func() { readDone <- v.ReadAt(buf, 0) }()
+	<-store.entered
+	if f.count(wire.TypeSnapshotRead) != sent {
+		t.Fatal("the blocked read was not a cache hit")
+	}
+	time.Sleep(4 * ping) // past the lease the lookup had
+	close(store.release)
+	if err := <-readDone; err != nil || !bytes.Equal(buf, fill(e2eChunk, 'A')) {
+		t.Fatalf("the read: %v", err)
+	}
+	if got := f.count(wire.TypeSnapshotRead); got != sent+1 {
+		t.Fatalf("%d SNAPSHOT_READs after a cached read outlasted its lease, want 1 (asked again)", got-sent)
+	}
+}
+
 // TestE2EVersion2Client: a client speaking version 2 is served by the new
 // server, caches nothing, and a reclamation does not wait for it.
 func TestE2EVersion2Client(t *testing.T) {

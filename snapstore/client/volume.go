@@ -314,14 +314,24 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
 	defer v.readahead(last)
+	retry := uint64(math.MaxUint64) // the batch to ask the server for, not the cache
 	for b := first; b <= last; {
 		r := wire.Range{Start: b, Count: uint32(min(last-b+1, wire.MaxChunks))}
-		xs, hit, epoch := c.cachedLocations(v, r)
+		// A batch that outlasted the cache's lease once asks the server.
+		xs, until, hit, epoch := c.cachedLocations(v, r, retry != b)
 		if hit {
 			err := v.readStore(xs, p, off, end)
 			c.storeReadDone(v.snap)
 			if err != nil {
 				return err
+			}
+			if time.Now().After(until) {
+				// Finished past the cache's lease: the server may have
+				// reused the space meanwhile. Ask it.
+				c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
+					Info("a read from cached store locations outlasted their lease; reading again")
+				retry = b
+				continue
 			}
 			b += uint64(r.Count)
 			continue

@@ -302,7 +302,9 @@
 // when the connection is lost and when it connects (to any server, of any
 // term), and uses a cached location only while its connection has
 // received a frame within the last three ping intervals (the interval
-// after which it gives a silent connection up). A server that has lost a
+// after which it gives a silent connection up); a read of cached
+// locations that finishes later than that, counted from the last frame
+// before the lookup, is not trusted and asked of the server. A server that has lost a
 // client which may have been reading store chunks waits until the client
 // is back and answers, or until its barrier timeout has passed since the
 // connection was lost, before reusing space.
