@@ -119,10 +119,13 @@ type Cluster struct {
 	netnsPrefix string // Netns: every namespace's name starts with it
 	switchNetns string // Netns: the namespace holding the bridge
 
-	mu         sync.Mutex // guards what follows
-	nodes      []*member
-	stopped    bool
-	namespaces []string // created, to delete at Stop
+	mu      sync.Mutex // guards what follows
+	nodes   []*member
+	stopped bool
+	// partitioned: a node was partitioned off at some point (Stop then
+	// tolerates a Consul agent that had to be killed).
+	partitioned bool
+	namespaces  []string // created, to delete at Stop
 }
 
 // member is one node's static description and its processes (nil when
@@ -311,10 +314,12 @@ func (c *Cluster) checkPortsFree() error {
 // then all Consul agents (SIGINT, SIGKILL after StopGrace). It returns once
 // every process has exited, then deletes the network namespaces the
 // cluster created (Netns); the error lists the processes that had to be
-// killed. Calling it again is harmless.
+// killed (except Consul agents after a Partition, see below). Calling it
+// again is harmless.
 func (c *Cluster) Stop() error {
 	c.mu.Lock()
 	c.stopped = true
+	partitioned := c.partitioned
 	var csnapds, agents []*proc
 	for _, m := range c.nodes {
 		csnapds = append(csnapds, m.csnapd)
@@ -323,6 +328,14 @@ func (c *Cluster) Stop() error {
 	c.mu.Unlock()
 	n1, err1 := c.stopAll(csnapds, syscall.SIGTERM)
 	n2, err2 := c.stopAll(agents, syscall.SIGINT)
+	if err2 != nil && partitioned {
+		// Seen with Consul 1.20 in 3 of about 20 runs of TestNetnsPartition:
+		// a server that led a term around the partition keeps a Raft
+		// replication goroutine retrying a stopped peer, and its shutdown
+		// waits for it forever. Killing it loses nothing at the end.
+		c.logf("tolerated after a partition: %v", err2)
+		err2 = nil
+	}
 	if n1+n2 > 0 {
 		c.logf("stopped %d processes", n1+n2)
 	}

@@ -200,6 +200,9 @@ func (c *Cluster) Partition(i int) error {
 	if err := ipCmd("-n", c.switchNetns, "link", "set", netnsPort(m.info.Index), "nomaster"); err != nil {
 		return fmt.Errorf("cluster: partitioning %s: %w", m.info.Name, err)
 	}
+	c.mu.Lock()
+	c.partitioned = true
+	c.mu.Unlock()
 	c.logf("%s partitioned (port %s off bridge %s)", m.info.Name, netnsPort(i), netnsBridge)
 	return nil
 }
