@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -25,6 +26,13 @@ func (b *volumeBackend) Unmap(off, length int64) error { return senseFor(b.v.Unm
 func (b *volumeBackend) Size() int64                   { return b.v.Size() }
 func (b *volumeBackend) ReadOnly() bool                { return b.v.ReadOnly() }
 func (b *volumeBackend) Identity() scsi.Identity       { return b.id }
+
+// LockBlocks makes COMPARE AND WRITE atomic across the cluster's nodes
+// (scsi.BlockLocker; the snapshot server's BLOCK_LOCK).
+func (b *volumeBackend) LockBlocks(ctx context.Context, off int64, n int) (func() error, func(), error) {
+	check, unlock, err := b.v.LockBlocks(ctx, off, n)
+	return check, unlock, senseFor(err)
+}
 
 // senseFor maps snapshot-client errors to what the initiator sees:
 //   - a deleted or dropped snapshot: NOT READY, LOGICAL UNIT NOT READY,

@@ -122,10 +122,11 @@ type Config struct {
 type callKind uint8
 
 const (
-	kindIO       callKind = iota // ORIGIN_WRITE, SNAPSHOT_WRITE: re-sent after a reconnect, old id
-	kindSnapRead                 // SNAPSHOT_READ: re-sent with a new id (the id is the lock handle)
-	kindAdmin                    // admin requests: re-sent, old id
-	kindInternal                 // HELLO-time UPLOAD_DONE, PING: bound to one connection
+	kindIO        callKind = iota // ORIGIN_WRITE, SNAPSHOT_WRITE: re-sent after a reconnect, old id
+	kindSnapRead                  // SNAPSHOT_READ: re-sent with a new id (the id is the lock handle)
+	kindAdmin                     // admin requests: re-sent, old id
+	kindInternal                  // HELLO-time UPLOAD_DONE, PING: bound to one connection
+	kindBlockLock                 // BLOCK_LOCK: re-sent with a new id (the id is the lock handle)
 )
 
 type result struct {
@@ -190,10 +191,15 @@ type Client struct {
 	locks    map[uint64]wire.HeldLock
 	broken   map[uint64]struct{}  // locks held across a lost connection: the read must be redone
 	trusted  map[uint64]time.Time // per lock: reads under it finished later are redone (wire.LockTrust)
-	maxIn    int                  // requests the server allows in flight (for our calls, minus reserve)
-	maxLocks int                  // 0: no limit announced
-	proto    uint16               // protocol version of the last HELLO_OK; 0 before the first
-	shared   map[string]sharedEntry
+	// Block locks granted (blocklock.go): handle -> until when it is
+	// trusted; blocksBroken: held across a lost connection.
+	blocks       map[uint64]time.Time
+	blocksBroken map[uint64]struct{}
+	noBlocksLog  sync.Once
+	maxIn        int    // requests the server allows in flight (for our calls, minus reserve)
+	maxLocks     int    // 0: no limit announced
+	proto        uint16 // protocol version of the last HELLO_OK; 0 before the first
+	shared       map[string]sharedEntry
 
 	// The location cache of read-only snapshots (nil: none) and what keeps
 	// it right (volume.go): locEpoch changes whenever locations may have
@@ -262,9 +268,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		locks:   make(map[uint64]wire.HeldLock),
 		broken:  make(map[uint64]struct{}),
 		trusted: make(map[uint64]time.Time),
-		shared:  make(map[string]sharedEntry),
-		loc:     newLocCache(cfg.LocationCacheBytes),
-		down:    time.Now(),
+
+		blocks:       make(map[uint64]time.Time),
+		blocksBroken: make(map[uint64]struct{}),
+		shared:       make(map[string]sharedEntry),
+		loc:          newLocCache(cfg.LocationCacheBytes),
+		down:         time.Now(),
 
 		storeReading: make(map[uint32]int),
 		raWin:        make(map[uint32][]wire.Range),
@@ -522,6 +531,10 @@ func (c *Client) pumpLocked() {
 // sendLocked puts cl on the current connection.
 func (c *Client) sendLocked(cl *call) {
 	cn := c.cn
+	if cl.kind == kindBlockLock && c.proto < wire.VersionBlockLock {
+		c.finishLocked(cl, result{err: errNoBlockLocks})
+		return
+	}
 	if err := cn.send(cl.id, cl.msg); err != nil {
 		// Only an invalid message fails here (the connection's own
 		// failures surface in its writer): a bug of ours.
@@ -549,6 +562,9 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 		// server bug. A read lock granted to nobody is released at once.
 		if ok, is := m.(*wire.SnapshotReadOK); is && ok.HoldsLock() {
 			_ = cn.send(0, &wire.FinishSnapshotRead{Handle: id})
+		}
+		if _, is := m.(*wire.BlockLockOK); is {
+			_ = cn.send(0, &wire.BlockUnlock{Handle: id})
 		}
 		c.log.WithFields(logrus.Fields{"id": id, "type": m.Type()}).Debug("answer to no outstanding request")
 		return
@@ -588,6 +604,11 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 	r := result{msg: m}
 	if !isReplyTo(cl.msg.Type(), m.Type()) {
 		r = result{err: fmt.Errorf("%v answered with %v: %w", cl.msg.Type(), m.Type(), ErrProtocol)}
+	} else if _, is := m.(*wire.BlockLockOK); is {
+		c.blocks[id] = cl.sentAt.Add(wire.LockTrust)
+		if cl.abandon {
+			c.unlockBlockLocked(id)
+		}
 	} else if ok, is := m.(*wire.SnapshotReadOK); is {
 		if ok.HoldsLock() {
 			// Record the lock before anyone can see the answer, so that a
@@ -907,7 +928,7 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 	// not be confused with this one.
 	resend := 0
 	for _, cl := range c.waiting {
-		if cl.sent && cl.kind == kindSnapRead {
+		if cl.sent && (cl.kind == kindSnapRead || cl.kind == kindBlockLock) {
 			delete(c.pending, cl.id)
 			c.nextID++
 			cl.id = c.nextID
@@ -944,6 +965,9 @@ func (c *Client) uninstall(cn *conn) {
 	c.dropLocationsLocked()
 	for h := range c.locks {
 		c.broken[h] = struct{}{}
+	}
+	for h := range c.blocks {
+		c.blocksBroken[h] = struct{}{}
 	}
 	var back []*call
 	for _, cl := range c.pending {

@@ -71,6 +71,8 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 		return s.statusMessage(), nil
 	case *wire.SharedUpdate:
 		return s.sharedUpdate(ctx, ss, m)
+	case *wire.BlockLock:
+		return s.blockLock(ctx, ss, id, m)
 	case *wire.Check:
 		return s.checkMessage(ctx)
 	}

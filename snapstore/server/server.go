@@ -105,8 +105,13 @@ type Server struct {
 	// granted is when each client was last granted a read lock, and
 	// started when this server started: no lock is released against its
 	// client's will before it is wire.LockLease old (lockLeaseLeftLocked).
-	granted   map[wire.ClientID]time.Time
-	started   time.Time
+	granted map[wire.ClientID]time.Time
+	started time.Time
+	// Block locks (blocks.go): the table, when each granted one was
+	// granted, and the requests waiting, woken by closing their channel.
+	blocks    *locks.Blocks
+	blockAt   map[locks.Key]time.Time
+	blockWait map[locks.Key]chan struct{}
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
 	// shared is the shared state (shared.go); uploadAwait the registry
 	// clients whose upload a newly elected server waits for before it
@@ -233,6 +238,9 @@ func New(cfg Config) (*Server, error) {
 		detached:  map[wire.ClientID]*detached{},
 		granted:   map[wire.ClientID]time.Time{},
 		started:   time.Now(),
+		blocks:    locks.NewBlocks(0),
+		blockAt:   map[locks.Key]time.Time{},
+		blockWait: map[locks.Key]chan struct{}{},
 		unsettled: map[wire.ClientID]unsettled{},
 		shared:    map[string]*sharedEntry{},
 
@@ -625,6 +633,7 @@ func (s *Server) endSessionLocked(ss *session, how int) bool {
 			s.notifyLocked()
 		}
 	}
+	s.endBlocksLocked(ss)
 	if s.sessions[ss.id] != ss {
 		return false
 	}

@@ -44,6 +44,8 @@ type session struct {
 	seen   map[string]uint64        // shared entries uploaded before UPLOAD_DONE, by key
 	// reclaims: RECLAIM request id -> the pass it belongs to
 	reclaims map[uint64]*reclaimPass
+	// blockKeys: the handles of its block locks, granted or waiting
+	blockKeys map[uint64]struct{}
 
 	// storeReads: answered a SNAPSHOT_READ with store extents (version 4:
 	// the client may cache them), so after a disconnect it may still read
@@ -79,6 +81,8 @@ func (s *Server) startSession(ctx context.Context, conn net.Conn) bool {
 		log:    s.log.WithField("remote", conn.RemoteAddr().String()),
 		sem:    make(chan struct{}, s.cfg.MaxInFlight),
 		invals: map[uint64]uint64{},
+
+		blockKeys: map[uint64]struct{}{},
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -290,6 +294,9 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 		return true
 	case *wire.UploadShared:
 		return ss.uploadShared(m)
+	case *wire.BlockUnlock:
+		ss.blockUnlock(m.Handle)
+		return true
 	case *wire.InvalidateAck:
 		return ss.invalidateReply(id, m.Generation, nil)
 	case *wire.OK:

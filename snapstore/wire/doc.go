@@ -145,6 +145,10 @@
 //	                                key, the new version and an empty value; not
 //	                                committed, the entry's current version and value
 //	0x1b UPLOAD_SHARED       notice shared value: an entry as the client knows it
+//	0x1c BLOCK_LOCK          req    u32 snapshot id (0: origin), u64 byte offset,
+//	                                u32 length (1..MaxBlockLock, 1 MiB) (version 5)
+//	0x1d BLOCK_LOCK_OK       reply  empty: granted; the request id is the handle
+//	0x1e BLOCK_UNLOCK        notice u64 handle (the BLOCK_LOCK's request id)
 //	0x20 INVALIDATE          req    u64 new generation (server -> client)
 //	0x21 INVALIDATE_ACK      reply  u64 the same generation
 //	0x22 SHARED_STATE        req    shared value (server -> client) -> OK
@@ -210,6 +214,17 @@
 // the wire changes, so there is no new protocol version; the guarantee
 // needs both sides to follow the rule (a peer of an older release behaves
 // as before).
+//
+// Block locks (version 5) make COMPARE AND WRITE atomic across nodes:
+// BLOCK_LOCK asks for an exclusive lock on a byte range of the origin or
+// of a writable snapshot; the server grants conflicting requests in
+// arrival order (BLOCK_LOCK_OK, the request id is the handle) and
+// BLOCK_UNLOCK releases. They follow the read-lock lease: the server ends
+// a departed or disconnected client's granted block locks only once they
+// are LockLease old (waiting ones at once), and a client writes under one
+// only within LockTrust of sending the BLOCK_LOCK and if its connection
+// was not lost since. A client never re-declares block locks after a
+// reconnect; an unanswered BLOCK_LOCK is sent again with a new id.
 //
 // FINISH_SNAPSHOT_READ has no reply, as in ddsnap, because a reply would
 // tell the client nothing it can use: once sent, the client does not
@@ -317,7 +332,10 @@
 // shared state; version 3 adds ORIGIN_UNIQUE; version 4 adds RECLAIM
 // and RECLAIM_OK: a server sends RECLAIM
 // only to clients that negotiated 4 or later, and a client caches
-// snapshot locations only under version 4 or later. Reject reasons and
+// snapshot locations only under version 4 or later; version 5 adds
+// BLOCK_LOCK, BLOCK_LOCK_OK and BLOCK_UNLOCK, which a client sends only
+// under version 5 (with an older server its block locks are its own
+// node's). Reject reasons and
 // error codes a receiver does not know are accepted and treated as fatal
 // for the request (so a server can add codes without a version bump).
 package wire

@@ -115,6 +115,9 @@ func FuzzDecodeSharedState(f *testing.F)        { fuzzBody(f, TypeSharedState) }
 func FuzzDecodeOriginUnique(f *testing.F)       { fuzzBody(f, TypeOriginUnique) }
 func FuzzDecodeReclaim(f *testing.F)            { fuzzBody(f, TypeReclaim) }
 func FuzzDecodeReclaimOK(f *testing.F)          { fuzzBody(f, TypeReclaimOK) }
+func FuzzDecodeBlockLock(f *testing.F)          { fuzzBody(f, TypeBlockLock) }
+func FuzzDecodeBlockLockOK(f *testing.F)        { fuzzBody(f, TypeBlockLockOK) }
+func FuzzDecodeBlockUnlock(f *testing.F)        { fuzzBody(f, TypeBlockUnlock) }
 func FuzzDecodeCreateSnapshot(f *testing.F)     { fuzzBody(f, TypeCreateSnapshot) }
 func FuzzDecodeCreateSnapshotOK(f *testing.F)   { fuzzBody(f, TypeCreateSnapshotOK) }
 func FuzzDecodeDeleteSnapshot(f *testing.F)     { fuzzBody(f, TypeDeleteSnapshot) }
@@ -128,7 +131,7 @@ func FuzzDecodeCheckOK(f *testing.F)            { fuzzBody(f, TypeCheckOK) }
 
 // TestFuzzersCoverEveryType keeps the list above complete.
 func TestFuzzersCoverEveryType(t *testing.T) {
-	if n := len(allTypes()); n != 35 {
+	if n := len(allTypes()); n != 38 {
 		t.Fatalf("%d message types; add a FuzzDecode function for the new one and update this count", n)
 	}
 }

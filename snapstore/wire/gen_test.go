@@ -162,6 +162,13 @@ func (g gen) message(t MsgType) Message {
 		return &SnapshotRead{Snapshot: 1 + uint32(r.Intn(1<<30)), Ranges: g.ranges()}
 	case TypeSnapshotReadOK:
 		return &SnapshotReadOK{Extents: g.extents(false)}
+	case TypeBlockLock:
+		n := 1 + uint32(r.Intn(MaxBlockLock))
+		return &BlockLock{Snapshot: r.Uint32(), Offset: uint64(r.Int63n(1<<62)) &^ 511, Length: n}
+	case TypeBlockLockOK:
+		return &BlockLockOK{}
+	case TypeBlockUnlock:
+		return &BlockUnlock{Handle: 1 + g.u64()/2}
 	case TypeFinishSnapshotRead:
 		return &FinishSnapshotRead{Handle: 1 + g.u64()/2}
 	case TypeSnapshotWrite:

@@ -10,7 +10,7 @@ import (
 // picks the highest version both sides support.
 const (
 	MinVersion uint16 = 1
-	MaxVersion uint16 = 4 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE); 3: ORIGIN_UNIQUE; 4: RECLAIM
+	MaxVersion uint16 = 5 // 2: shared state (SHARED_UPDATE, SHARED_RESULT, UPLOAD_SHARED, SHARED_STATE); 3: ORIGIN_UNIQUE; 4: RECLAIM; 5: BLOCK_LOCK
 )
 
 // VersionShared is the first protocol version with the shared-state messages.
@@ -24,6 +24,11 @@ const VersionUnique uint16 = 3
 // read-only snapshots, and the server tells it before a deleted snapshot's
 // space is reused.
 const VersionReclaim uint16 = 4
+
+// VersionBlockLock is the first protocol version with BLOCK_LOCK,
+// BLOCK_LOCK_OK and BLOCK_UNLOCK: cluster-wide exclusive locks on byte
+// ranges of a volume, which make COMPARE AND WRITE atomic across nodes.
+const VersionBlockLock uint16 = 5
 
 // The read-lock lease (see "The IO path" in the package doc). A server
 // keeps a read lock it granted for at least LockLease, unless the client
@@ -42,6 +47,7 @@ const (
 	MaxBody        = 1 << 20 // bytes in one frame body
 	MaxRanges      = 256     // ranges in one range list
 	MaxChunks      = 16384   // chunks covered by one range or extent list
+	MaxBlockLock   = 1 << 20 // bytes in one BLOCK_LOCK range
 	MaxExtents     = MaxChunks
 	MaxNameLen     = 63   // volume and snapshot names
 	MaxNodeNameLen = 253  // node names (DNS host name length)
@@ -104,6 +110,9 @@ const (
 	TypeSharedUpdate       MsgType = 0x19
 	TypeSharedResult       MsgType = 0x1a
 	TypeUploadShared       MsgType = 0x1b
+	TypeBlockLock          MsgType = 0x1c
+	TypeBlockLockOK        MsgType = 0x1d
+	TypeBlockUnlock        MsgType = 0x1e
 	TypeInvalidate         MsgType = 0x20
 	TypeInvalidateAck      MsgType = 0x21
 	TypeSharedState        MsgType = 0x22
@@ -146,6 +155,7 @@ var typeNames = map[MsgType]string{
 	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
 	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
 	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
+	TypeBlockLock: "BLOCK_LOCK", TypeBlockLockOK: "BLOCK_LOCK_OK", TypeBlockUnlock: "BLOCK_UNLOCK",
 	TypeOriginUnique: "ORIGIN_UNIQUE",
 	TypeReclaim:      "RECLAIM", TypeReclaimOK: "RECLAIM_OK",
 	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
@@ -167,13 +177,13 @@ func (t MsgType) Kind() Kind {
 	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
 		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
 		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState,
-		TypeReclaim:
+		TypeReclaim, TypeBlockLock:
 		return KindRequest
 	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
 		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
-		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult, TypeReclaimOK:
+		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult, TypeReclaimOK, TypeBlockLockOK:
 		return KindReply
-	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique:
+	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique, TypeBlockUnlock:
 		return KindNotice
 	}
 	return 0
@@ -209,6 +219,8 @@ func (t MsgType) Replies() []MsgType {
 		r = TypeSharedResult
 	case TypeReclaim:
 		r = TypeReclaimOK
+	case TypeBlockLock:
+		r = TypeBlockLockOK
 	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState:
 		r = TypeOK
 	default:
@@ -275,6 +287,12 @@ func newMessage(t MsgType) Message {
 		return new(SharedState)
 	case TypeOriginUnique:
 		return new(OriginUnique)
+	case TypeBlockLock:
+		return new(BlockLock)
+	case TypeBlockLockOK:
+		return new(BlockLockOK)
+	case TypeBlockUnlock:
+		return new(BlockUnlock)
 	case TypeReclaim:
 		return new(Reclaim)
 	case TypeReclaimOK:
@@ -651,6 +669,57 @@ func (m *FinishSnapshotRead) validate() error {
 }
 func (m *FinishSnapshotRead) marshal(e *encoder)   { e.u64(m.Handle) }
 func (m *FinishSnapshotRead) unmarshal(d *decoder) { m.Handle = d.u64("handle") }
+
+// BlockLock (version 5) asks for an exclusive lock on bytes [Offset,
+// Offset+Length) of the origin (Snapshot 0) or of a writable snapshot,
+// against every other BLOCK_LOCK of any client. BLOCK_LOCK_OK grants it;
+// the request id is its handle, for BLOCK_UNLOCK. The server queues
+// conflicting requests in arrival order. A lock ends with BLOCK_UNLOCK,
+// or with the client's connection (after the read-lock lease, LockLease,
+// has run since the grant), and is never re-declared after a reconnect.
+type BlockLock struct {
+	Snapshot uint32
+	Offset   uint64
+	Length   uint32
+}
+
+func (*BlockLock) Type() MsgType { return TypeBlockLock }
+func (m *BlockLock) validate() error {
+	if m.Length == 0 || m.Length > MaxBlockLock {
+		return fmt.Errorf("block lock of %d bytes (1..%d): %w", m.Length, MaxBlockLock, ErrMalformed)
+	}
+	if m.Offset > 1<<63-uint64(m.Length) {
+		return fmt.Errorf("block lock at %d+%d overflows: %w", m.Offset, m.Length, ErrMalformed)
+	}
+	return nil
+}
+func (m *BlockLock) marshal(e *encoder) { e.u32(m.Snapshot); e.u64(m.Offset); e.u32(m.Length) }
+func (m *BlockLock) unmarshal(d *decoder) {
+	m.Snapshot, m.Offset, m.Length = d.u32("snapshot"), d.u64("offset"), d.u32("length")
+}
+
+// BlockLockOK grants a BLOCK_LOCK (version 5).
+type BlockLockOK struct{}
+
+func (*BlockLockOK) Type() MsgType      { return TypeBlockLockOK }
+func (*BlockLockOK) validate() error    { return nil }
+func (*BlockLockOK) marshal(*encoder)   {}
+func (*BlockLockOK) unmarshal(*decoder) {}
+
+// BlockUnlock (notice, version 5) releases the block lock granted to the
+// BLOCK_LOCK whose request id was Handle. (A client that gave up waiting
+// for a BLOCK_LOCK releases it this way once it is granted.)
+type BlockUnlock struct{ Handle uint64 }
+
+func (*BlockUnlock) Type() MsgType { return TypeBlockUnlock }
+func (m *BlockUnlock) validate() error {
+	if m.Handle == 0 {
+		return fmt.Errorf("handle 0: %w", ErrMalformed)
+	}
+	return nil
+}
+func (m *BlockUnlock) marshal(e *encoder)   { e.u64(m.Handle) }
+func (m *BlockUnlock) unmarshal(d *decoder) { m.Handle = d.u64("handle") }
 
 // SnapshotWrite asks for store chunks private to a writable snapshot, so
 // the client can write them directly.

@@ -37,6 +37,19 @@ type Backend interface {
 	Identity() Identity
 }
 
+// BlockLocker is implemented by a Backend that several targets serve at
+// once (the nodes of a cluster). LockBlocks takes an exclusive lock on
+// bytes [off, off+n) against every other LockBlocks of the same logical
+// unit on any target; COMPARE AND WRITE runs under it, which makes it
+// atomic across targets (against other COMPARE AND WRITEs; ordinary
+// writes are ordered against it on each target only). check, called just
+// before the write, reports whether the lock is still certainly held: if
+// not, nothing is written and the command ends with ABORTED COMMAND, for
+// the initiator to retry. unlock releases the lock.
+type BlockLocker interface {
+	LockBlocks(ctx context.Context, off int64, n int) (check func() error, unlock func(), err error)
+}
+
 // Identity names a logical unit in INQUIRY data.
 type Identity struct {
 	// Serial is the unit serial number (VPD page 0x80), printable ASCII.

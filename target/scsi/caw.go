@@ -1,9 +1,13 @@
 package scsi
 
+import "errors"
+
 // compareAndWrite implements COMPARE AND WRITE (SBC-3 5.2). The data-out
 // holds the verify data (N blocks) followed by the write data (N blocks).
 // The blocks are locked exclusively against every other write for the
-// whole read-compare-write, which makes the command atomic on this node.
+// whole read-compare-write, which makes the command atomic on this node,
+// and, if the backend is a BlockLocker, against every COMPARE AND WRITE
+// of the same blocks on other nodes.
 func (lu *LU) compareAndWrite(r *request) Result {
 	n := uint64(r.cdb[13])
 	res := lu.doCompareAndWrite(r, n)
@@ -40,17 +44,41 @@ func (lu *LU) doCompareAndWrite(r *request, n uint64) Result {
 
 	unlock := lu.locks.lock(lba, n, true)
 	defer unlock()
-	have := make([]byte, size)
 	off := int64(lba) * BlockSize
+	check := func() error { return nil }
+	if bl, ok := lu.be.(BlockLocker); ok {
+		var unlockCluster func()
+		var err error
+		check, unlockCluster, err = bl.LockBlocks(r.ctx, off, size)
+		if err != nil {
+			if errors.As(err, new(*SenseError)) {
+				return backendError(err, false)
+			}
+			return abortedCommand(err)
+		}
+		defer unlockCluster()
+	}
+	have := make([]byte, size)
 	if err := lu.be.ReadAt(have, off); err != nil {
 		return backendError(err, false)
 	}
 	if i := firstDiff(have, verify); i >= 0 {
 		return miscompare(i)
 	}
+	if err := check(); err != nil {
+		return abortedCommand(err)
+	}
 	fua := cdb[1]&0x08 != 0 || !lu.writeCache()
 	if err := lu.be.WriteAt(data, off, fua); err != nil {
 		return backendError(err, true)
 	}
 	return Result{Status: StatusGood}
+}
+
+// abortedCommand ends a command that wrote nothing and may be retried
+// (ABORTED COMMAND, no additional sense).
+func abortedCommand(err error) Result {
+	r := checkCondition(SenseAbortedCommand, ascNoAdditional, 0)
+	r.Err = err
+	return r
 }

@@ -2,7 +2,9 @@ package scsi
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"sync"
 	"testing"
 )
@@ -150,4 +152,59 @@ func TestCompareAndWriteExcludesWrites(t *testing.T) {
 	u3()
 	u4 := l.lock(1<<64-2, 10, false) // wraps
 	u4()
+}
+
+// lockingBackend is a MemBackend that is a BlockLocker: it records the
+// locks asked for and released, and its check answers checkErr.
+type lockingBackend struct {
+	*MemBackend
+	mu       sync.Mutex
+	locked   [][2]int64 // offset, length
+	unlocked int
+	lockErr  error
+	checkErr error
+}
+
+func (b *lockingBackend) LockBlocks(_ context.Context, off int64, n int) (func() error, func(), error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.lockErr != nil {
+		return nil, nil, b.lockErr
+	}
+	b.locked = append(b.locked, [2]int64{off, int64(n)})
+	return func() error { return b.checkErr }, func() {
+		b.mu.Lock()
+		b.unlocked++
+		b.mu.Unlock()
+	}, nil
+}
+
+// TestCompareAndWriteBlockLocker: with a BlockLocker backend, COMPARE AND
+// WRITE takes the backend's lock on exactly its bytes and releases it; a
+// lock that cannot be taken, or is no longer certain before the write,
+// ends the command with ABORTED COMMAND and writes nothing.
+func TestCompareAndWriteBlockLocker(t *testing.T) {
+	be := &lockingBackend{MemBackend: NewMemBackend(64*BlockSize, testIdentity())}
+	tgt, _ := NewTarget(map[uint64]*LU{0: NewLU(be)}, NewMemStore())
+	f := &fixture{t: t, tgt: tgt, be: be.MemBackend}
+	f.ready(nexA)
+	old, nw := pattern(2, 1), pattern(2, 2)
+	f.writeBlocks(5, old)
+	wantGood(t, f.run(nexA, cawCDB(5, 2, 0), append(bytes.Clone(old), nw...)))
+	if len(be.locked) != 1 || be.locked[0] != [2]int64{5 * BlockSize, 2 * BlockSize} || be.unlocked != 1 {
+		t.Fatalf("locks %v, %d unlocked; want one lock of blocks 5-6, released", be.locked, be.unlocked)
+	}
+	be.checkErr = errors.New("lock lost")
+	r := f.run(nexA, cawCDB(5, 2, 0), append(bytes.Clone(nw), old...))
+	wantSense(t, r, SenseAbortedCommand, 0, 0)
+	if !bytes.Equal(f.readBlocks(5, 2), nw) || be.unlocked != 2 {
+		t.Fatalf("written (or not unlocked: %d) although the lock was lost", be.unlocked)
+	}
+	be.checkErr, be.lockErr = nil, errors.New("server unreachable")
+	wantSense(t, f.run(nexA, cawCDB(5, 2, 0), append(bytes.Clone(nw), old...)), SenseAbortedCommand, 0, 0)
+	be.lockErr = &SenseError{Key: SenseHardwareError, ASC: 0x44}
+	wantSense(t, f.run(nexA, cawCDB(5, 2, 0), append(bytes.Clone(nw), old...)), SenseHardwareError, 0x44, 0)
+	if !bytes.Equal(f.readBlocks(5, 2), nw) {
+		t.Fatal("written without the lock")
+	}
 }
