@@ -61,7 +61,8 @@ func TestE2EBlockLockMutualExclusion(t *testing.T) {
 	}
 }
 
-// TestE2EBlockLockStruckOff: a client holding a block lock is struck
+// TestE2EBlockLockStruckOff: a new server grants its first block lock
+// only after wire.LockLease. A client holding a block lock is struck
 // off (its node left). Another client's lock on the same bytes is
 // granted no earlier than wire.LockLease after the first was asked for,
 // and the first client's check then says its lock may be gone.
@@ -69,6 +70,16 @@ func TestE2EBlockLockStruckOff(t *testing.T) {
 	var left atomic.Bool
 	e := newE2EWith(t, server.MembershipFunc(func(node string) bool { return node != "node-1" || !left.Load() }))
 	c2 := e.client(t, wire.ClientID{2}, "node-2")
+	// A new server grants no block lock in its first wire.LockLease.
+	started := time.Now()
+	_, unlock1, err := c2.Origin().LockBlocks(ctx5(t), 0, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock1()
+	if d := time.Since(started); d < wire.LockLease-100*time.Millisecond {
+		t.Fatalf("a new server granted a block lock after %v", d)
+	}
 	asked := time.Now()
 	check, unlock, err := e.c.Origin().LockBlocks(ctx5(t), 4096, 1024)
 	if err != nil {

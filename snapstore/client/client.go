@@ -604,8 +604,8 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 	r := result{msg: m}
 	if !isReplyTo(cl.msg.Type(), m.Type()) {
 		r = result{err: fmt.Errorf("%v answered with %v: %w", cl.msg.Type(), m.Type(), ErrProtocol)}
-	} else if _, is := m.(*wire.BlockLockOK); is {
-		c.blocks[id] = cl.sentAt.Add(wire.LockTrust)
+	} else if ok, is := m.(*wire.BlockLockOK); is {
+		c.blocks[id] = cl.sentAt.Add(ok.Waited + wire.LockTrust)
 		if cl.abandon {
 			c.unlockBlockLocked(id)
 		}

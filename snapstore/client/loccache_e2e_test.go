@@ -256,24 +256,34 @@ func (d *blockingDev) ReadAt(p []byte, off int64) (int, error) {
 	return d.Device.ReadAt(p, off)
 }
 
-// TestE2EDeleteWaitsForInFlightRead: the delete returns at once, the
-// reclamation waits for a cached read in flight.
-func TestE2EDeleteWaitsForInFlightRead(t *testing.T) {
-	e := newE2E(t)
-	snap := e.snapOfA(t)
-	store := &blockingDev{Device: e.store, entered: make(chan struct{}, 1), release: make(chan struct{})}
-	c, f := e.countedClient(t, 5, store, nil)
-	v := c.Snapshot(snap, false)
+// blockedCachedRead reads snapshot snap once through a counted client
+// (config changed by mod) to fill its location cache, then starts a read
+// of its first chunk that hits the cache and blocks in the store read
+// until store.release is closed; its result and data come in readDone and
+// buf.
+func (e *e2e) blockedCachedRead(t *testing.T, snap uint32, mod func(*Config)) (f *frameCounter, v *Volume, store *blockingDev, readDone chan error, buf []byte) {
+	t.Helper()
+	store = &blockingDev{Device: e.store, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	c, f := e.countedClient(t, 5, store, mod)
+	v = c.Snapshot(snap, false)
 	readPass(t, v, 4*e2eChunk, 'A')
 	sent := f.count(wire.TypeSnapshotRead)
 	store.armed.Store(true)
-	readDone := make(chan error, 1)
-	buf := make([]byte, e2eChunk)
+	readDone, buf = make(chan error, 1), make([]byte, e2eChunk)
 	go func() { readDone <- v.ReadAt(buf, 0) }()
 	<-store.entered
 	if f.count(wire.TypeSnapshotRead) != sent {
 		t.Fatal("the blocked read was not a cache hit")
 	}
+	return f, v, store, readDone, buf
+}
+
+// TestE2EDeleteWaitsForInFlightRead: the delete returns at once, the
+// reclamation waits for a cached read in flight.
+func TestE2EDeleteWaitsForInFlightRead(t *testing.T) {
+	e := newE2E(t)
+	snap := e.snapOfA(t)
+	_, v, store, readDone, buf := e.blockedCachedRead(t, snap, nil)
 	if err := e.c.DeleteSnapshotID(ctx5(t), snap); err != nil { // does not wait
 		t.Fatal(err)
 	}
@@ -347,20 +357,9 @@ func TestE2ELocationCacheLease(t *testing.T) {
 func TestE2ECachedReadOutlastingLease(t *testing.T) {
 	e := newE2E(t)
 	snap := e.snapOfA(t)
-	store := &blockingDev{Device: e.store, entered: make(chan struct{}, 1), release: make(chan struct{})}
 	const ping = 50 * time.Millisecond
-	c, f := e.countedClient(t, 5, store, func(cfg *Config) { cfg.LocationReadahead, cfg.PingInterval = -1, ping })
-	v := c.Snapshot(snap, false)
-	readPass(t, v, 4*e2eChunk, 'A')
+	f, _, store, readDone, buf := e.blockedCachedRead(t, snap, func(cfg *Config) { cfg.LocationReadahead, cfg.PingInterval = -1, ping })
 	sent := f.count(wire.TypeSnapshotRead)
-	store.armed.Store(true)
-	readDone := make(chan error, 1)
-	buf := make([]byte, e2eChunk)
-	go func() { readDone <- v.ReadAt(buf, 0) }()
-	<-store.entered
-	if f.count(wire.TypeSnapshotRead) != sent {
-		t.Fatal("the blocked read was not a cache hit")
-	}
 	time.Sleep(4 * ping) // past the lease the lookup had
 	close(store.release)
 	if err := <-readDone; err != nil || !bytes.Equal(buf, fill(e2eChunk, 'A')) {

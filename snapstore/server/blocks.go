@@ -14,13 +14,27 @@ import (
 // atomic across nodes. A session's block locks end with it: those still
 // waiting at once, granted ones once they are wire.LockLease old (the
 // client trusts a lock for wire.LockTrust after asking, as for read
-// locks). Clients never re-declare them after a reconnect.
+// locks). Clients never re-declare them after a reconnect, so a new
+// server grants none in its first wire.LockLease.
 
 // blockLock handles BLOCK_LOCK: it returns once the lock is granted (the
 // request id is its handle), or when the session ends.
 func (s *Server) blockLock(ctx context.Context, ss *session, id uint64, m *wire.BlockLock) (wire.Message, error) {
+	start := time.Now()
 	if ss.version < wire.VersionBlockLock {
 		return nil, &wire.Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("BLOCK_LOCK needs protocol version %d", wire.VersionBlockLock)}
+	}
+	// Block locks granted by a previous server are unknown here; their
+	// holders trust them for less than wire.LockLease after asking, so
+	// grant none before this server is that old.
+	if wait := time.Until(s.started.Add(wire.LockLease)); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errSessionClosed
+		}
 	}
 	k := locks.Key{Client: locks.ClientID(ss.id), ID: id}
 	s.mu.Lock()
@@ -49,7 +63,13 @@ func (s *Server) blockLock(ctx context.Context, ss *session, id uint64, m *wire.
 			return nil, errSessionClosed
 		}
 	}
-	return &wire.BlockLockOK{}, nil
+	s.mu.Lock()
+	at, ok := s.blockAt[k]
+	s.mu.Unlock()
+	if !ok {
+		return nil, errSessionClosed // ended, and the lock with it
+	}
+	return &wire.BlockLockOK{Waited: max(0, at.Sub(start))}, nil
 }
 
 // blockUnlock handles BLOCK_UNLOCK.

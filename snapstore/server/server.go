@@ -536,11 +536,18 @@ func (s *Server) NodeLeft(node string) {
 	for _, ss := range kill {
 		ss.kill()
 	}
+	s.struckOff(node, ids, later, "node left: its clients struck off")
+}
+
+// struckOff finishes striking off clients ids of node, outside the
+// mutex: their registry entries go, and if some awaited ones were kept for
+// their lock lease, awaitedLeft looks at them again later.
+func (s *Server) struckOff(node string, ids []wire.ClientID, later time.Duration, msg string) {
 	for _, id := range ids {
 		s.regDelete(id)
 	}
 	if len(ids) > 0 {
-		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn("node left: its clients struck off")
+		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn(msg)
 	}
 	if later > 0 {
 		time.AfterFunc(later, func() { s.awaitedLeft(node) })
@@ -578,15 +585,7 @@ func (s *Server) awaitedLeft(node string) {
 	ids, later := s.strikeAwaitedLocked(node, nil)
 	s.notifyLocked()
 	s.mu.Unlock()
-	for _, id := range ids {
-		s.regDelete(id)
-	}
-	if len(ids) > 0 {
-		s.log.WithFields(logrus.Fields{"node": node, "clients": len(ids)}).Warn("node left: its awaited clients struck off, their lock leases over")
-	}
-	if later > 0 {
-		time.AfterFunc(later, func() { s.awaitedLeft(node) })
-	}
+	s.struckOff(node, ids, later, "node left: its awaited clients struck off, their lock leases over")
 }
 
 // lockLeaseLeftLocked is how long client id's read locks must still be

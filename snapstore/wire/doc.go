@@ -147,7 +147,9 @@
 //	0x1b UPLOAD_SHARED       notice shared value: an entry as the client knows it
 //	0x1c BLOCK_LOCK          req    u32 snapshot id (0: origin), u64 byte offset,
 //	                                u32 length (1..MaxBlockLock, 1 MiB) (version 5)
-//	0x1d BLOCK_LOCK_OK       reply  empty: granted; the request id is the handle
+//	0x1d BLOCK_LOCK_OK       reply  u64 nanoseconds the server held the request
+//	                                before granting it (< 2^63); the request id
+//	                                is the handle
 //	0x1e BLOCK_UNLOCK        notice u64 handle (the BLOCK_LOCK's request id)
 //	0x20 INVALIDATE          req    u64 new generation (server -> client)
 //	0x21 INVALIDATE_ACK      reply  u64 the same generation
@@ -222,8 +224,11 @@
 // BLOCK_UNLOCK releases. They follow the read-lock lease: the server ends
 // a departed or disconnected client's granted block locks only once they
 // are LockLease old (waiting ones at once), and a client writes under one
-// only within LockTrust of sending the BLOCK_LOCK and if its connection
-// was not lost since. A client never re-declares block locks after a
+// only within LockTrust of sending the BLOCK_LOCK plus the wait the
+// server reports in BLOCK_LOCK_OK (the grant came at least that long after
+// the send), and if its connection was not lost since. A new server grants
+// no block lock in its first LockLease (those of the previous server are
+// unknown to it). A client never re-declares block locks after a
 // reconnect; an unanswered BLOCK_LOCK is sent again with a new id.
 //
 // FINISH_SNAPSHOT_READ has no reply, as in ddsnap, because a reply would

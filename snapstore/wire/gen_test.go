@@ -2,6 +2,7 @@ package wire
 
 import (
 	"math/rand"
+	"time"
 )
 
 // allTypes lists every defined message type.
@@ -166,7 +167,7 @@ func (g gen) message(t MsgType) Message {
 		n := 1 + uint32(r.Intn(MaxBlockLock))
 		return &BlockLock{Snapshot: r.Uint32(), Offset: uint64(r.Int63n(1<<62)) &^ 511, Length: n}
 	case TypeBlockLockOK:
-		return &BlockLockOK{}
+		return &BlockLockOK{Waited: time.Duration(r.Int63())}
 	case TypeBlockUnlock:
 		return &BlockUnlock{Handle: 1 + g.u64()/2}
 	case TypeFinishSnapshotRead:

@@ -698,13 +698,21 @@ func (m *BlockLock) unmarshal(d *decoder) {
 	m.Snapshot, m.Offset, m.Length = d.u32("snapshot"), d.u64("offset"), d.u32("length")
 }
 
-// BlockLockOK grants a BLOCK_LOCK (version 5).
-type BlockLockOK struct{}
+// BlockLockOK grants a BLOCK_LOCK (version 5). Waited is how long the
+// server held the request before granting it, from when it started
+// handling it: the grant came at least that long after the client sent
+// it, and the client's trust in the lock (LockTrust) counts from there.
+type BlockLockOK struct{ Waited time.Duration }
 
-func (*BlockLockOK) Type() MsgType      { return TypeBlockLockOK }
-func (*BlockLockOK) validate() error    { return nil }
-func (*BlockLockOK) marshal(*encoder)   {}
-func (*BlockLockOK) unmarshal(*decoder) {}
+func (*BlockLockOK) Type() MsgType { return TypeBlockLockOK }
+func (m *BlockLockOK) validate() error {
+	if m.Waited < 0 {
+		return fmt.Errorf("negative wait %v: %w", m.Waited, ErrMalformed)
+	}
+	return nil
+}
+func (m *BlockLockOK) marshal(e *encoder)   { e.u64(uint64(m.Waited)) }
+func (m *BlockLockOK) unmarshal(d *decoder) { m.Waited = time.Duration(d.u64("waited")) }
 
 // BlockUnlock (notice, version 5) releases the block lock granted to the
 // BLOCK_LOCK whose request id was Handle. (A client that gave up waiting
