@@ -12,10 +12,12 @@ import (
 // Block locks (BLOCK_LOCK, version 5): exclusive locks on byte ranges,
 // granted in arrival order by locks.Blocks, that make COMPARE AND WRITE
 // atomic across nodes. A session's block locks end with it: those still
-// waiting at once, granted ones once they are wire.LockLease old (the
-// client trusts a lock for wire.LockTrust after asking, as for read
-// locks). Clients never re-declare them after a reconnect, so a new
-// server grants none in its first wire.LockLease.
+// waiting at once, granted ones once they are wire.LockLease old (a
+// client trusts a lock for wire.LockTrust from its request's send plus
+// the wait BLOCK_LOCK_OK reports). Clients never re-declare them after a
+// reconnect, so a new server grants none in its first wire.LockLease.
+// A waiting BLOCK_LOCK takes one of its connection's request slots, as a
+// parked origin write does; locks.Blocks allows a client 64 at a time.
 
 // blockLock handles BLOCK_LOCK: it returns once the lock is granted (the
 // request id is its handle), or when the session ends.
