@@ -24,6 +24,10 @@ type TargetConfig struct {
 	Exec  scsi.Executor
 	// CHAP, when set, requires initiators to authenticate.
 	CHAP *CHAP
+	// Initiators, when not empty, is the allow-list of initiator names
+	// (compared exactly) that may log in to this target; any other name
+	// gets "authorization failure". Empty allows every initiator.
+	Initiators []string
 }
 
 // Config configures a Server.
