@@ -58,6 +58,10 @@ func (e *Engine) replay() (int, error) {
 			chain = chain[:k-1]
 		}
 	}
+	e.replayData = nil
+	if k := len(chain); k > 0 {
+		e.replayData = chain[k-1].d.data
+	}
 	// Pass 2: write every image home.
 	for _, t := range chain {
 		addr := e.sb.journalStart + t.pos

@@ -133,7 +133,8 @@ func NewPower(seed int64) *Power { return &Power{rng: rand.New(rand.NewSource(se
 func (p *Power) NewDevice(size int64) *Device {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	d := &Device{p: p, cur: make([]byte, size), durable: make([]byte, size)}
+	d := &Device{p: p, cur: make([]byte, size), durable: make([]byte, size),
+		written: make([]bool, (size+ThinPage-1)/ThinPage)}
 	p.devs = append(p.devs, d)
 	return d
 }
@@ -226,10 +227,10 @@ type Device struct {
 	cur     []byte // what reads return
 	durable []byte // what survives a power cut
 	pending []write
-	// thin provisioning (SetThin): written marks the 4 KiB pages ever
-	// written; budget is how many more may be.
+	// thin provisioning (SetThin): written marks the pages ever written
+	// (or loaded); budget is how many more may be.
 	thin    bool
-	written map[int64]bool
+	written []bool
 	budget  int64
 }
 
@@ -239,7 +240,7 @@ const ThinPage = 4096
 // SetThin makes the device thin: a write that touches pages (ThinPage
 // bytes) never written before needs that many pages of budget and fails
 // with ENOSPC, changing nothing, when there are not enough left. Pages
-// loaded or written before the call count as allocated. budget < 0 turns
+// loaded or written before count as allocated. budget < 0 turns
 // thin provisioning off.
 func (d *Device) SetThin(budget int64) {
 	d.p.mu.Lock()
@@ -247,19 +248,6 @@ func (d *Device) SetThin(budget int64) {
 	if budget < 0 {
 		d.thin = false
 		return
-	}
-	if !d.thin && d.written == nil {
-		d.written = map[int64]bool{}
-		// Everything non-zero counts as allocated.
-		for pg := int64(0); pg*ThinPage < int64(len(d.cur)); pg++ {
-			lo, hi := pg*ThinPage, min((pg+1)*ThinPage, int64(len(d.cur)))
-			for _, c := range d.cur[lo:hi] {
-				if c != 0 {
-					d.written[pg] = true
-					break
-				}
-			}
-		}
 	}
 	d.thin = true
 	d.budget = budget
@@ -275,7 +263,8 @@ func (d *Device) AddBudget(n int64) {
 
 // allocate accounts a write on a thin device. d.p.mu held.
 func (d *Device) allocate(off, n int64) error {
-	if !d.thin || n == 0 {
+	if !d.thin {
+		d.markWritten(off, n)
 		return nil
 	}
 	var fresh []int64
@@ -288,10 +277,14 @@ func (d *Device) allocate(off, n int64) error {
 		return ErrNoSpace
 	}
 	d.budget -= int64(len(fresh))
-	for _, pg := range fresh {
+	d.markWritten(off, n)
+	return nil
+}
+
+func (d *Device) markWritten(off, n int64) {
+	for pg := off / ThinPage; pg*ThinPage < off+n; pg++ {
 		d.written[pg] = true
 	}
-	return nil
 }
 
 // Load sets the device contents durably, without counting an operation
@@ -301,6 +294,7 @@ func (d *Device) Load(data []byte, off int64) {
 	defer d.p.mu.Unlock()
 	copy(d.cur[off:], data)
 	copy(d.durable[off:], data)
+	d.markWritten(off, int64(len(data)))
 }
 
 func (d *Device) ReadAt(b []byte, off int64) (int, error) {
