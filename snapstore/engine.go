@@ -121,11 +121,11 @@ type Stats struct {
 	SnapshotsDropped uint64
 	// Recoveries counts in-place recoveries since Open.
 	Recoveries uint64
-	FreeChunks    uint64
-	DataChunks    uint64
-	FreeMeta      uint64
-	MetaBlocks    uint64
-	Exceptions    uint64
+	FreeChunks uint64
+	DataChunks uint64
+	FreeMeta   uint64
+	MetaBlocks uint64
+	Exceptions uint64
 }
 
 // Engine is an open snapshot store. It is safe for concurrent use.

@@ -462,6 +462,9 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
 	}
+	if err := allocateStore(store); err != nil {
+		n.log.WithField("volume", d.Name).WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
+	}
 	v := &clusterVolume{n: n, def: d, origin: origin, store: store,
 		log: n.log.WithField("volume", d.Name)}
 	copy(v.uuid[:], uuid)

@@ -106,7 +106,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	if r.Size > 0 && r.Size != osize {
 		return api.Volume{}, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
 	}
-	if _, err := createSparse(r.Store, osize); err != nil {
+	if _, err := createStoreFile(r.Store, osize); err != nil {
 		return api.Volume{}, fmt.Errorf("creating store %s: %w", r.Store, err)
 	}
 	store, err := openFileDev(r.Store, s.n.o.directIO)
