@@ -29,6 +29,7 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] COMMAND [ARGS] [--json]
   volume create NAME --origin PATH --store PATH [--size N] [--chunk-size 64KiB]
   volume list
   volume status NAME
+  volume recover NAME
   snapshot create VOLUME SNAP [--priority N] [--writable]
   snapshot delete VOLUME SNAP
   snapshot list VOLUME
@@ -197,6 +198,7 @@ func commands() map[string]command {
 		"volume create":   {1, map[string]bool{"origin": true, "store": true, "size": true, "chunk-size": true}, nil, volumeCreate},
 		"volume list":     {0, nil, nil, volumeList},
 		"volume status":   {1, nil, nil, volumeStatus},
+		"volume recover":  {1, nil, nil, volumeRecover},
 		"snapshot create": {2, map[string]bool{"priority": true}, []string{"writable"}, snapshotCreate},
 		"snapshot delete": {2, nil, nil, snapshotDelete},
 		"snapshot list":   {1, nil, nil, snapshotList},
@@ -335,6 +337,15 @@ func volumeStatus(e *env, a args) error {
 	e.show(v, func(w io.Writer) {
 		fmt.Fprintf(w, "volume\t%s\norigin\t%s\nstore\t%s\nsize\t%s\nchunk size\t%s\nsnapshots\t%d\nstore used\t%s of %s\nserver\t%s\n",
 			v.Name, v.Origin, v.Store, human(v.Size), human(v.ChunkSize), v.Snapshots, human(v.StoreUsed), human(v.StoreSize), orDash(v.Server))
+		if v.Engine != "" {
+			fmt.Fprintf(w, "engine\t%s\n", v.Engine)
+		}
+		if v.EngineError != "" {
+			fmt.Fprintf(w, "engine error\t%s\n", v.EngineError)
+		}
+		if v.IOError != "" {
+			fmt.Fprintf(w, "io error\t%s (flushes fail until volume recover)\n", v.IOError)
+		}
 		if lc := v.LocationCache; lc != nil {
 			fmt.Fprintf(w, "location cache\t%d hits, %d misses, %d chunks (%s)\n", lc.Hits, lc.Misses, lc.Entries, human(int64(lc.Bytes)))
 		}

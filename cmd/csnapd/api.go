@@ -33,7 +33,37 @@ type devService struct {
 }
 
 func (d *devService) Health(context.Context) (api.Health, error) {
-	return api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}, nil
+	h := api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}
+	if err := engineHealth(devVolume, d.eng); err != nil {
+		h.Status = "failed"
+		return h, err
+	}
+	return h, nil
+}
+
+// engineHealth is the health check's verdict on a volume's engine: an
+// error (503) when it failed, so that Consul moves the server elsewhere.
+func engineHealth(volume string, eng *snapstore.Engine) error {
+	if st, err := eng.State(); st == snapstore.EngineFailed {
+		return fmt.Errorf("%w: volume %s: snapshot store engine failed: %v", api.ErrUnavailable, volume, err)
+	}
+	return nil
+}
+
+// engineStatus fills the engine fields of a volume's status.
+func engineStatus(v *api.Volume, eng *snapstore.Engine) {
+	st, err := eng.State()
+	v.Engine = st.String()
+	if st == snapstore.EngineFailed && err != nil {
+		v.EngineError = err.Error()
+	}
+}
+
+func (d *devService) Recover(ctx context.Context, v string) (api.RecoverReport, error) {
+	if err := d.check(v); err != nil {
+		return api.RecoverReport{}, err
+	}
+	return d.ops().recover(ctx)
 }
 
 func (d *devService) Volumes(ctx context.Context) ([]api.Volume, error) {
@@ -54,12 +84,17 @@ func (d *devService) Volume(ctx context.Context, name string) (api.Volume, error
 	}
 	st := d.eng.Stats()
 	cs := int64(d.eng.ChunkSize())
-	return api.Volume{
+	v := api.Volume{
 		Name: devVolume, Origin: d.origin, Store: d.store,
 		Size: d.eng.OriginSize(), ChunkSize: cs, Server: d.node, Snapshots: len(snaps),
 		StoreUsed: int64(st.DataChunks-st.FreeChunks) * cs, StoreSize: int64(st.DataChunks) * cs,
 		LocationCache: d.ops().locationCache(),
-	}, nil
+	}
+	engineStatus(&v, d.eng)
+	if err := d.cl.IOError(); err != nil {
+		v.IOError = err.Error()
+	}
+	return v, nil
 }
 
 func (d *devService) CreateVolume(_ context.Context, r api.CreateVolume) (api.Volume, error) {

@@ -267,6 +267,26 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	return runErr
 }
 
+// servedEngines returns the store engines of the volumes this node
+// serves now, by volume name.
+func (n *clusterNode) servedEngines() map[string]*snapstore.Engine {
+	n.mu.Lock()
+	vols := make([]*clusterVolume, 0, len(n.vols))
+	for _, v := range n.vols {
+		vols = append(vols, v)
+	}
+	n.mu.Unlock()
+	out := map[string]*snapstore.Engine{}
+	for _, v := range vols {
+		v.mu.Lock()
+		if v.eng != nil {
+			out[v.def.Name] = v.eng
+		}
+		v.mu.Unlock()
+	}
+	return out
+}
+
 // shutdown stops the node in the order that loses nothing: iSCSI sessions
 // end (running commands finish), the clients flush and disconnect, the
 // volumes this node serves are closed cleanly and their locks released,

@@ -20,7 +20,22 @@ import (
 type clusterService struct{ n *clusterNode }
 
 func (s *clusterService) Health(context.Context) (api.Health, error) {
-	return api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}, nil
+	h := api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}
+	for name, eng := range s.n.servedEngines() {
+		if err := engineHealth(name, eng); err != nil {
+			h.Status = "failed"
+			return h, err
+		}
+	}
+	return h, nil
+}
+
+func (s *clusterService) Recover(ctx context.Context, volume string) (api.RecoverReport, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return api.RecoverReport{}, err
+	}
+	return o.recover(ctx)
 }
 
 func (s *clusterService) consulErr(err error) error {
@@ -48,6 +63,12 @@ func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si co
 			v.Snapshots = len(snaps)
 		}
 		v.LocationCache = ops.locationCache()
+		if err := ops.cl.IOError(); err != nil {
+			v.IOError = err.Error()
+		}
+	}
+	if eng := s.n.servedEngines()[d.Name]; eng != nil {
+		engineStatus(&v, eng)
 	}
 	return v
 }
