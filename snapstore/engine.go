@@ -176,6 +176,9 @@ type Engine struct {
 	// replayData: the data chunks the last replayed transaction's
 	// descriptor vouches for (Recover rewrites them).
 	replayData []dataCRC
+	// flushErrBase is the store's count of failed flushes when the engine
+	// last (re)started relying on it (flushStore).
+	flushErrBase atomic.Uint64
 
 	holds    map[uint64]int
 	holdWait map[uint64]chan struct{}
@@ -529,6 +532,7 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 	e.bufPool.New = func() any { b := AlignedBuffer(max(cs, copyRunBytes)); return &b }
 
 	// Journal recovery.
+	e.setFlushBaseline()
 	n, err := e.replay()
 	if err != nil {
 		return nil, fmt.Errorf("open store: journal recovery: %w", err)
@@ -629,7 +633,7 @@ func (e *Engine) writeSuperLocked() error {
 	if err := writeFull(e.store, encodeSuper(&e.sb, slot), int64(slot)*BlockSize); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}
-	if err := e.store.Flush(); err != nil {
+	if err := e.flushStore(); err != nil {
 		return fmt.Errorf("flush superblock: %w", err)
 	}
 	e.nFlushes.Add(1)
@@ -665,7 +669,7 @@ func (e *Engine) Close() error {
 	}
 	e.sbMu.Lock()
 	defer e.sbMu.Unlock()
-	if err := e.store.Flush(); err != nil {
+	if err := e.flushStore(); err != nil {
 		return fmt.Errorf("close: flush: %w", err)
 	}
 	e.sb.flags |= superFlagClean

@@ -234,4 +234,63 @@ func readSnap(ctx context.Context, e *Engine, od Device, id SnapID, out []byte) 
 	return nil
 }
 
-var _ = errors.Is
+
+
+// TestForeignFlushErrorFailsEngine: a flush of the store that failed for
+// another user of the device (a client's writable-snapshot flush) dropped
+// the engine's unflushed metadata writes too; the engine's next commit
+// must not take its own good flush as proof, and fails (then recovers,
+// rewriting what it relies on), so a later power cut loses nothing
+// acknowledged.
+func TestForeignFlushErrorFailsEngine(t *testing.T) {
+	ctx := context.Background()
+	p, od, sd, e, _ := faultEngine(t, 1<<20, 8<<20, Options{RecoverBackoff: -1})
+	if _, err := e.CreateSnapshot(ctx, "s1", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeOrigin(ctx, e, od, 0, bytes.Repeat([]byte{1}, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	// Another user's flush fails: the engine's pending home writes are
+	// dropped with it.
+	p.FailAt(1, faultdev.Fault{Err: syscall.EIO, FlushOnly: true})
+	if err := sd.Flush(); err == nil {
+		t.Fatal("injected flush error not returned")
+	}
+	err := writeOrigin(ctx, e, od, 64<<10, bytes.Repeat([]byte{2}, 64<<10))
+	if !errors.Is(err, ErrLostWrites) {
+		t.Fatalf("commit after another user's failed flush: %v, want ErrLostWrites", err)
+	}
+	if err := e.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeOrigin(ctx, e, od, 64<<10, bytes.Repeat([]byte{2}, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := od.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	s1, _ := e.Lookup("s1")
+	if err := readSnap(ctx, e, od, s1.ID, want); err != nil {
+		t.Fatal(err)
+	}
+	p.Cut()
+	p.Restore()
+	e2, err := Open(od, sd, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	r, err := e2.Check(ctx, nil)
+	if err != nil || !r.Clean() {
+		t.Fatalf("check after power cut: %v %v", err, r.Problems)
+	}
+	got := make([]byte, 1<<20)
+	if err := readSnap(ctx, e2, od, s1.ID, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("snapshot lost data after a power cut")
+	}
+}

@@ -83,7 +83,7 @@ func (e *Engine) replay() (int, error) {
 		}
 	}
 	if len(chain) > 0 {
-		if err := e.store.Flush(); err != nil {
+		if err := e.flushStore(); err != nil {
 			return 0, fmt.Errorf("flush after replay: %w", err)
 		}
 	}
@@ -239,7 +239,7 @@ func (e *Engine) commitLocked() error {
 func (e *Engine) writeTx(imgs []image, data []dataCRC, pos, jseq uint64, needFlush, wrap bool) error {
 	flush := func(what string) error {
 		e.nFlushes.Add(1)
-		if err := e.store.Flush(); err != nil {
+		if err := e.flushStore(); err != nil {
 			return fmt.Errorf("flush store (%s): %w", what, err)
 		}
 		return nil

@@ -3,6 +3,7 @@ package snapstore
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -44,6 +45,34 @@ func (s EngineState) String() string {
 		return "closed"
 	}
 	return fmt.Sprintf("engine-state(%d)", int(s))
+}
+
+// ErrLostWrites: a flush of the store failed since the engine's last good
+// one, possibly one another user of the device made, so writes the engine
+// relies on may be lost although its own flush succeeded.
+var ErrLostWrites = errors.New("a flush of the store failed since the engine's last good flush: writes may be lost")
+
+// flushStore flushes the store and fails if any flush of the device failed
+// since the engine's baseline (Open, Recover), its own or another user's
+// (FlushErrorCounter).
+func (e *Engine) flushStore() error {
+	if err := e.store.Flush(); err != nil {
+		return err
+	}
+	if fc, ok := e.store.(FlushErrorCounter); ok {
+		if n, base := fc.FlushErrors(), e.flushErrBase.Load(); n != base {
+			return fmt.Errorf("%w (%d failed flushes)", ErrLostWrites, n-base)
+		}
+	}
+	return nil
+}
+
+// setFlushBaseline makes the device's current count of failed flushes the
+// engine's baseline: called before the engine writes anything it relies on.
+func (e *Engine) setFlushBaseline() {
+	if fc, ok := e.store.(FlushErrorCounter); ok {
+		e.flushErrBase.Store(fc.FlushErrors())
+	}
 }
 
 // maxRecoverBackoff bounds the wait between automatic recovery attempts.
@@ -102,6 +131,7 @@ func (e *Engine) Recover(ctx context.Context) error {
 // others in flight). It does its IO under e.mu: nothing else can run on a
 // failed engine anyway.
 func (e *Engine) reopenLocked() (int, error) {
+	e.setFlushBaseline()
 	sb, slot, err := readSuper(e.store)
 	if err != nil {
 		return 0, err

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/csnap/csnap/snapstore"
 )
 
 // createStoreFile makes a snapshot-store file of size bytes with every
@@ -67,4 +69,14 @@ func allocateStore(d *fileDev) error {
 		return fmt.Errorf("allocating store %s (%d bytes): %w", d.f.Name(), fi.Size(), err)
 	}
 	return nil
+}
+
+// FlushErrors forwards the device's count of failed flushes
+// (snapstore.FlushErrorCounter), so the engine learns of a flush of the
+// store that failed in the node's client, and the other way round.
+func (d *fencedDev) FlushErrors() uint64 {
+	if fc, ok := d.Device.(snapstore.FlushErrorCounter); ok {
+		return fc.FlushErrors()
+	}
+	return 0
 }

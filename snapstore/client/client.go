@@ -259,6 +259,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	originLatch := &latchDev{Device: cfg.Origin, name: "origin"}
 	storeLatch := &latchDev{Device: cfg.Store, name: "snapshot store"}
+	originLatch.clear()
+	storeLatch.clear()
 	cfg.Origin, cfg.Store = originLatch, storeLatch
 	log := cfg.Log
 	if log == nil {

@@ -26,6 +26,16 @@ type latchDev struct {
 	name string
 	mu   sync.Mutex
 	err  error
+	base uint64 // the device's failed-flush count at the last clear
+}
+
+// flushErrors is the device's count of failed flushes by any of its users
+// (snapstore.FlushErrorCounter), 0 if it does not count.
+func (d *latchDev) flushErrors() uint64 {
+	if fc, ok := d.Device.(interface{ FlushErrors() uint64 }); ok {
+		return fc.FlushErrors()
+	}
+	return 0
 }
 
 func (d *latchDev) set(err error) {
@@ -46,6 +56,7 @@ func (d *latchDev) Err() error {
 func (d *latchDev) clear() {
 	d.mu.Lock()
 	d.err = nil
+	d.base = d.flushErrors()
 	d.mu.Unlock()
 }
 
@@ -64,6 +75,13 @@ func (d *latchDev) Flush() error {
 		d.set(err)
 		return err
 	}
+	d.mu.Lock()
+	if n := d.flushErrors(); n != d.base && d.err == nil {
+		// Another user of the device (the engine) saw a flush fail: the
+		// writes it dropped may be ours.
+		d.err = fmt.Errorf("%d flush(es) of the device by another user failed", n-d.base)
+	}
+	d.mu.Unlock()
 	if err := d.Err(); err != nil {
 		return fmt.Errorf("%s: %w (%w)", d.name, ErrEarlierIOError, err)
 	}

@@ -92,3 +92,38 @@ func TestFlushErrorSticks(t *testing.T) {
 		t.Fatalf("flush after a failed write: %v", err)
 	}
 }
+
+// countingDev counts failed flushes like snapstore.FileDevice.
+type countingDev struct {
+	*memDev
+	mu   sync.Mutex
+	errs uint64
+}
+
+func (d *countingDev) FlushErrors() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.errs
+}
+
+// TestFlushErrorOfAnotherUser: a flush of the store that failed for
+// another user of the device (the engine, sharing the file descriptor,
+// which Linux tells once) also fails this client's next flush.
+func TestFlushErrorOfAnotherUser(t *testing.T) {
+	var sd *countingDev
+	e := newEnv(t, func(c *Config) {
+		sd = &countingDev{memDev: c.Store.(*memDev)}
+		c.Store = sd
+	})
+	s := setupSnapshot(t, e, true)
+	v := e.c.Snapshot(uint32(s.ID), true)
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sd.mu.Lock()
+	sd.errs++ // the engine's flush failed
+	sd.mu.Unlock()
+	if err := v.Flush(); !errors.Is(err, ErrEarlierIOError) {
+		t.Fatalf("flush after another user's failed flush: %v", err)
+	}
+}

@@ -232,6 +232,16 @@ type Device struct {
 	thin    bool
 	written []bool
 	budget  int64
+	// flushErrs counts failed flushes (FlushErrors).
+	flushErrs uint64
+}
+
+// FlushErrors returns the number of this device's flushes that failed
+// (snapstore.FlushErrorCounter).
+func (d *Device) FlushErrors() uint64 {
+	d.p.mu.Lock()
+	defer d.p.mu.Unlock()
+	return d.flushErrs
 }
 
 // ThinPage is the allocation unit of a thin device.
@@ -353,6 +363,7 @@ func (d *Device) Flush() error {
 		// Like Linux after a failed fdatasync: the pages are marked clean,
 		// what they hold is readable but no later flush writes it.
 		d.pending = nil
+		d.flushErrs++
 		return err
 	}
 	for _, w := range d.pending {
