@@ -234,8 +234,6 @@ func readSnap(ctx context.Context, e *Engine, od Device, id SnapID, out []byte) 
 	return nil
 }
 
-
-
 // TestForeignFlushErrorFailsEngine: a flush of the store that failed for
 // another user of the device (a client's writable-snapshot flush) dropped
 // the engine's unflushed metadata writes too; the engine's next commit
