@@ -82,7 +82,17 @@ const maxRecoverBackoff = 30 * time.Second
 // failed on.
 func (e *Engine) State() (EngineState, error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	defer e.unlock()
+	if e.failed == nil && !e.closed {
+		// A flush of the store another user saw fail: the engine's
+		// unflushed writes may be gone, so it fails now rather than at
+		// its next commit.
+		if fc, ok := e.store.(FlushErrorCounter); ok {
+			if n, base := fc.FlushErrors(), e.flushErrBase.Load(); n != base {
+				e.fail(fmt.Errorf("%w (%d failed flushes)", ErrLostWrites, n-base))
+			}
+		}
+	}
 	switch {
 	case e.closed:
 		return EngineClosed, ErrClosed
