@@ -172,8 +172,10 @@
 //
 // # Known limits
 //
-// Check holds the engine lock for its whole run (minutes on a very large
-// store). One operation's metadata must fit in one journal transaction (at
+// Check holds the engine lock only to commit and copy the in-memory state;
+// it then reads a point-in-time view of the store (pre-images of metadata
+// blocks overwritten meanwhile are kept for it) while copy-outs go on
+// (BENCHMARKS.md: IO latency during a check). One operation's metadata must fit in one journal transaction (at
 // most 504 blocks, and half the journal): an origin write to a chunk that
 // thousands of writable snapshots have each written privately touches one
 // table block per such snapshot, so a journal much smaller than twice the

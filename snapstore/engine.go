@@ -176,6 +176,11 @@ type Engine struct {
 	// replayData: the data chunks the last replayed transaction's
 	// descriptor vouches for (Recover rewrites them).
 	replayData []dataCRC
+	// A running check's view (check.go): checkSem lets one run at a time;
+	// ckPre holds pre-images of metadata blocks overwritten since it began.
+	checkSem chan struct{}
+	ckMu     sync.Mutex
+	ckPre    map[uint64][]byte
 	// flushErrBase is the store's count of failed flushes when the engine
 	// last (re)started relying on it (flushStore).
 	flushErrBase atomic.Uint64
@@ -521,6 +526,7 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 		locks: map[uint64]chan struct{}{}, openSeq: 1,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), bgDone: make(chan struct{}),
 		failKick: make(chan struct{}, 1), recDone: make(chan struct{}),
+		checkSem: make(chan struct{}, 1),
 	}
 	e.cond = sync.NewCond(&e.mu)
 	e.beforeReclaim = o.BeforeReclaim
@@ -630,6 +636,7 @@ func (e *Engine) load() error {
 func (e *Engine) writeSuperLocked() error {
 	e.sb.seq++
 	slot := 1 - e.sbSlot
+	e.preserve(slot)
 	if err := writeFull(e.store, encodeSuper(&e.sb, slot), int64(slot)*BlockSize); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}

@@ -283,6 +283,7 @@ func (e *Engine) writeTx(imgs []image, data []dataCRC, pos, jseq uint64, needFlu
 	// 4. Home writes; made durable by the next transaction's flush (or
 	//    Close) before the journal space holding them is reused.
 	for _, im := range imgs {
+		e.preserve(im.addr)
 		if err := writeFull(e.store, im.b, int64(im.addr)*BlockSize); err != nil {
 			return fmt.Errorf("write metadata block %d: %w", im.addr, err)
 		}

@@ -44,6 +44,9 @@ func (d *devService) Health(context.Context) (api.Health, error) {
 // engineHealth is the health check's verdict on a volume's engine: an
 // error (503) when it failed, so that Consul moves the server elsewhere.
 func engineHealth(volume string, eng *snapstore.Engine) error {
+	if eng == nil {
+		return nil
+	}
 	if st, err := eng.State(); st == snapstore.EngineFailed {
 		return fmt.Errorf("%w: volume %s: snapshot store engine failed: %v", api.ErrUnavailable, volume, err)
 	}
@@ -52,6 +55,9 @@ func engineHealth(volume string, eng *snapstore.Engine) error {
 
 // engineStatus fills the engine fields of a volume's status.
 func engineStatus(v *api.Volume, eng *snapstore.Engine) {
+	if eng == nil {
+		return
+	}
 	st, err := eng.State()
 	v.Engine = st.String()
 	if st == snapstore.EngineFailed && err != nil {
