@@ -3,6 +3,7 @@ package snapstore
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"sort"
@@ -317,6 +318,130 @@ func BenchmarkIOLatencyDuringDelete(b *testing.B) {
 		b.ReportMetric(reclaimTime.Seconds(), "s-elapsed")
 		b.ReportMetric(float64(len(base)), "writes-base")
 		b.ReportMetric(float64(len(during)), "writes-deleting")
+		e.Close()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkIOLatencyDuringCheck: durable first writes after a snapshot
+// (each a copy-out) by 8 goroutines on a store holding 1 GiB of exceptions
+// (16384 chunks of 64 KiB), in alternating windows of 64 writes: in even
+// windows nothing else runs, in odd ones consistency checks run back to
+// back. ratio-p99 = p99 latency during checks ÷ without (goal <= 1.5).
+func BenchmarkIOLatencyDuringCheck(b *testing.B) {
+	const cs = DefaultChunkSize
+	const chunks = (1 << 30) / cs // 16384: 1 GiB
+	const workers = 8
+	const window = 64
+	ctx := context.Background()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		od, sd := benchFiles(b, 2*chunks*cs, 3*chunks*cs)
+		if err := Format(od, sd, FormatOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		e, err := Open(od, sd, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.CreateSnapshot(ctx, "a", CreateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		durableWrites(b, e, od, 0, chunks, 16, true) // 1 GiB of exceptions
+		if _, err := e.CreateSnapshot(ctx, "b", CreateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		if err := od.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		if err := sd.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		var checking atomic.Bool
+		var running sync.Mutex // held by the checker while a check runs
+		var checks atomic.Int64
+		var checkTime atomic.Int64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if !checking.Load() {
+					time.Sleep(2 * time.Millisecond)
+					continue
+				}
+				running.Lock()
+				if !checking.Load() {
+					running.Unlock()
+					continue
+				}
+				t0 := time.Now()
+				r, err := e.Check(ctx, nil)
+				running.Unlock()
+				if err != nil || !r.Clean() {
+					b.Errorf("check: %v %v", err, r.Problems)
+					return
+				}
+				checks.Add(1)
+				checkTime.Add(int64(time.Since(t0)))
+			}
+		}()
+		b.StartTimer()
+		var base, during []time.Duration
+		next := uint64(chunks) // chunks written after snapshot b: each copies out
+		// Two windows of warm-up, not counted (the first writes after
+		// the pause are slower whatever else runs).
+		// Windows come in pairs, one with checks and one without, in an
+		// order drawn at random per pair (seeded): the window after a
+		// mode switch tends to be slower, whichever mode it is.
+		rng := rand.New(rand.NewSource(1))
+		flip := false
+		for w := -2; next+window <= 2*chunks && w < 40; w++ {
+			if w >= 0 && w%2 == 0 {
+				flip = rng.Intn(2) == 0
+			}
+			on := w >= 0 && (w%2 == 1) != flip
+			checking.Store(on)
+			if !on {
+				running.Lock() // a check still running ends first
+				running.Unlock()
+			}
+			_, l := durableWrites(b, e, od, next, window, workers, true)
+			if os.Getenv("CSNAP_BENCH_WINDOWS") != "" {
+				b.Logf("window %d checking=%v p50 %v p99 %v", w, on, pct(l, 0.5), pct(l, 0.99))
+			}
+			if w < 0 {
+				next += window
+				continue
+			}
+			if on {
+				during = append(during, l...)
+			} else {
+				base = append(base, l...)
+			}
+			next += window
+		}
+		b.StopTimer()
+		checking.Store(false)
+		close(stop)
+		wg.Wait()
+		if n := checks.Load(); n > 0 {
+			b.ReportMetric(float64(n), "checks")
+			b.ReportMetric(float64(checkTime.Load())/float64(n)/1e6, "ms/check")
+		}
+		b.ReportMetric(float64(pct(base, 0.5).Microseconds())/1000, "ms-p50-base")
+		b.ReportMetric(float64(pct(base, 0.99).Microseconds())/1000, "ms-p99-base")
+		b.ReportMetric(float64(pct(during, 0.5).Microseconds())/1000, "ms-p50-checking")
+		b.ReportMetric(float64(pct(during, 0.99).Microseconds())/1000, "ms-p99-checking")
+		b.ReportMetric(pct(during, 0.5).Seconds()/pct(base, 0.5).Seconds(), "ratio-p50")
+		b.ReportMetric(pct(during, 0.99).Seconds()/pct(base, 0.99).Seconds(), "ratio-p99")
 		e.Close()
 		b.StartTimer()
 	}
