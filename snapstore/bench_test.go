@@ -84,6 +84,12 @@ func durableWrites(b *testing.B, e *Engine, od Device, base, n uint64, workers i
 	return time.Since(start), lat
 }
 
+// waitIdle returns once mu is free: whoever holds it is done.
+func waitIdle(mu *sync.Mutex) {
+	mu.Lock()
+	defer mu.Unlock()
+}
+
 func pct(l []time.Duration, p float64) time.Duration {
 	if len(l) == 0 {
 		return 0
@@ -410,8 +416,7 @@ func BenchmarkIOLatencyDuringCheck(b *testing.B) {
 			on := w >= 0 && (w%2 == 1) != flip
 			checking.Store(on)
 			if !on {
-				running.Lock() // a check still running ends first
-				running.Unlock()
+				waitIdle(&running) // a check still running ends first
 			}
 			_, l := durableWrites(b, e, od, next, window, workers, true)
 			if os.Getenv("CSNAP_BENCH_WINDOWS") != "" {
