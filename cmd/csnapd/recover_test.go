@@ -83,6 +83,25 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	be := &volumeBackend{v: cl.Origin()}
+	tgt, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, scsi.NewMemStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nexus := scsi.Nexus{InitiatorPort: "iqn.test,i,0x1", Port: scsi.Port{Name: "p1"}}
+	syncCache := func() scsi.Result {
+		cdb := []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0} // SYNCHRONIZE CACHE(10)
+		var r scsi.Result
+		for range 10 { // past the power-on unit attention
+			r = tgt.Execute(ctx, &scsi.Command{CDB: cdb, Nexus: nexus, Attr: scsi.TaskSimple})
+			if r.Status != scsi.StatusCheckCondition || r.Sense[2]&0x0f != scsi.SenseUnitAttention {
+				break
+			}
+		}
+		return r
+	}
+	if r := syncCache(); r.Status != scsi.StatusGood {
+		t.Fatalf("SYNCHRONIZE CACHE on a working volume: %+v", r)
+	}
 	// The store's next flush (the copy-out's journal commit) fails, and so
 	// does the origin's (the flush that follows).
 	p.FailAt(1, faultdev.Fault{Err: syscall.EIO, FlushOnly: true})
@@ -100,6 +119,12 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 		var se *scsi.SenseError
 		if errors.As(err, &se) {
 			t.Fatalf("flush error mapped to %+v; want the SCSI layer's MEDIUM ERROR", se)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		r := syncCache()
+		if r.Status != scsi.StatusCheckCondition || r.Sense[2]&0x0f != scsi.SenseMediumError {
+			t.Fatalf("SYNCHRONIZE CACHE %d after a failed flush: status %#x sense %x, want MEDIUM ERROR", i, r.Status, r.Sense)
 		}
 	}
 	if code := get("/v1/health", nil); code != http.StatusServiceUnavailable {
@@ -128,5 +153,8 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 	}
 	if err := be.Flush(); err != nil {
 		t.Fatalf("flush after recovery: %v", err)
+	}
+	if r := syncCache(); r.Status != scsi.StatusGood {
+		t.Fatalf("SYNCHRONIZE CACHE after volume recover: %+v", r)
 	}
 }
