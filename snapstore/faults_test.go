@@ -167,6 +167,11 @@ func TestEngineRecoversInPlace(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Events are delivered after the engine lock is released: allow for
+	// the delivery to trail the state.
+	for log.count(EventRecovered) < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if log.count(EventFailed) != 1 || log.count(EventRecovered) < 1 {
 		t.Fatalf("events: failed %d recovered %d", log.count(EventFailed), log.count(EventRecovered))
 	}
