@@ -287,6 +287,11 @@ func (c *conn) sendTargets(v string) []kv {
 	}
 	var out []kv
 	for _, n := range names {
+		// Targets whose allow-list leaves this initiator out are not
+		// shown to it.
+		if t := c.srv.lookupTarget(n); t == nil || !t.allows(c.sess.key.initiator) {
+			continue
+		}
 		out = append(out, kv{"TargetName", n}, kv{"TargetAddress", addr})
 	}
 	return out

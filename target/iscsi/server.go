@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,6 +116,19 @@ type Server struct {
 type target struct {
 	cfg  TargetConfig
 	port scsi.Port
+}
+
+// allows reports whether the initiator may log in to the target.
+func (t *target) allows(initiator string) bool {
+	if len(t.cfg.Initiators) == 0 {
+		return true
+	}
+	for _, n := range t.cfg.Initiators {
+		if n == initiator {
+			return true
+		}
+	}
+	return false
 }
 
 type sessionKey struct {
@@ -271,6 +285,61 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
+}
+
+// maxNameLen is the longest iSCSI name (RFC 7143 section 4.2.7.1).
+const maxNameLen = 223
+
+// validInitiatorName checks an InitiatorName against the iSCSI name forms
+// of RFC 7143 section 4.2.7 (and RFC 3722's character set): "iqn." with a
+// date and naming authority, "eui." with 16 hex digits, "naa." with 16 or
+// 32 hex digits; at most 223 bytes.
+func validInitiatorName(n string) error {
+	if len(n) > maxNameLen {
+		return fmt.Errorf("InitiatorName of %d bytes (at most %d)", len(n), maxNameLen)
+	}
+	hexDigits := func(s string, counts ...int) bool {
+		for _, c := range s {
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+		for _, k := range counts {
+			if len(s) == k {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case strings.HasPrefix(n, "eui."):
+		if hexDigits(n[4:], 16) {
+			return nil
+		}
+	case strings.HasPrefix(n, "naa."):
+		if hexDigits(n[4:], 16, 32) {
+			return nil
+		}
+	case strings.HasPrefix(n, "iqn."):
+		// iqn.yyyy-mm.reversed.domain[:anything]
+		if len(n) >= 12 && isDate(n[4:11]) && n[11] == '.' && validIQN(n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("InitiatorName %q is not an iSCSI name (iqn.yyyy-mm.domain..., eui. or naa.)", truncate([]byte(n)))
+}
+
+// isDate checks "yyyy-mm".
+func isDate(s string) bool {
+	if len(s) != 7 || s[4] != '-' {
+		return false
+	}
+	for i, c := range s {
+		if i != 4 && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return s[5:] >= "01" && s[5:] <= "12"
 }
 
 // validIQN accepts iqn., eui. and naa. names with the characters RFC 3722

@@ -26,11 +26,18 @@ type task struct {
 	cmd       scsi.Command
 
 	// Data-out state, owned by the reader goroutine.
+	// Every byte of buf is received before the command runs: Data-Out
+	// must come in order (DataPDUInOrder and DataSequenceInOrder are
+	// always Yes here), each PDU at the next offset of its sequence, so
+	// received bytes are always exactly buf[:received] of the unsolicited
+	// burst plus the completed R2T bursts, and a recycled buffer never
+	// reaches the backend with another command's bytes in it.
 	buf         []byte // write data, edtl bytes
 	received    uint32 // bytes of data received so far
 	unsolicited uint32 // bytes the initiator may send without R2T
 	unsolDone   bool   // the unsolicited sequence has ended
 	unsolDataSN uint32
+	unsolNext   uint32 // offset the next unsolicited Data-Out must carry
 	nextOffset  uint32 // next offset to solicit with an R2T
 	outstanding int    // R2Ts not yet satisfied
 	r2tSN       uint32
@@ -41,10 +48,16 @@ type task struct {
 	// the command arrived (or while it waited behind a CmdSN gap): it only
 	// holds the CmdSN's place in order and never runs.
 	placeholder bool
-	dataSNByTTT map[uint32]uint32
-	remainByTTT map[uint32]uint32
+	bursts      map[uint32]*burst // outstanding R2T bursts by TTT
 	aborted     atomic.Bool
 	done        chan struct{} // closed once the task is finished
+}
+
+// burst is the state of one R2T's data sequence.
+type burst struct {
+	dataSN uint32 // DataSN the next Data-Out must carry
+	next   uint32 // buffer offset the next Data-Out must carry
+	remain uint32 // bytes still to come
 }
 
 // maxCDB bounds the CDB length we accept (16 bytes in the BHS plus an
@@ -77,6 +90,14 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	if s.discovery {
 		c.rd.readData(p, nil)
 		return &protoError{rejectProtocolError, "SCSI command in a discovery session"}
+	}
+	if t.immediate && s.inflight.Load() >= int32(c.srv.cfg.QueueDepth) {
+		// Immediate commands skip the CmdSN order, not the window:
+		// otherwise an initiator could have any number in flight (and
+		// buffers allocated for them). Only this reader adds to
+		// inflight, so the check cannot be overtaken.
+		c.rd.readData(p, nil)
+		return &protoError{rejectImmCmd, fmt.Sprintf("immediate command with %d commands in flight (window %d)", s.inflight.Load(), c.srv.cfg.QueueDepth)}
 	}
 	if t.edtl > c.srv.cfg.MaxTransferLength {
 		// Too large to buffer: swallow its immediate data and fail it
@@ -116,6 +137,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 			return err
 		}
 		t.received = uint32(dlen)
+		t.unsolNext = t.received
 		t.unsolicited = min(c.params.FirstBurstLength, t.edtl)
 		if c.params.InitialR2T || t.received >= t.unsolicited {
 			t.unsolDone = true
@@ -150,6 +172,7 @@ func (c *conn) admit(t *task, p *PDU) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t.immediate {
+		s.inflight.Add(1)
 		t.delivered.Store(true)
 		return true
 	}
@@ -328,12 +351,10 @@ func (c *conn) solicitLocked(t *task) []*PDU {
 			c.nextTTT = 1
 		}
 		ttt := c.nextTTT
-		if t.dataSNByTTT == nil {
-			t.dataSNByTTT = map[uint32]uint32{}
-			t.remainByTTT = map[uint32]uint32{}
+		if t.bursts == nil {
+			t.bursts = map[uint32]*burst{}
 		}
-		t.dataSNByTTT[ttt] = 0
-		t.remainByTTT[ttt] = n
+		t.bursts[ttt] = &burst{next: t.nextOffset, remain: n}
 		c.byTTT[ttt] = t
 		p := new(PDU)
 		p.setOpcode(opR2T, flagFinal)
@@ -365,12 +386,14 @@ func (c *conn) handleDataOut(p *PDU) error {
 		t = c.byTTT[ttt]
 	}
 	var verr error
+	var fail *scsi.Result // the PDU is well formed but the task must end
 	var want uint32
+	var b *burst
 	_, tomb := c.abortedTags[uint64(itt)<<32|uint64(ttt)]
 	switch {
 	case tomb || (t != nil && t.aborted.Load()):
 		c.mu.Unlock()
-		// Data of an aborted task: discard it quietly.
+		// Data of an aborted (or failed) task: discard it quietly.
 		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
 			return err
 		}
@@ -381,16 +404,40 @@ func (c *conn) handleDataOut(p *PDU) error {
 		verr = &protoError{rejectProtocolError, fmt.Sprintf("Data-Out offset %d+%d beyond expected length %d", off, n, t.edtl)}
 	case ttt == reservedTag && (t.unsolDone || off+n > t.unsolicited):
 		verr = &protoError{rejectProtocolError, "unsolicited Data-Out beyond FirstBurstLength"}
-	case ttt != reservedTag && n > t.remainByTTT[ttt]:
-		verr = &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+	case ttt == reservedTag && off != t.unsolNext:
+		r := dataOffsetError()
+		fail = &r
 	case ttt == reservedTag:
 		want = t.unsolDataSN
 	default:
-		want = t.dataSNByTTT[ttt]
+		b = t.bursts[ttt]
+		switch {
+		case b == nil:
+			verr = &protoError{rejectInvalidField, fmt.Sprintf("Data-Out for finished burst TTT %#x", ttt)}
+		case n > b.remain:
+			verr = &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+		case off != b.next:
+			r := dataOffsetError()
+			fail = &r
+		case p.Final() && n != b.remain:
+			// The sequence ends short of what the R2T asked for: the
+			// rest of the buffer would never be filled.
+			r := senseResult(scsi.SenseAbortedCommand, 0x4b, 0x00) // DATA PHASE ERROR
+			fail = &r
+		default:
+			want = b.dataSN
+		}
 	}
 	c.mu.Unlock()
-	if verr != nil {
-		c.rd.readData(p, nil)
+	if verr != nil || fail != nil {
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
+		}
+		if fail != nil {
+			c.log.WithFields(logrus.Fields{"itt": itt, "offset": off, "length": n}).Warn("Data-Out not at the next offset of its sequence; command failed, nothing written")
+			c.failTask(t, *fail)
+			return nil
+		}
 		return verr
 	}
 	if err := c.rd.readData(p, t.buf[off:off+n]); err != nil {
@@ -411,21 +458,21 @@ func (c *conn) handleDataOut(p *PDU) error {
 	t.received += n
 	if ttt == reservedTag {
 		t.unsolDataSN++
-		if p.Final() || off+n >= t.unsolicited {
+		t.unsolNext += n
+		if p.Final() || t.unsolNext >= t.unsolicited {
 			t.unsolDone = true
+			// Solicit the rest from where the unsolicited data ended.
+			t.nextOffset = t.unsolNext
 		}
-	} else if _, ok := t.remainByTTT[ttt]; ok {
-		t.dataSNByTTT[ttt]++
-		t.remainByTTT[ttt] -= n
-		if p.Final() || t.remainByTTT[ttt] == 0 {
+	} else if b != nil {
+		b.dataSN++
+		b.next += n
+		b.remain -= n
+		if b.remain == 0 {
 			delete(c.byTTT, ttt)
-			delete(t.dataSNByTTT, ttt)
-			delete(t.remainByTTT, ttt)
+			delete(t.bursts, ttt)
 			t.outstanding--
 		}
-	}
-	if t.received > t.edtl {
-		t.received = t.edtl
 	}
 	r2ts, ready := c.progressLocked(t)
 	c.mu.Unlock()
@@ -438,6 +485,12 @@ func (c *conn) handleDataOut(p *PDU) error {
 	return nil
 }
 
+// dataOffsetError is the result of a task whose Data-Out came at the wrong
+// buffer offset: CHECK CONDITION, ABORTED COMMAND, DATA OFFSET ERROR.
+func dataOffsetError() scsi.Result {
+	return senseResult(scsi.SenseAbortedCommand, 0x4b, 0x05)
+}
+
 // failTask ends a task that is still collecting data with the given result.
 func (c *conn) failTask(t *task, res scsi.Result) {
 	c.mu.Lock()
@@ -446,10 +499,11 @@ func (c *conn) failTask(t *task, res scsi.Result) {
 		return
 	}
 	t.started = true
-	for ttt, tt := range c.byTTT {
-		if tt == t {
-			delete(c.byTTT, ttt)
-		}
+	// Data-Out still on its way for this task is discarded quietly.
+	c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
+	for ttt := range t.bursts {
+		delete(c.byTTT, ttt)
+		c.tombstoneLocked(uint64(t.itt)<<32 | uint64(ttt))
 	}
 	c.mu.Unlock()
 	c.send(outMsg{task: t, res: res})
@@ -498,9 +552,7 @@ func (c *conn) finish(t *task) {
 		delete(c.tasks, t.itt)
 	}
 	c.mu.Unlock()
-	if !t.immediate {
-		c.sess.inflight.Add(-1)
-	}
+	c.sess.inflight.Add(-1)
 	select {
 	case <-t.done:
 	default:
