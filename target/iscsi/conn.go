@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ type conn struct {
 	log    *logrus.Entry
 	rd     pduReader
 	in     *bufio.Reader // under rd: what is buffered was received and not yet parsed
+	poll   *pollingReader
+	source string // the remote IP address, for per-source limits
 	sess   *session
 	params Params
 	cid    uint16
@@ -100,9 +103,11 @@ func newConn(s *Server, nc net.Conn) *conn {
 		abortedTags: map[uint64]struct{}{},
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
 	idle := func() bool { return c.executing.Load() == 0 }
-	c.in = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
+	c.poll = newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle)
+	// Small buffers until the login succeeds: a connection that never
+	// logs in costs a few KiB, not the full-feature buffers.
+	c.in = bufio.NewReaderSize(c.poll, loginBufSize)
 	c.rd.r = c.in
 	c.readErr = make(chan error, 1)
 	c.watch = time.AfterFunc(time.Hour, c.watchInline)
@@ -123,12 +128,13 @@ func (c *conn) serve(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { c.shutdown(errors.New("server stopping")) })
 	defer stop()
 	defer c.shutdown(errors.New("connection done"))
-	if err := c.login(); err != nil {
-		if !errors.Is(err, io.EOF) {
-			c.log.WithError(err).Warn("iSCSI login failed")
-		}
+	err := c.login()
+	c.srv.loginEnded(c.source)
+	if err != nil {
+		c.loginFailed(err)
 		return
 	}
+	c.growBuffers()
 	sess := c.sess
 	c.log.WithField("discovery", sess.discovery).Info("iSCSI login")
 	c.rd.headerDigest = c.params.HeaderDigest
@@ -138,7 +144,7 @@ func (c *conn) serve(ctx context.Context) {
 	c.pingerWG.Add(1)
 	go c.pinger()
 	go c.reader()
-	err := <-c.readErr
+	err = <-c.readErr
 	c.shutdown(err)
 	// Let running commands finish (their results are dropped) so the
 	// backend is quiet before the nexus is declared lost.
@@ -156,6 +162,46 @@ func (c *conn) serve(ctx context.Context) {
 	} else {
 		c.log.WithField("reason", context.Cause(c.ctx)).Debug("iSCSI connection closed")
 	}
+}
+
+// Buffer sizes: during login, and in full feature phase.
+const (
+	loginBufSize = 4 << 10
+	readBufSize  = 64 << 10
+	writeBufSize = 256 << 10
+)
+
+// growBuffers replaces the login's small read buffer (keeping what it
+// holds) and adds the write buffer, once the login has succeeded.
+func (c *conn) growBuffers() {
+	var r io.Reader = c.poll
+	if n := c.in.Buffered(); n > 0 {
+		rest, _ := c.in.Peek(n)
+		r = io.MultiReader(bytes.NewReader(append([]byte(nil), rest...)), c.poll)
+	}
+	c.in = bufio.NewReaderSize(r, readBufSize)
+	c.rd.r = c.in
+	c.wr.w = bufio.NewWriterSize(c.nc, writeBufSize)
+}
+
+// loginFailed logs a failed login and counts authentication failures
+// against the source address.
+func (c *conn) loginFailed(err error) {
+	if errors.Is(err, io.EOF) {
+		return
+	}
+	var le *loginError
+	if errors.As(err, &le) && (le.status == loginAuthFailed || le.status == loginForbidden) {
+		if c.srv.authFails.failed(c.source, c.srv.now()) {
+			c.log.WithFields(logrus.Fields{"source": c.source, "failures": c.srv.cfg.MaxAuthFailures, "window": c.srv.cfg.AuthFailureWindow}).
+				Warn("too many failed iSCSI logins; refusing this source's logins for the rest of the window")
+		}
+	}
+	if errors.As(err, &le) && le.status == loginServiceUnavail && c.srv.authFails.blocked(c.source, c.srv.now()) {
+		c.log.WithError(err).Debug("iSCSI login refused")
+		return
+	}
+	c.log.WithError(err).Warn("iSCSI login failed")
 }
 
 // reader runs readLoop and reports how it ended, unless it handed reading
@@ -314,6 +360,7 @@ func (c *conn) pinger() {
 		case <-c.ctx.Done():
 			return
 		case now := <-t.C:
+			c.expireWrites(now)
 			last := time.Unix(0, c.lastRecv.Load())
 			if c.pingTTT.Load() != 0 {
 				if last.After(sent) {

@@ -128,6 +128,9 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 	copy(isid[:], p.BHS[8:14])
 	tsih := binary.BigEndian.Uint16(p.BHS[14:])
 	if ls.first {
+		if ls.c.source != "" && ls.c.srv.authFails.blocked(ls.c.source, ls.c.srv.now()) {
+			return false, loginFail(loginServiceUnavail, "too many failed logins from %s; try again later", ls.c.source)
+		}
 		ls.isid, ls.tsih = isid, tsih
 		ls.cid = binary.BigEndian.Uint16(p.BHS[20:])
 		ls.itt = p.ITT()
@@ -357,7 +360,7 @@ func (ls *loginState) keys(pairs []kv, csg int) ([]kv, error) {
 			}
 			ls.authMethod = choice
 			if choice == "CHAP" {
-				ls.chap = &chapState{cfg: ls.chapConfig()}
+				ls.chap = &chapState{cfg: ls.chapConfig(), algs: ls.c.srv.cfg.CHAPAlgorithms}
 			} else {
 				ls.authDone = true
 			}

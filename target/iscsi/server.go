@@ -60,6 +60,37 @@ type Config struct {
 	// polls. At most half the Go scheduler's processors (at least one)
 	// poll at a time, so polling never takes every CPU from execution.
 	PollBudget time.Duration
+
+	// Limits that keep one initiator (or many) from exhausting the node.
+	// Zero means the default in parentheses.
+	//
+	// MaxConnections bounds open connections in total (1024), and
+	// MaxConnectionsPerSource those from one IP address (64).
+	// MaxPendingLogins bounds connections still in their login phase
+	// (64), MaxPendingLoginsPerSource those from one address (8). A
+	// connection beyond a limit is closed at once.
+	MaxConnections            int
+	MaxConnectionsPerSource   int
+	MaxPendingLogins          int
+	MaxPendingLoginsPerSource int
+	// MaxAuthFailures failed logins (wrong CHAP, not allowed) from one
+	// address within AuthFailureWindow (10 in 1 minute) make the target
+	// refuse that address's logins until the window has passed.
+	MaxAuthFailures   int
+	AuthFailureWindow time.Duration
+	// CHAPAlgorithms lists the CHAP hash algorithms initiators may use,
+	// in order of preference (default SHA-256, SHA-1, MD5). Leaving MD5
+	// out refuses initiators that offer nothing else.
+	CHAPAlgorithms []CHAPAlgorithm
+	// WriteBufferBytes bounds the write data buffered at once on the node
+	// (256 MiB), SessionWriteBufferBytes in one session (64 MiB, at
+	// least MaxTransferLength). A write beyond either ends at once with
+	// TASK SET FULL (the initiator retries it later) and its data is
+	// discarded. DataOutTimeout (30 s) fails a write whose initiator
+	// sends none of the data it owes for that long, and frees its buffer.
+	WriteBufferBytes        int64
+	SessionWriteBufferBytes int64
+	DataOutTimeout          time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -91,6 +122,33 @@ func (c *Config) setDefaults() {
 	if c.PollBudget == 0 {
 		c.PollBudget = 50 * time.Microsecond
 	}
+	setInt := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setInt(&c.MaxConnections, 1024)
+	setInt(&c.MaxConnectionsPerSource, 64)
+	setInt(&c.MaxPendingLogins, 64)
+	setInt(&c.MaxPendingLoginsPerSource, 8)
+	setInt(&c.MaxAuthFailures, 10)
+	if c.AuthFailureWindow <= 0 {
+		c.AuthFailureWindow = time.Minute
+	}
+	if c.WriteBufferBytes <= 0 {
+		c.WriteBufferBytes = 256 << 20
+	}
+	if c.SessionWriteBufferBytes <= 0 {
+		c.SessionWriteBufferBytes = 64 << 20
+	}
+	c.SessionWriteBufferBytes = max(c.SessionWriteBufferBytes, int64(c.MaxTransferLength))
+	c.WriteBufferBytes = max(c.WriteBufferBytes, c.SessionWriteBufferBytes)
+	if c.DataOutTimeout <= 0 {
+		c.DataOutTimeout = 30 * time.Second
+	}
+	if len(c.CHAPAlgorithms) == 0 {
+		c.CHAPAlgorithms = []CHAPAlgorithm{CHAPSHA256, CHAPSHA1, CHAPMD5}
+	}
 }
 
 // Server is an iSCSI target server: it accepts connections on any number of
@@ -109,6 +167,12 @@ type Server struct {
 	wg        sync.WaitGroup
 	bufs      bufPool
 	pollers   pollSlots
+	// Connections open and still logging in, per source address.
+	perSource map[string]*sourceCount
+	pending   int
+	authFails failureLimiter
+	writeBuf  byteBudget // write data buffered on the node
+	now       func() time.Time
 	// inlineRuns counts commands a reader ran itself (see conn.start).
 	inlineRuns atomic.Uint64
 }
@@ -148,6 +212,72 @@ func NewServer(cfg Config) *Server {
 		sessions:  map[sessionKey]*session{},
 		conns:     map[*conn]struct{}{},
 		listeners: map[net.Listener]struct{}{},
+		perSource: map[string]*sourceCount{},
+		authFails: failureLimiter{max: cfg.MaxAuthFailures, window: cfg.AuthFailureWindow, bySource: map[string]*failures{}},
+		writeBuf:  byteBudget{max: cfg.WriteBufferBytes},
+		now:       time.Now,
+	}
+}
+
+// sourceCount is what one source address has open.
+type sourceCount struct{ conns, pending int }
+
+// sourceOf is the address (without port) a connection comes from.
+func sourceOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// admitConnLocked counts a new connection from src in its login phase, or
+// says which limit refuses it. Called with s.mu held.
+func (s *Server) admitConnLocked(src string) error {
+	sc := s.perSource[src]
+	if sc == nil {
+		sc = &sourceCount{}
+	}
+	switch {
+	case len(s.conns) >= s.cfg.MaxConnections:
+		return fmt.Errorf("%d connections open (limit %d)", len(s.conns), s.cfg.MaxConnections)
+	case sc.conns >= s.cfg.MaxConnectionsPerSource:
+		return fmt.Errorf("%d connections open from %s (limit %d)", sc.conns, src, s.cfg.MaxConnectionsPerSource)
+	case s.pending >= s.cfg.MaxPendingLogins:
+		return fmt.Errorf("%d logins pending (limit %d)", s.pending, s.cfg.MaxPendingLogins)
+	case sc.pending >= s.cfg.MaxPendingLoginsPerSource:
+		return fmt.Errorf("%d logins pending from %s (limit %d)", sc.pending, src, s.cfg.MaxPendingLoginsPerSource)
+	}
+	sc.conns++
+	sc.pending++
+	s.pending++
+	s.perSource[src] = sc
+	return nil
+}
+
+// loginEnded is called once per connection when its login phase ends,
+// successfully or not.
+func (s *Server) loginEnded(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc := s.perSource[src]; sc != nil && sc.pending > 0 {
+		sc.pending--
+		s.pending--
+	}
+}
+
+// connEnded is called once per admitted connection when it closes.
+func (s *Server) connEnded(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc := s.perSource[src]; sc != nil {
+		sc.conns--
+		if sc.conns <= 0 {
+			delete(s.perSource, src)
+		}
 	}
 }
 
@@ -225,30 +355,50 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
+	var backoff time.Duration
+	var refusedLog, acceptLog rateLog
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			// Out of descriptors (EMFILE, ENFILE), a connection aborted
+			// before it was accepted, a transient network error: none
+			// of them may stop the node. Log, wait, try again.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if acceptLog.allow(s.now()) {
+				s.log.WithError(err).WithFields(logrus.Fields{"portal": l.Addr().String(), "retry_in": backoff}).Warn("iSCSI accept failed; retrying")
 			}
-			return fmt.Errorf("iscsi: accept on %s: %w", l.Addr(), err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			tc.SetKeepAlive(true)
-		}
-		c := newConn(s, nc)
+		backoff = 0
+		src := sourceOf(nc.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			nc.Close()
 			return nil
 		}
+		if err := s.admitConnLocked(src); err != nil {
+			s.mu.Unlock()
+			nc.Close()
+			if refusedLog.allow(s.now()) {
+				s.log.WithField("remote", nc.RemoteAddr().String()).WithError(err).Warn("iSCSI connection refused (limit)")
+			}
+			continue
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		c := newConn(s, nc)
+		c.source = src
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -258,8 +408,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
+			s.connEnded(src)
 		}()
 	}
+}
+
+// rateLog lets a repeated log line through at most once a second.
+type rateLog struct{ last time.Time }
+
+func (r *rateLog) allow(now time.Time) bool {
+	if now.Sub(r.last) < time.Second {
+		return false
+	}
+	r.last = now
+	return true
 }
 
 func (s *Server) isClosed() bool {

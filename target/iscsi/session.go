@@ -29,6 +29,8 @@ type session struct {
 	// QueueDepth commands are in flight.
 	expCmdSN atomic.Uint32
 	inflight atomic.Int32
+	// writeBuf bounds the session's buffered write data.
+	writeBuf byteBudget
 
 	mu      sync.Mutex
 	conn    *conn
@@ -140,6 +142,7 @@ func (c *conn) enterFullFeature(ls *loginState) error {
 		params:    params,
 		conn:      c,
 		waiting:   map[uint32]*task{},
+		writeBuf:  byteBudget{max: srv.cfg.SessionWriteBufferBytes},
 	}
 	if !ls.discovery {
 		s.tgt = tgt

@@ -49,8 +49,14 @@ type task struct {
 	// holds the CmdSN's place in order and never runs.
 	placeholder bool
 	bursts      map[uint32]*burst // outstanding R2T bursts by TTT
-	aborted     atomic.Bool
-	done        chan struct{} // closed once the task is finished
+	// reserved is the write budget this task holds (see byteBudget),
+	// given back once by releaseBuffer.
+	reserved atomic.Int64
+	// lastData is when the task last received data or was created (unix
+	// nanos, under conn.mu): DataOutTimeout counts from it.
+	lastData int64
+	aborted  atomic.Bool
+	done     chan struct{} // closed once the task is finished
 }
 
 // burst is the state of one R2T's data sequence.
@@ -127,7 +133,24 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		c.rd.readData(p, nil)
 		return &protoError{rejectTaskInProgress, fmt.Sprintf("ITT %#x already in use", t.itt)}
 	}
+	if t.write && t.edtl > 0 && !c.reserveWrite(t) {
+		// Over the write budget: take the immediate data off the wire,
+		// discard what else comes, and ask the initiator to retry.
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
+		}
+		if !c.admit(t, p) {
+			return nil
+		}
+		t.write = false
+		c.mu.Lock()
+		c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
+		c.mu.Unlock()
+		c.finishEarly(t, scsi.Result{Status: scsi.StatusTaskSetFull})
+		return nil
+	}
 	if t.write && t.edtl > 0 {
+		t.lastData = time.Now().UnixNano()
 		t.buf = c.srv.bufs.get(int(t.edtl))
 		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
 			if isDigest(err) {
@@ -157,12 +180,55 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		ExpectedLen: t.edtl,
 	}
 	if !c.admit(t, p) {
+		c.releaseBuffer(t)
 		return nil
 	}
 	c.mu.Lock()
 	c.tasks[t.itt] = t
 	c.mu.Unlock()
 	return c.progress(t, true)
+}
+
+// reserveWrite takes a write command's data length from the session's and
+// the node's write budgets.
+func (c *conn) reserveWrite(t *task) bool {
+	n := int64(t.edtl)
+	if !c.sess.writeBuf.take(n) {
+		return false
+	}
+	if !c.srv.writeBuf.take(n) {
+		c.sess.writeBuf.give(n)
+		return false
+	}
+	t.reserved.Store(n)
+	return true
+}
+
+// releaseBuffer gives a task's write budget back (once).
+func (c *conn) releaseBuffer(t *task) {
+	if n := t.reserved.Swap(0); n > 0 {
+		c.sess.writeBuf.give(n)
+		c.srv.writeBuf.give(n)
+	}
+}
+
+// expireWrites fails write commands whose initiator has sent none of the
+// data they still need for DataOutTimeout, freeing their buffers.
+func (c *conn) expireWrites(now time.Time) {
+	limit := now.Add(-c.srv.cfg.DataOutTimeout).UnixNano()
+	var stale []*task
+	c.mu.Lock()
+	for _, t := range c.tasks {
+		if t.write && !t.started && t.buf != nil && t.lastData < limit {
+			stale = append(stale, t)
+		}
+	}
+	c.mu.Unlock()
+	for _, t := range stale {
+		c.log.WithFields(logrus.Fields{"itt": t.itt, "timeout": c.srv.cfg.DataOutTimeout}).Warn("write command got no data in time; failed")
+		// ABORTED COMMAND, DATA PHASE ERROR: the initiator may retry.
+		c.failTask(t, senseResult(scsi.SenseAbortedCommand, 0x4b, 0x00))
+	}
 }
 
 // admit places a new command in the CmdSN order. It returns false if the
@@ -456,6 +522,7 @@ func (c *conn) handleDataOut(p *PDU) error {
 	}
 	c.mu.Lock()
 	t.received += n
+	t.lastData = time.Now().UnixNano()
 	if ttt == reservedTag {
 		t.unsolDataSN++
 		t.unsolNext += n
@@ -552,6 +619,7 @@ func (c *conn) finish(t *task) {
 		delete(c.tasks, t.itt)
 	}
 	c.mu.Unlock()
+	c.releaseBuffer(t)
 	c.sess.inflight.Add(-1)
 	select {
 	case <-t.done:
@@ -675,6 +743,7 @@ func (c *conn) releaseTasks() {
 	}
 	s.mu.Unlock()
 	for _, t := range tasks {
+		c.releaseBuffer(t)
 		t.aborted.Store(true)
 		select {
 		case <-t.done:
