@@ -109,13 +109,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if pgt < 1 || pgt > 65535 {
 		return fmt.Errorf("-portal-group-tag %d is outside 1-65535", pgt)
 	}
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), PortalGroupTag: uint16(pgt)}
-	if o.chapDiscovery {
-		if chap == nil {
-			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
-		}
-		icfg.DiscoveryCHAP = chap
+	icfg, err := iscsiConfig(o, log, chap)
+	if err != nil {
+		return err
 	}
+	icfg.PortalGroupTag = uint16(pgt)
 
 	// Listeners first: an address in use is reported before anything is
 	// registered in Consul.

@@ -40,6 +40,7 @@ var configSettings = []configSetting{
 	{"log_level", func(o *options) any { return &o.logLevel }},
 	{"log_format", func(o *options) any { return &o.logFormat }},
 	{"chap_discovery", func(o *options) any { return &o.chapDiscovery }},
+	{"chap_algorithms", func(o *options) any { return &o.chapAlgorithms }},
 	{"portal_group_tag", func(o *options) any { return &o.portalGroupTag }},
 	{"lock_delay", func(o *options) any { return &o.lockDelay }},
 	{"check_interval", func(o *options) any { return &o.checkInterval }},

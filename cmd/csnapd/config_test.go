@@ -36,6 +36,7 @@ consul_prefix    = "other/"
 log_level        = "debug"
 log_format       = "json"
 chap_discovery   = true
+chap_algorithms  = "sha256"
 portal_group_tag = 2
 lock_delay       = "1500ms"
 check_interval   = "500ms"
@@ -52,7 +53,7 @@ direct_io        = false
 		config: path, cluster: true,
 		nodeName: "n2", dataDir: "/var/lib/csnap", iscsiAddr: "127.0.0.2:3260", httpAddr: "127.0.0.2:7862",
 		serverAddr: "127.0.0.2:7863", consulAddr: "127.0.0.2:8500", consulPrefix: "other/",
-		logLevel: "debug", logFormat: "json", chapDiscovery: true, portalGroupTag: 2,
+		logLevel: "debug", logFormat: "json", chapDiscovery: true, chapAlgorithms: "sha256", portalGroupTag: 2,
 		lockDelay: 1500 * time.Millisecond, checkInterval: 500 * time.Millisecond, lease: 3 * time.Second,
 		ioTimeout: 20 * time.Second, awaitTimeout: time.Minute, directIO: false,
 	}

@@ -286,12 +286,9 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
-	if o.chapDiscovery {
-		if chap == nil {
-			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
-		}
-		icfg.DiscoveryCHAP = chap
+	icfg, err := iscsiConfig(o, log, chap)
+	if err != nil {
+		return err
 	}
 	isrv := iscsi.NewServer(icfg)
 

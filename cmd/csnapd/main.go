@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/iscsi"
 )
 
 // version is set at build time (make build: git describe).
@@ -39,6 +41,8 @@ type options struct {
 	version    bool
 	// chapDiscovery also requires CHAP on discovery sessions.
 	chapDiscovery bool
+	// chapAlgorithms lists the CHAP hashes initiators may use.
+	chapAlgorithms string
 
 	// cluster: not -dev and some setting given (-config or flags alone).
 	cluster bool
@@ -80,6 +84,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
+	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", "sha256,sha1,md5", "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
 	fs.IntVar(&o.portalGroupTag, "portal-group-tag", 0, "cluster: this node's portal group tag and relative target port id, 1-65535, distinct per node (default: derived from the node name)")
 	fs.StringVar(&o.consulPrefix, "consul-prefix", defaultConsulPrefix, "cluster: Consul KV prefix")
 	fs.DurationVar(&o.lockDelay, "lock-delay", defaultLockDelay, "cluster: Consul lock-delay of the server lock")
@@ -176,4 +181,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// iscsiConfig is the iSCSI target configuration common to -dev and cluster
+// mode: CHAP on discovery sessions and the accepted CHAP algorithms.
+func iscsiConfig(o *options, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
+	if o.chapDiscovery {
+		if chap == nil {
+			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
+		}
+		icfg.DiscoveryCHAP = chap
+	}
+	algs, err := iscsi.ParseCHAPAlgorithms(o.chapAlgorithms)
+	if err != nil {
+		return icfg, fmt.Errorf("-chap-algorithms: %w", err)
+	}
+	icfg.CHAPAlgorithms = algs
+	return icfg, nil
 }
