@@ -385,3 +385,38 @@ func residentBytes(t *testing.T) int64 {
 	fmt.Sscan(string(b), &size, &rss)
 	return rss * int64(os.Getpagesize())
 }
+
+// TestPreLoginMemory: a connection that has not logged in holds small
+// buffers only (it used to cost 320 KiB: the full-feature read and write
+// buffers were allocated at accept).
+func TestPreLoginMemory(t *testing.T) {
+	const n = 60
+	srv, addr, _ := startServer(t, Config{MaxPendingLogins: 1000, MaxPendingLoginsPerSource: 1000, MaxConnectionsPerSource: 1000}, nil)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < n; i++ {
+		dialInitiator(t, addr)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		srv.mu.Lock()
+		open := len(srv.conns)
+		srv.mu.Unlock()
+		if open == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connections accepted", open, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	per := (int64(after.HeapInuse) - int64(before.HeapInuse)) / n
+	t.Logf("heap per connection before login: %d bytes", per)
+	if per > 32<<10 {
+		t.Fatalf("%d bytes of heap per connection before login (at most 32 KiB expected)", per)
+	}
+}
