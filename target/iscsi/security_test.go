@@ -406,3 +406,27 @@ func TestReinstatementNeedsSameIdentity(t *testing.T) {
 	}
 	_ = binary.BigEndian
 }
+
+// TestAuthRecheckedAtFullFeature: a target that starts requiring CHAP (or
+// drops the initiator from its allow-list) while a login is under way is
+// decided again when the login enters full feature phase.
+func TestAuthRecheckedAtFullFeature(t *testing.T) {
+	srv, addr, _ := chapServer(t, Config{})
+	for name, later := range map[string]TargetConfig{
+		"CHAP turned on":  {Name: openIQN, Exec: &memExec{}, CHAP: &CHAP{User: "alice", Secret: "alicesecret12"}},
+		"not on the list": {Name: openIQN, Exec: &memExec{}, Initiators: []string{"iqn.2026-11.io.csnap:other"}},
+	} {
+		srv.AddTarget(TargetConfig{Name: openIQN, Exec: &memExec{}})
+		in := dialInitiator(t, addr)
+		in.send(in.loginReq(stageSecurity, stageOperational, true,
+			kv{"InitiatorName", "iqn.2026-11.io.csnap:a"}, kv{"SessionType", "Normal"}, kv{"TargetName", openIQN}, kv{"AuthMethod", "None"}))
+		if r := in.recv(); loginStatus(r) != 0 {
+			t.Fatalf("%s: security stage %#x", name, loginStatus(r))
+		}
+		srv.AddTarget(later)
+		in.send(in.loginReq(stageOperational, stageFullFeature, true))
+		if r := in.recv(); loginStatus(r) == loginSuccess {
+			t.Errorf("%s during the login: full feature phase granted", name)
+		}
+	}
+}
