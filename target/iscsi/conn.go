@@ -306,7 +306,7 @@ func (c *conn) acceptCmdSN(p *PDU) bool {
 		return true
 	}
 	s := c.sess
-	sn := p.u32(24)
+	sn := p.get(fieldCmdSN)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.inWindow(sn) {
@@ -328,7 +328,7 @@ func (c *conn) acceptCmdSN(p *PDU) bool {
 func (c *conn) handleNopOut(p *PDU) error {
 	if p.ITT() == reservedTag {
 		// Answer to our ping (or a bare keepalive): nothing to send.
-		if ttt := p.u32(20); ttt != reservedTag && ttt == c.pingTTT.Load() {
+		if ttt := p.get(fieldTTT); ttt != reservedTag && ttt == c.pingTTT.Load() {
 			c.pingTTT.Store(0)
 		}
 		return nil
@@ -339,8 +339,8 @@ func (c *conn) handleNopOut(p *PDU) error {
 	r := new(PDU)
 	r.setOpcode(opNopIn, flagFinal)
 	copy(r.BHS[8:16], p.BHS[8:16])
-	r.setU32(16, p.ITT())
-	r.setU32(20, reservedTag)
+	r.set(fieldITT, p.ITT())
+	r.set(fieldTTT, reservedTag)
 	r.Data = p.Data
 	c.send(outMsg{pdu: r, advance: true})
 	return nil
@@ -384,8 +384,8 @@ func (c *conn) pinger() {
 			sent = now
 			p := new(PDU)
 			p.setOpcode(opNopIn, flagFinal)
-			p.setU32(16, reservedTag)
-			p.setU32(20, ttt)
+			p.set(fieldITT, reservedTag)
+			p.set(fieldTTT, ttt)
 			c.send(outMsg{pdu: p})
 		}
 	}
@@ -435,7 +435,7 @@ func (c *conn) reject(p *PDU, reason byte) {
 	r := new(PDU)
 	r.setOpcode(opReject, flagFinal)
 	r.BHS[2] = reason
-	r.setU32(16, reservedTag)
+	r.set(fieldITT, reservedTag)
 	r.Data = append([]byte(nil), p.BHS[:]...)
 	c.send(outMsg{pdu: r, advance: true})
 }
@@ -447,12 +447,12 @@ func (c *conn) write(w *bufio.Writer, hdr []byte, m outMsg) ([]byte, error) {
 	}
 	if m.pdu != nil {
 		s := c.sess
-		m.pdu.setU32(24, c.statSN)
+		m.pdu.set(fieldStatSN, c.statSN)
 		if m.advance {
 			c.statSN++
 		}
-		m.pdu.setU32(28, s.expCmdSN.Load())
-		m.pdu.setU32(32, s.maxCmdSN())
+		m.pdu.set(fieldExpCmdSN, s.expCmdSN.Load())
+		m.pdu.set(fieldMaxCmdSN, s.maxCmdSN())
 		var err error
 		hdr, err = c.writePDU(w, hdr[:0], m.pdu)
 		if err != nil {

@@ -134,8 +134,8 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 		ls.isid, ls.tsih = isid, tsih
 		ls.cid = binary.BigEndian.Uint16(p.BHS[20:])
 		ls.itt = p.ITT()
-		ls.cmdSN = p.u32(24)
-		ls.statSN = p.u32(28) // ExpStatSN: where our StatSN starts
+		ls.cmdSN = p.get(fieldCmdSN)
+		ls.statSN = p.get(fieldExpStatSN) // ExpStatSN: where our StatSN starts
 		ls.stage = csg
 	} else if isid != ls.isid || tsih != ls.tsih || p.ITT() != ls.itt {
 		return false, loginFail(loginInitiatorError, "ISID, TSIH or ITT changed during login")
@@ -429,13 +429,13 @@ func (ls *loginState) respond(req *PDU, data []byte, transit bool, nsg int, stat
 	p.BHS[3] = 0 // VersionActive
 	copy(p.BHS[8:14], ls.isid[:])
 	binary.BigEndian.PutUint16(p.BHS[14:], ls.tsih)
-	p.setU32(16, req.ITT())
-	p.setU32(24, ls.statSN)
+	p.set(fieldITT, req.ITT())
+	p.set(fieldStatSN, ls.statSN)
 	if status == loginSuccess {
 		ls.statSN++
 	}
-	p.setU32(28, ls.cmdSN)
-	p.setU32(32, ls.cmdSN+ls.c.srv.cfg.QueueDepth-1)
+	p.set(fieldExpCmdSN, ls.cmdSN)
+	p.set(fieldMaxCmdSN, ls.cmdSN+ls.c.srv.cfg.QueueDepth-1)
 	p.BHS[36] = byte(status >> 8)
 	p.BHS[37] = byte(status)
 	p.Data = data

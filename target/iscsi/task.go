@@ -75,12 +75,12 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	flags := p.Flags()
 	t := &task{
 		itt:       p.ITT(),
-		cmdSN:     p.u32(24),
+		cmdSN:     p.get(fieldCmdSN),
 		immediate: p.Immediate(),
 		lun:       decodeLUN(p.LUNField()),
 		read:      flags&flagRead != 0,
 		write:     flags&flagWrite != 0,
-		edtl:      p.u32(20),
+		edtl:      p.get(fieldEDTL),
 		done:      make(chan struct{}),
 	}
 	cdb := append([]byte(nil), p.BHS[32:48]...)
@@ -425,11 +425,11 @@ func (c *conn) solicitLocked(t *task) []*PDU {
 		p := new(PDU)
 		p.setOpcode(opR2T, flagFinal)
 		binary.BigEndian.PutUint64(p.BHS[8:], encodeLUN(t.lun))
-		p.setU32(16, t.itt)
-		p.setU32(20, ttt)
-		p.setU32(36, t.r2tSN)
-		p.setU32(40, t.nextOffset)
-		p.setU32(44, n)
+		p.set(fieldITT, t.itt)
+		p.set(fieldTTT, ttt)
+		p.set(fieldR2TSN, t.r2tSN)
+		p.set(fieldBufferOffset, t.nextOffset)
+		p.set(fieldDesiredLen, n)
 		t.r2tSN++
 		t.outstanding++
 		t.nextOffset += n
@@ -439,9 +439,9 @@ func (c *conn) solicitLocked(t *task) []*PDU {
 }
 
 func (c *conn) handleDataOut(p *PDU) error {
-	itt, ttt := p.ITT(), p.u32(20)
-	off, n := p.u32(40), uint32(p.dataLen())
-	dataSN := p.u32(36)
+	itt, ttt := p.ITT(), p.get(fieldTTT)
+	off, n := p.get(fieldBufferOffset), uint32(p.dataLen())
+	dataSN := p.get(fieldDataSN)
 	// Validate under the lock (abort and delivery change task state from
 	// other goroutines), then read the data without it.
 	c.mu.Lock()
@@ -684,17 +684,17 @@ func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result
 		if last && collapse {
 			f |= flagStatus | flags
 			p.BHS[3] = res.Status
-			p.setU32(24, c.statSN)
+			p.set(fieldStatSN, c.statSN)
 			c.statSN++
-			p.setU32(44, resid)
+			p.set(fieldResidual, resid)
 		}
 		p.setOpcode(opDataIn, f)
-		p.setU32(16, t.itt)
-		p.setU32(20, reservedTag)
-		p.setU32(28, s.expCmdSN.Load())
-		p.setU32(32, s.maxCmdSN())
-		p.setU32(36, dataSN)
-		p.setU32(40, uint32(off))
+		p.set(fieldITT, t.itt)
+		p.set(fieldTTT, reservedTag)
+		p.set(fieldExpCmdSN, s.expCmdSN.Load())
+		p.set(fieldMaxCmdSN, s.maxCmdSN())
+		p.set(fieldDataSN, dataSN)
+		p.set(fieldBufferOffset, uint32(off))
 		p.Data = data[off : off+n]
 		dataSN++
 		if hdr, err = c.writePDU(w, hdr, p); err != nil {
@@ -709,13 +709,13 @@ func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result
 	p.setOpcode(opSCSIResp, flagFinal|flags)
 	p.BHS[2] = 0 // command completed at target
 	p.BHS[3] = res.Status
-	p.setU32(16, t.itt)
-	p.setU32(24, c.statSN)
+	p.set(fieldITT, t.itt)
+	p.set(fieldStatSN, c.statSN)
 	c.statSN++
-	p.setU32(28, s.expCmdSN.Load())
-	p.setU32(32, s.maxCmdSN())
-	p.setU32(36, dataSN)
-	p.setU32(44, resid)
+	p.set(fieldExpCmdSN, s.expCmdSN.Load())
+	p.set(fieldMaxCmdSN, s.maxCmdSN())
+	p.set(fieldExpDataSN, dataSN)
+	p.set(fieldResidual, resid)
 	if len(res.Sense) > 0 {
 		sd := make([]byte, 2+len(res.Sense))
 		binary.BigEndian.PutUint16(sd, uint16(len(res.Sense)))
