@@ -20,8 +20,7 @@ import (
 // certificate, it joins again.
 func TestClusterForeignCA(t *testing.T) {
 	var foreign atomic.Pointer[pki.Paths]
-	var c *cluster.Cluster
-	c = startClusterWith(t, cluster.Options{CsnapdArgsFor: func(n cluster.Node) []string {
+	c := startClusterWith(t, cluster.Options{CsnapdArgsFor: func(n cluster.Node) []string {
 		if p := foreign.Load(); p != nil && strings.HasSuffix(p.Cert, "csnap-node-"+n.Name+".pem") {
 			return []string{"-tls-ca", p.CA, "-tls-cert", p.Cert, "-tls-key", p.Key}
 		}
