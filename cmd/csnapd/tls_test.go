@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,5 +128,56 @@ func TestDevMakesAndReusesTLS(t *testing.T) {
 	}
 	if !m1.Leaf.Equal(m2.Leaf) {
 		t.Fatal("second start made a new certificate")
+	}
+}
+
+// SIGHUP reloads the TLS files.
+func TestNodeTLSReloadsOnSIGHUP(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	p, err := devTLS(dir, "n1", quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := nodeTLS(ctx, &options{tlsCA: p.CA, tlsCert: p.Cert, tlsKey: p.Key}, false, "", "n1", quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := h.Current()
+	// A new certificate, written with the old modification time (only the
+	// signal can tell).
+	fi, err := os.Stat(p.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := ca.Sign("n1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Write(p, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{p.Cert, p.Key} {
+		if err := os.Chtimes(f, fi.ModTime(), fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Current() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP did not reload the certificate")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !h.Current().Leaf.Equal(nc.Cert) {
+		t.Fatal("reloaded something else")
 	}
 }
