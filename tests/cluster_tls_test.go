@@ -56,8 +56,10 @@ func TestClusterForeignCA(t *testing.T) {
 	if log := c.CsnapdLog(i); !strings.Contains(log, "certificate signed by unknown authority") {
 		t.Errorf("%s's log does not say the server's certificate is of an unknown CA:\n%s", name, tail(log, 3000))
 	}
-	if log := c.CsnapdLog(s); !strings.Contains(log, "TLS handshake failed") || !strings.Contains(log, c.Node(i).IP) {
-		t.Errorf("the server n%d's log does not show the refused TLS handshake from %s:\n%s", s, c.Node(i).IP, tail(log, 3000))
+	// (It refuses the server's certificate first, so the server sees its
+	// alert. On loopback its connections come from 127.0.0.1.)
+	if log := c.CsnapdLog(s); !strings.Contains(log, "TLS handshake failed") {
+		t.Errorf("the server n%d's log does not show the failed TLS handshakes:\n%s", s, tail(log, 3000))
 	}
 	// The server does not list it as a client.
 	if out := clusterAdmin(t, c, s, "clients", clusterVolume); strings.Contains(out, name) {

@@ -30,7 +30,7 @@ func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry) bool 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		log.WithError(err).Warn("TLS handshake failed: connection refused")
+		log.WithError(err).Warn("TLS handshake failed; connection closed")
 		return false
 	}
 	return true
