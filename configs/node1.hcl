@@ -27,3 +27,13 @@ check_interval = "1s"             # interval of csnapd's own Consul health check
 lease          = "2s"             # a server stops serving after this long without confirming its lock (default 2s)
 io_timeout     = "25s"            # IO waits this long for an unreachable snapshot server, then fails (default 25s)
 await_timeout  = "30s"            # a new server waits this long for the old server's clients (default 30s)
+
+# Mutual TLS of the snapshot-server protocol (required in cluster mode). Make the files once:
+#   csnap-admin tls ca create --dir /etc/csnap/tls          (keep csnap-agent-ca-key.pem off the nodes)
+#   csnap-admin tls cert create --node n1 --dir /etc/csnap/tls
+# and copy the CA certificate and this node's two files here. SIGHUP (or a changed file) reloads them.
+tls {
+  ca_file   = "/etc/csnap/tls/csnap-agent-ca.pem"
+  cert_file = "/etc/csnap/tls/csnap-node-n1.pem"
+  key_file  = "/etc/csnap/tls/csnap-node-n1-key.pem"
+}

@@ -35,6 +35,7 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] COMMAND [ARGS] [--json]
   server VOLUME
   clients VOLUME
   check VOLUME
+` + tlsUsage + `
 
 The node's address comes from -addr, else $CSNAP_HTTP_ADDR, else 127.0.0.1:7862.
 $CSNAP_HTTP_TOKEN is sent as a bearer token when set.
@@ -210,6 +211,9 @@ func dispatch(e *env, argv []string) error {
 	cmds := commands()
 	name := argv[0]
 	rest := argv[1:]
+	if name == "tls" {
+		return tlsCmd(e, rest)
+	}
 	if name == "volume" || name == "snapshot" {
 		if len(rest) == 0 {
 			return usagef("%s needs a subcommand", name)

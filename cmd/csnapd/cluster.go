@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/snapstore/server"
@@ -51,6 +52,7 @@ type clusterNode struct {
 	chap       *iscsi.CHAP
 	mux        *server.Mux
 	members    *consul.Members
+	certs      *pki.Holder // the snapshot-server protocol's TLS; nil: -insecure-no-tls
 
 	mu   sync.Mutex
 	vols map[string]*clusterVolume
@@ -99,6 +101,12 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		}
 	}
 	chap, err := chapFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	tlsCtx, stopTLS := context.WithCancel(context.Background())
+	defer stopTLS()
+	certs, err := nodeTLS(tlsCtx, o, false, o.dataDir, node, log)
 	if err != nil {
 		return err
 	}
@@ -173,7 +181,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.consulPrefix}, node: node,
 		serverAddr: sl.Addr().String(), isrv: iscsi.NewServer(icfg), chap: chap,
 		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
-		vols: map[string]*clusterVolume{}, ctx: volCtx,
+		vols: map[string]*clusterVolume{}, ctx: volCtx, certs: certs,
 	}
 
 	hs := &http.Server{Handler: newAPI(&clusterService{n: n}, n.isrv, token), ReadHeaderTimeout: 10 * time.Second}
@@ -197,7 +205,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	muxCtx, stopMux := context.WithCancel(context.Background())
 	defer stopMux()
 	goServe(func() error {
-		if err := n.mux.Serve(muxCtx, sl); err != nil && muxCtx.Err() == nil {
+		if err := n.mux.Serve(muxCtx, tlsListener(sl, certs)); err != nil && muxCtx.Err() == nil {
 			return fmt.Errorf("snapshot-server listener: %w", err)
 		}
 		return nil
@@ -505,7 +513,7 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 		var err error
 		cl, err = client.New(ctx, client.Config{
 			Volume: v.def.Name, Node: n.node, ID: clientID(n.node, v.def.Name),
-			Locator: v.watch, Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
+			Locator: v.watch, TLS: clientTLS(n.certs), Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
 			// A failover takes seconds: retry often (the locator reads
 			// Consul on every attempt) rather than back off to 1 s.
 			MaxBackoff: 250 * time.Millisecond,
@@ -633,6 +641,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		AwaitTimeout: n.o.awaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
 		OnDeposed:    func(newer uint64) { go v.fence(newer) },
+		PeerNode:     peerNode(n.certs),
 	})
 	if err != nil {
 		fo.fence()

@@ -48,13 +48,64 @@ var configSettings = []configSetting{
 	{"io_timeout", func(o *options) any { return &o.ioTimeout }},
 	{"await_timeout", func(o *options) any { return &o.awaitTimeout }},
 	{"direct_io", func(o *options) any { return &o.directIO }},
+	{"tls.ca_file", func(o *options) any { return &o.tlsCA }},
+	{"tls.cert_file", func(o *options) any { return &o.tlsCert }},
+	{"tls.key_file", func(o *options) any { return &o.tlsKey }},
+	{"insecure_no_tls", func(o *options) any { return &o.insecureNoTLS }},
 }
+
+// configBlocks are the blocks of the configuration file: a setting inner
+// of block b has the key "b.inner" (which may also be written so).
+var configBlocks = map[string]bool{"tls": true}
+
+// blockFlags are the flags of settings in blocks, whose names do not
+// follow from their key.
+var blockFlags = map[string]string{"tls.ca_file": "tls-ca", "tls.cert_file": "tls-cert", "tls.key_file": "tls-key"}
 
 // commandLineOnly are the flags that have no key in the file.
 var commandLineOnly = map[string]bool{"dev": true, "config": true, "version": true}
 
 // flagName is the command-line flag of a file key.
-func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+func flagName(key string) string {
+	if f, ok := blockFlags[key]; ok {
+		return f
+	}
+	return strings.ReplaceAll(key, "_", "-")
+}
+
+// flattenBlocks replaces each block `b { k = v ... }` of items by its
+// settings, keyed "b.k".
+func flattenBlocks(path string, items []*ast.ObjectItem) ([]*ast.ObjectItem, error) {
+	var out []*ast.ObjectItem
+	for _, item := range items {
+		obj, ok := item.Val.(*ast.ObjectType)
+		if !ok || len(item.Keys) != 1 {
+			out = append(out, item)
+			continue
+		}
+		b, err := keyText(item.Keys[0].Token)
+		if err != nil || !configBlocks[b] {
+			out = append(out, item) // reported by the caller
+			continue
+		}
+		for _, in := range obj.List.Items {
+			if len(in.Keys) != 1 {
+				return nil, fmt.Errorf("%s:%d: expected a setting `key = value` in block %s", path, in.Pos().Line, b)
+			}
+			if _, nested := in.Val.(*ast.ObjectType); nested {
+				return nil, fmt.Errorf("%s:%d: no block may be nested in block %s", path, in.Pos().Line, b)
+			}
+			k, err := keyText(in.Keys[0].Token)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %v", path, in.Pos().Line, err)
+			}
+			tok := in.Keys[0].Token
+			tok.Type, tok.Text = token.IDENT, b+"."+k
+			out = append(out, &ast.ObjectItem{Keys: []*ast.ObjectKey{{Token: tok}}, Assign: in.Assign, Val: in.Val})
+		}
+	}
+	return out, nil
+}
 
 func lookupSetting(key string) (configSetting, bool) {
 	for _, s := range configSettings {
@@ -91,7 +142,11 @@ func applyConfigFile(o *options, path string, set map[string]bool) error {
 		return fmt.Errorf("%s: not a list of settings", path)
 	}
 	seen := map[string]int{} // key -> line
-	for _, item := range list.Items {
+	items, err := flattenBlocks(path, list.Items)
+	if err != nil {
+		return err
+	}
+	for _, item := range items {
 		line := item.Pos().Line
 		at := fmt.Sprintf("%s:%d", path, line)
 		switch len(item.Keys) {

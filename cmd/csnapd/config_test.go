@@ -247,8 +247,12 @@ func TestConfigKeysMatchFlags(t *testing.T) {
 			t.Errorf("key %s: unsupported field type %T", s.key, s.field(&options{}))
 		}
 	}
+	keyed := map[string]bool{} // flags that have a key
+	for _, s := range configSettings {
+		keyed[flagName(s.key)] = true
+	}
 	for name := range flags {
-		if !keys[strings.ReplaceAll(name, "-", "_")] {
+		if !keyed[name] {
 			t.Errorf("flag -%s has no key %s in the config file", name, strings.ReplaceAll(name, "-", "_"))
 		}
 	}
@@ -304,5 +308,36 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	if nodes != 3 {
 		t.Errorf("found %d node configs in configs/, want 3", nodes)
+	}
+}
+
+// The tls block sets the TLS files; flags override it.
+func TestConfigTLSBlock(t *testing.T) {
+	path := writeConfig(t, `
+node_name = "n1"
+tls {
+  ca_file   = "/etc/csnap/csnap-agent-ca.pem"
+  cert_file = "/etc/csnap/csnap-node-n1.pem"
+  key_file  = "/etc/csnap/csnap-node-n1-key.pem"
+}
+`)
+	o, err := parseFlags([]string{"-config", path, "-tls-key", "/k.pem"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.tlsCA != "/etc/csnap/csnap-agent-ca.pem" || o.tlsCert != "/etc/csnap/csnap-node-n1.pem" || o.tlsKey != "/k.pem" {
+		t.Fatalf("tls settings %q %q %q", o.tlsCA, o.tlsCert, o.tlsKey)
+	}
+	for _, bad := range []string{
+		"tls { ca_file = 1 }",
+		"tls { nope = \"x\" }",
+		"tls { inner { ca_file = \"x\" } }",
+		"other { ca_file = \"x\" }",
+	} {
+		if _, err := parseFlags([]string{"-config", writeConfig(t, bad)}, io.Discard); err == nil {
+			t.Errorf("%s: accepted", bad)
+		} else {
+			t.Logf("%s: %v", bad, err)
+		}
 	}
 }

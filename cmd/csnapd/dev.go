@@ -252,10 +252,14 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	}
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	defer stopSrv()
+	certs, err := nodeTLS(srvCtx, o, true, dir, node, log)
+	if err != nil {
+		return err
+	}
 	snapSrv, err := server.New(server.Config{
 		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
 		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
-		Log: log.WithField("component", "snapserver"),
+		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
 	})
 	if err != nil {
 		return err
@@ -272,7 +276,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	srvWG.Add(1)
 	go func() {
 		defer srvWG.Done()
-		if err := snapSrv.Serve(srvCtx, sl); err != nil && !errors.Is(err, server.ErrServerClosed) {
+		if err := snapSrv.Serve(srvCtx, tlsListener(sl, certs)); err != nil && !errors.Is(err, server.ErrServerClosed) {
 			log.WithError(err).Error("snapshot server stopped")
 		}
 	}()
@@ -295,8 +299,8 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	var exp *export
 	cl, err := client.New(ctx, client.Config{
 		Volume: devVolume, Node: node, ID: clientID(node, devVolume),
-		Locator: client.StaticLocator(sl.Addr().String()),
-		Origin:  origin, Store: store,
+		Locator: client.StaticServer{Addr: sl.Addr().String(), Node: node}, TLS: clientTLS(certs),
+		Origin: origin, Store: store,
 		Log: log.WithField("component", "snapclient"),
 		OnChange: func(uint64) {
 			if exp != nil {

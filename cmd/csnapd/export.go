@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sort"
@@ -120,9 +119,4 @@ func (e *export) unexport(name string) {
 }
 
 // clientID is the stable client id of a node for a volume.
-func clientID(node, volume string) wire.ClientID {
-	h := sha256.Sum256([]byte(node + "\x00" + volume))
-	var id wire.ClientID
-	copy(id[:], h[:16])
-	return id
-}
+func clientID(node, volume string) wire.ClientID { return wire.ClientIDFor(node, volume) }

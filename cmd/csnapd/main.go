@@ -56,6 +56,10 @@ type options struct {
 	ioTimeout      time.Duration // how long IO waits for a snapshot server before failing
 	awaitTimeout   time.Duration // how long a new server waits for the old one's clients
 	directIO       bool          // open volumes' origin and store O_DIRECT (coherent across hosts)
+
+	// Mutual TLS of the snapshot-server protocol (tls.go).
+	tlsCA, tlsCert, tlsKey string
+	insecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
 }
 
 // Cluster-mode defaults (docs/CLUSTER.md explains the timings).
@@ -93,6 +97,10 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.ioTimeout, "io-timeout", defaultIOTimeout, "cluster: how long IO waits for an unreachable snapshot server before failing")
 	fs.DurationVar(&o.awaitTimeout, "await-timeout", defaultAwaitTimeout, "cluster: how long a newly elected server waits for the previous server's clients")
 	fs.BoolVar(&o.directIO, "direct-io", true, "cluster: open volumes' origin and store with O_DIRECT, bypassing this host's page cache (needed when nodes run on different hosts)")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "snapshot-server protocol: CA certificate `file` (csnap-admin tls ca create; -dev: made in DATA_DIR/tls)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "snapshot-server protocol: this node's certificate `file` (csnap-admin tls cert create)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "snapshot-server protocol: this node's private key `file`")
+	fs.BoolVar(&o.insecureNoTLS, "insecure-no-tls", false, "cluster: run the snapshot-server protocol without TLS: any process that reaches the port can act as a node (tests only)")
 	return fs
 }
 

@@ -29,6 +29,17 @@
 //
 // # Connections
 //
+// On a TLS listener (pki.Holder.ServerConfig) a connection without a
+// client certificate of the cluster's CA fails its TLS handshake and is
+// closed before any frame is read. With Config.PeerNode (TLSPeerNode),
+// before a HELLO touches any state, the server rejects it (reason
+// identity) unless it claims the node the certificate names and that
+// node's client id (wire.ClientIDFor), and rejects it (not a member)
+// unless that node is a cluster member. Whether or not connections are
+// authenticated, a HELLO with a client id the server knows as another
+// node's (connected, awaited, detached, unsettled) is rejected (identity):
+// a node never takes over another's connection, locks or approvals.
+//
 // A client sends HELLO. The server rejects it (HELLO_REJECT, then closes)
 // when it is shutting down, no protocol version is in common, the volume
 // is not ours, the client knows a newer term than ours (we have been

@@ -49,6 +49,12 @@ type Config struct {
 	Registry Registry
 	// Membership says which nodes may connect. Default: AllowAll.
 	Membership Membership
+	// PeerNode, if set, says which node a connection's peer proved to be
+	// (TLSPeerNode: its verified TLS client certificate). A HELLO is then
+	// accepted only if it claims that node and that node's client id
+	// (wire.ClientIDFor). Nil: the HELLO's node is taken on its word
+	// (tests; every csnapd sets it).
+	PeerNode func(net.Conn) (string, error)
 	// Log is the base logger; default logrus.StandardLogger(). The server
 	// adds fields volume, term (and client, node, remote per connection).
 	Log    *logrus.Entry

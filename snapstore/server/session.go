@@ -140,7 +140,7 @@ func (ss *session) run() {
 	defer ss.teardown()
 	r := wire.NewReader(bufio.NewReader(ss.conn))
 	_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if !ss.handshake(r) {
+	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log) || !ss.handshake(r) {
 		return
 	}
 	for {
@@ -212,6 +212,9 @@ func (ss *session) handshake(r *wire.Reader) bool {
 		ss.send(id, &wire.HelloReject{Reason: reason, Term: s.cfg.Term, Message: clip(msg)})
 		return false
 	}
+	if reason, msg := ss.authenticate(h); reason != 0 {
+		return reject(reason, "%s", msg)
+	}
 	version := min(h.MaxVersion, wire.MaxVersion)
 	switch {
 	case version < max(h.MinVersion, wire.MinVersion):
@@ -233,6 +236,10 @@ func (ss *session) handshake(r *wire.Reader) bool {
 	if s.closed {
 		s.mu.Unlock()
 		return reject(wire.RejectShuttingDown, "server is shutting down")
+	}
+	if owner, known := s.clientNodeLocked(ss.id); known && owner != ss.node {
+		s.mu.Unlock()
+		return reject(wire.RejectIdentity, "client id %v belongs to node %q", ss.id, owner)
 	}
 	old := s.sessions[ss.id]
 	if old != nil {

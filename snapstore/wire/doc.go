@@ -75,6 +75,16 @@
 // writes that could conflict. The client may pipeline further requests
 // right behind UPLOAD_DONE.
 //
+// # Transport
+//
+// Between csnapd nodes the stream runs over mutual TLS 1.3 (package pki):
+// both ends present the certificate of their node, signed by the
+// cluster's CA. A server accepts a HELLO only if it claims the node of the
+// client's certificate and that node's client id, ClientIDFor(node,
+// volume) (reason identity, 7); a client accepts only a server whose
+// certificate names the node holding the volume's server lock. The frames
+// are the same with or without TLS.
+//
 // The server rejects a HELLO with reason stale term (4) when the client
 // already knows a term newer than the server's: that server has been
 // deposed and must stop serving. A client whose known term is older just
@@ -122,7 +132,9 @@
 //	                                flight (>= 1), u32 max read locks held
 //	0x03 HELLO_REJECT        reply  u16 reason (1 version unsupported, 2 foreign
 //	                                volume, 3 not the server, 4 stale term, 5 node
-//	                                not a cluster member, 6 shutting down),
+//	                                not a cluster member, 6 shutting down,
+//	                                7 identity: node or client id not the
+//	                                authenticated node's),
 //	                                u64 server term, text message
 //	0x04 PING                req    empty
 //	0x05 PONG                reply  empty

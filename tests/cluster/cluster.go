@@ -46,6 +46,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/csnap/csnap/pki"
 )
 
 // Port numbers, the same on every node's address.
@@ -85,6 +87,11 @@ type Options struct {
 	// inside node i's namespace; reach them with Command, HTTPClient,
 	// HTTPGet and Consul.
 	Netns bool
+	// NoTLS runs csnapd's snapshot-server protocol without TLS
+	// (-insecure-no-tls). By default the harness makes a CA and a
+	// certificate per node in Dir/tls (package pki, as `csnap-admin tls`
+	// does) and gives them to each csnapd (Node.TLSCA etc.).
+	NoTLS bool
 	// StampLogs prefixes every line a process writes to its log with the
 	// time the harness read it (LogStampLayout, UTC, then a space), so
 	// events in different processes' logs can be ordered to well below
@@ -108,8 +115,10 @@ type Node struct {
 	ConsulConfig  string // the agent's HCL file
 	CsnapdLogPath string
 	ConsulLogPath string
-	CsnapdPID     int // 0 when not running
-	ConsulPID     int // 0 when not running
+	// The node's TLS files (-tls-ca, -tls-cert, -tls-key); "" with NoTLS.
+	TLSCA, TLSCert, TLSKey string
+	CsnapdPID              int // 0 when not running
+	ConsulPID              int // 0 when not running
 }
 
 // Cluster is a running cluster. Nodes are numbered from 1.
@@ -191,14 +200,48 @@ func newCluster(o Options) (*Cluster, error) {
 		c.netnsPrefix = netnsPrefix()
 		c.switchNetns = c.netnsPrefix + "-sw"
 	}
+	var ca *pki.CA
+	tlsDir := filepath.Join(o.Dir, "tls")
+	if !o.NoTLS {
+		if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if ca, err = pki.NewCA("csnap test cluster CA", 0); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if err := ca.Write(tlsDir, true); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
 	for i := 1; i <= o.Nodes; i++ {
 		m, err := newMember(o, i, c.netnsPrefix)
 		if err != nil {
 			return nil, err
 		}
+		if ca != nil {
+			p, err := MakeNodeCert(ca, tlsDir, m.info.Name)
+			if err != nil {
+				return nil, err
+			}
+			m.info.TLSCA, m.info.TLSCert, m.info.TLSKey = p.CA, p.Cert, p.Key
+		}
 		c.nodes = append(c.nodes, m)
 	}
 	return c, nil
+}
+
+// MakeNodeCert signs a certificate for node with ca and writes it into dir
+// (pki.NodePaths; the CA certificate is expected there too).
+func MakeNodeCert(ca *pki.CA, dir, node string) (pki.Paths, error) {
+	p := pki.NodePaths(dir, node)
+	nc, err := ca.Sign(node, 0)
+	if err != nil {
+		return p, fmt.Errorf("cluster: %w", err)
+	}
+	if err := nc.Write(p, true); err != nil {
+		return p, fmt.Errorf("cluster: %w", err)
+	}
+	return p, nil
 }
 
 func checkBinaries(o Options) error {

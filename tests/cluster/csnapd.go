@@ -24,6 +24,11 @@ func (c *Cluster) csnapdArgs(n Node) []string {
 		"-portal-group-tag", strconv.Itoa(n.Index),
 		"-log-level", "debug",
 	}
+	if c.opts.NoTLS {
+		args = append(args, "-insecure-no-tls")
+	} else {
+		args = append(args, "-tls-ca", n.TLSCA, "-tls-cert", n.TLSCert, "-tls-key", n.TLSKey)
+	}
 	args = append(args, c.opts.CsnapdArgs...)
 	if c.opts.CsnapdArgsFor != nil {
 		args = append(args, c.opts.CsnapdArgsFor(n)...)
