@@ -72,10 +72,14 @@ type Config struct {
 	// MaxInFlight is the number of requests one connection may have
 	// outstanding (HELLO_OK tells the client). Default 256.
 	MaxInFlight int
-	// OnDeposed, if set, is called (once per occurrence, from a connection
-	// goroutine) when a client knows a newer term than ours: this server
-	// has been replaced and the cluster layer should stop it.
+	// OnDeposed, if set, is called (once, from a connection goroutine)
+	// when a client says it knows a newer term than ours and LockCheck
+	// confirms that the lock is no longer ours: this server has been
+	// replaced and the cluster layer should fence and stop it.
 	OnDeposed func(newerTerm uint64)
+	// LockCheck confirms a claimed newer term with the lock service (see
+	// lockcheck.go). Default StillOurs (a claim never deposes).
+	LockCheck LockCheck
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
 }
@@ -88,6 +92,11 @@ type Server struct {
 	mem   Membership
 	log   *logrus.Entry
 	since time.Time
+
+	// lockCheck shares the checks of claimed terms; deposedOnce calls
+	// OnDeposed once.
+	lockCheck   *lockChecker
+	deposedOnce sync.Once
 
 	// create serializes snapshot creations (one barrier at a time).
 	create chan struct{}
@@ -209,6 +218,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.LockCheck == nil {
+		cfg.LockCheck = StillOurs{}
+	}
 	if cfg.Limits.MaxRanges <= 0 || cfg.Limits.MaxRanges > wire.MaxRanges {
 		cfg.Limits.MaxRanges = wire.MaxRanges
 	}
@@ -230,6 +242,7 @@ func New(cfg Config) (*Server, error) {
 
 	s := &Server{
 		cfg: cfg, eng: eng, reg: cfg.Registry, mem: cfg.Membership, log: log, since: cfg.Now(),
+		lockCheck: &lockChecker{lc: cfg.LockCheck, now: cfg.Now},
 		create:    make(chan struct{}, 1),
 		tab:       locks.New(cfg.Limits),
 		sessions:  map[wire.ClientID]*session{},

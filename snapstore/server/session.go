@@ -219,14 +219,12 @@ func (ss *session) handshake(r *wire.Reader) bool {
 			h.MinVersion, h.MaxVersion, wire.MinVersion, wire.MaxVersion)
 	case h.Volume != s.cfg.Volume:
 		return reject(wire.RejectForeignVolume, "this server serves volume %q, not %q", s.cfg.Volume, h.Volume)
-	case h.Term > s.cfg.Term:
-		if s.cfg.OnDeposed != nil {
-			s.cfg.OnDeposed(h.Term)
-		}
-		s.log.WithField("newer_term", h.Term).Error("a client knows a newer term: this server has been deposed")
-		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows", s.cfg.Term, h.Term)
 	case !s.mem.IsMember(h.Node):
 		return reject(wire.RejectNotMember, "node %q is not a cluster member", h.Node)
+	case h.Term > s.cfg.Term:
+		// Never taken on the peer's word: the lock decides (lockcheck.go).
+		why := s.claimedTerm(ss.ctx, ss.log, h.Term)
+		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows (%s)", s.cfg.Term, h.Term, why)
 	}
 	ss.id, ss.node, ss.version = h.Client, h.Node, version
 	s.mu.Lock()
