@@ -77,6 +77,13 @@ type Config struct {
 	// confirms that the lock is no longer ours: this server has been
 	// replaced and the cluster layer should fence and stop it.
 	OnDeposed func(newerTerm uint64)
+	// ValidateShared, if set, checks a shared-state value (shared.go)
+	// before the server commits it (SHARED_UPDATE) or adopts it (a
+	// client's UPLOAD_SHARED); csnapd checks that it decodes as the SCSI
+	// state of a logical unit. An empty value, the state of an entry never
+	// written, is always valid and is not passed to it. Default: every
+	// value is valid.
+	ValidateShared func(key string, value []byte) error
 	// LockCheck confirms a claimed newer term with the lock service (see
 	// lockcheck.go). Default StillOurs (a claim never deposes).
 	LockCheck LockCheck
@@ -125,11 +132,14 @@ type Server struct {
 	// shared is the shared state (shared.go); uploadAwait the registry
 	// clients whose upload a newly elected server waits for before it
 	// commits a shared-state update.
-	shared      map[string]*sharedEntry
-	uploadAwait map[wire.ClientID]string
-	parked      map[locks.Key]chan struct{}
-	barrier     *barrier
-	preparing   int // origin-write copy-outs in progress
+	shared map[string]*sharedEntry
+	// refusedShared: the newest version of each entry whose upload was
+	// refused as invalid (ResetShared goes above it).
+	refusedShared map[string]uint64
+	uploadAwait   map[wire.ClientID]string
+	parked        map[locks.Key]chan struct{}
+	barrier       *barrier
+	preparing     int // origin-write copy-outs in progress
 	// Reclamation (reclaim.go): the pass in progress, clients that lost
 	// their connection while they may have been reading the store, and
 	// SNAPSHOT_READs in progress by era (a pass waits for the older ones).
@@ -256,6 +266,8 @@ func New(cfg Config) (*Server, error) {
 		blockWait: map[locks.Key]chan struct{}{},
 		unsettled: map[wire.ClientID]unsettled{},
 		shared:    map[string]*sharedEntry{},
+
+		refusedShared: map[string]uint64{},
 
 		uploadAwait: map[wire.ClientID]string{},
 		parked:      map[locks.Key]chan struct{}{},
