@@ -84,6 +84,10 @@ type Config struct {
 	// written, is always valid and is not passed to it. Default: every
 	// value is valid.
 	ValidateShared func(key string, value []byte) error
+	// LockBound is how long the server honours a client's read lock or
+	// block lock (lockbound.go); at least wire.LockLease. Default
+	// DefaultLockBound.
+	LockBound time.Duration
 	// LockCheck confirms a claimed newer term with the lock service (see
 	// lockcheck.go). Default StillOurs (a claim never deposes).
 	LockCheck LockCheck
@@ -125,7 +129,11 @@ type Server struct {
 	started time.Time
 	// Block locks (blocks.go): the table, when each granted one was
 	// granted, and the requests waiting, woken by closing their channel.
-	blocks    *locks.Blocks
+	blocks *locks.Blocks
+	// lockAt is when each read lock was granted (or uploaded), revoked
+	// the read locks revoked past LockBound (lockbound.go).
+	lockAt    map[locks.Key]time.Time
+	revoked   map[locks.Key]time.Time
 	blockAt   map[locks.Key]time.Time
 	blockWait map[locks.Key]chan struct{}
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
@@ -231,6 +239,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LockCheck == nil {
 		cfg.LockCheck = StillOurs{}
 	}
+	if cfg.LockBound <= 0 {
+		cfg.LockBound = DefaultLockBound
+	}
+	cfg.LockBound = max(cfg.LockBound, wire.LockLease)
+	if cfg.Limits.MaxChunks <= 0 {
+		cfg.Limits.MaxChunks = DefaultMaxLockedChunks
+	}
 	if cfg.Limits.MaxRanges <= 0 || cfg.Limits.MaxRanges > wire.MaxRanges {
 		cfg.Limits.MaxRanges = wire.MaxRanges
 	}
@@ -262,6 +277,8 @@ func New(cfg Config) (*Server, error) {
 		granted:   map[wire.ClientID]time.Time{},
 		started:   time.Now(),
 		blocks:    locks.NewBlocks(0),
+		lockAt:    map[locks.Key]time.Time{},
+		revoked:   map[locks.Key]time.Time{},
 		blockAt:   map[locks.Key]time.Time{},
 		blockWait: map[locks.Key]chan struct{}{},
 		unsettled: map[wire.ClientID]unsettled{},
@@ -316,6 +333,8 @@ func New(cfg Config) (*Server, error) {
 		s.timer = time.AfterFunc(d, s.awaitExpired)
 	}
 	eng.SetBeforeReclaim(s.beforeReclaim)
+	s.wg.Add(1)
+	go s.sweepLocks()
 	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
 	return s, nil
 }

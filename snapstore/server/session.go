@@ -286,8 +286,16 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 			return false
 		}
 		if err != nil {
-			// A client bug, or a lock dropped with an earlier connection.
-			ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			// A client bug, a lock dropped with an earlier connection, or
+			// one revoked past the bound (lockbound.go).
+			s.mu.Lock()
+			revoked := s.finishRevokedLocked(locks.Key{Client: locks.ClientID(ss.id), ID: m.Handle})
+			s.mu.Unlock()
+			if revoked {
+				ss.log.WithField("handle", m.Handle).Debug("FINISH_SNAPSHOT_READ of a revoked lock")
+			} else {
+				ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			}
 		}
 		return true
 	case *wire.UploadShared:
@@ -417,7 +425,7 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 		s.mu.Unlock()
 		return false
 	}
-	ready, err := s.tab.Upload(locks.ClientID(ss.id), up)
+	ready, err := s.tab.Upload(locks.ClientID(ss.id), s.unrevokedLocked(ss.id, up))
 	s.wakeLocked(ready)
 	s.mu.Unlock()
 	if err != nil {
