@@ -143,3 +143,15 @@ func (s *Server) finishRevokedLocked(k locks.Key) bool {
 	}
 	return false
 }
+
+// uploadedLocked starts the bound of the locks client id re-declared that
+// the table did not have (the ones it kept keep their grant time).
+func (s *Server) uploadedLocked(id wire.ClientID) {
+	now := time.Now()
+	for _, l := range s.tab.Held(locks.ClientID(id)) {
+		k := locks.Key{Client: locks.ClientID(id), ID: l.ID}
+		if _, ok := s.lockAt[k]; !ok {
+			s.lockAt[k] = now
+		}
+	}
+}

@@ -427,6 +427,7 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 	}
 	ready, err := s.tab.Upload(locks.ClientID(ss.id), s.unrevokedLocked(ss.id, up))
 	s.wakeLocked(ready)
+	s.uploadedLocked(ss.id)
 	s.mu.Unlock()
 	if err != nil {
 		code, msg := errorCode(err)
