@@ -87,6 +87,7 @@ func Handler(svc Service) http.Handler {
 		c, err := svc.Check(r.Context(), r.PathValue("v"))
 		reply(w, http.StatusOK, c, err)
 	})
+	mux.HandleFunc("POST /v1/volumes/{v}/reset-state", resetStateHandler(svc))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 0, nil, fmt.Errorf("%w: no API endpoint %s %s", ErrNotFound, r.Method, r.URL.Path))
 	})

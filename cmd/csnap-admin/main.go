@@ -29,6 +29,7 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] COMMAND [ARGS] [--json]
   volume create NAME --origin PATH --store PATH [--size N] [--chunk-size 64KiB]
   volume list
   volume status NAME
+  volume reset-state NAME [--snapshot SNAP]
   snapshot create VOLUME SNAP [--priority N] [--writable]
   snapshot delete VOLUME SNAP
   snapshot list VOLUME
@@ -204,6 +205,8 @@ func commands() map[string]command {
 		"server":          {1, nil, nil, serverCmd},
 		"clients":         {1, nil, nil, clientsCmd},
 		"check":           {1, nil, nil, checkCmd},
+
+		"volume reset-state": {1, map[string]bool{"snapshot": true}, nil, volumeResetState}, // resetstate.go
 	}
 }
 

@@ -446,12 +446,17 @@ type clusterVolume struct {
 	mu  sync.Mutex
 	cl  *client.Client
 	exp *export
+	// lock is the election's Consul lock (the server's LockCheck reads
+	// it); resign tells the election to give a term up (hardening.go).
+	lock   *consul.APILock
+	resign chan uint64
 	// While serving:
-	srv      *server.Server
-	eng      *snapstore.Engine
-	fences   []*fencedDev
-	term     uint64
-	deposing bool
+	srv       *server.Server
+	eng       *snapstore.Engine
+	fences    []*fencedDev
+	term      uint64
+	deposing  bool
+	stopWatch context.CancelFunc // ends watchEngine
 }
 
 func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
@@ -469,7 +474,7 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
 	}
 	v := &clusterVolume{n: n, def: d, origin: origin, store: store,
-		log: n.log.WithField("volume", d.Name)}
+		log: n.log.WithField("volume", d.Name), resign: make(chan uint64, 1)}
 	copy(v.uuid[:], uuid)
 	return v, nil
 }
@@ -602,6 +607,9 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 		v.log.WithField("sessions", k).Info("destroyed this node's stale sessions")
 	}
 	cancel()
+	v.mu.Lock()
+	v.lock = lock
+	v.mu.Unlock()
 	lease := n.o.lease
 	err = consul.RunElection(ctx, lock, consul.ElectionConfig{
 		Key:   n.keys.ServerLock(v.def.Name),
@@ -609,6 +617,7 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 		Lease: lease, Check: lease / 4, Retry: 250 * time.Millisecond, RequestTimeout: lease / 2,
 		OnElected: v.elected,
 		OnDeposed: v.deposed,
+		Resign:    v.resign,
 		Announce: func(term uint64) []byte {
 			return consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term, Since: time.Now().UTC()}.Encode()
 		},
@@ -640,8 +649,12 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		Registry: registryAdapter{kv}, Membership: n.members,
 		AwaitTimeout: n.o.awaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
-		OnDeposed:    func(newer uint64) { go v.fence(newer) },
+		OnDeposed:    func(newer uint64) { go v.fence(term, newer) },
 		PeerNode:     peerNode(n.certs),
+		// A claimed newer term is checked against the lock in Consul.
+		LockCheck: consulLockCheck{holder: v.lockHolder, key: n.keys.ServerLock(v.def.Name), session: session, term: term},
+		// Shared-state values are LU states (sharedstore.go).
+		ValidateShared: validateLUState,
 	})
 	if err != nil {
 		fo.fence()
@@ -656,9 +669,12 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 			srv.NodeLeft(c.Node)
 		}
 	}
+	wctx, stopWatch := context.WithCancel(n.ctx)
 	v.mu.Lock()
 	v.srv, v.eng, v.fences, v.term, v.deposing = srv, eng, []*fencedDev{fo, fs}, term, false
+	v.stopWatch = stopWatch
 	v.mu.Unlock()
+	go v.watchEngine(wctx, eng, term)
 	n.mux.Handle(v.def.Name, srv)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
@@ -668,18 +684,24 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	return nil
 }
 
-// fence stops a server that learned of a newer term from a client: its
-// devices refuse writes at once; the election notices the lost lock and
-// calls deposed.
-func (v *clusterVolume) fence(newer uint64) {
+// fence stops the server of term once a client's newer term is confirmed
+// by the lock in Consul (the lock is no longer ours): its devices refuse
+// writes at once, and the election gives the term up (deposed: the lock
+// released, the session destroyed) so another node is elected.
+func (v *clusterVolume) fence(term, newer uint64) {
+	v.log.WithFields(logrus.Fields{"term": term, "newer_term": newer}).Error("a newer server exists (confirmed by the lock in Consul): fencing")
+	v.fenceTerm(term)
+}
+
+// lockHolder reads the volume's lock key consistently (LockCheck).
+func (v *clusterVolume) lockHolder(ctx context.Context, key string) (string, uint64, error) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, f := range v.fences {
-		f.fence()
+	lock := v.lock
+	v.mu.Unlock()
+	if lock == nil {
+		return "", 0, errors.New("no election running")
 	}
-	if v.srv != nil {
-		v.log.WithFields(logrus.Fields{"term": v.term, "newer_term": newer}).Error("a newer server exists: fenced")
-	}
+	return lock.Holder(ctx, key)
 }
 
 // deposed stops serving. With the lease still valid (a graceful stop) the
@@ -690,6 +712,10 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	v.mu.Lock()
 	srv, eng, fences := v.srv, v.eng, v.fences
 	v.srv, v.eng, v.fences, v.term = nil, nil, nil, 0
+	if v.stopWatch != nil {
+		v.stopWatch()
+		v.stopWatch = nil
+	}
 	v.mu.Unlock()
 	if !leaseValid {
 		for _, f := range fences {

@@ -20,6 +20,9 @@ import (
 type clusterService struct{ n *clusterNode }
 
 func (s *clusterService) Health(context.Context) (api.Health, error) {
+	if err := s.n.healthErr(); err != nil { // a fenced or failed engine (hardening.go)
+		return api.Health{Status: "failed", Node: s.n.node}, err
+	}
 	return api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}, nil
 }
 

@@ -260,6 +260,8 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
 		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
 		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
+		// One node: the lock is always ours; shared state holds LU states.
+		LockCheck: server.StillOurs{}, ValidateShared: validateLUState,
 	})
 	if err != nil {
 		return err

@@ -42,9 +42,11 @@
 //
 // A client sends HELLO. The server rejects it (HELLO_REJECT, then closes)
 // when it is shutting down, no protocol version is in common, the volume
-// is not ours, the client knows a newer term than ours (we have been
-// deposed: Config.OnDeposed is called), or the client's node is not a
-// cluster member. Otherwise HELLO_OK carries our term, the geometry, the
+// is not ours, the client's node is not a cluster member, or the client
+// claims a newer term than ours. Membership is checked first, and a claim
+// is never taken on the peer's word: the server asks Config.LockCheck
+// (Consul's lock key, read consistently) and calls Config.OnDeposed only
+// when the lock is confirmed lost (lockcheck.go). Otherwise HELLO_OK carries our term, the geometry, the
 // store UUID, the snapshot generation and the limits. The client then
 // re-declares the read locks it holds (UPLOAD_LOCKS notices, then
 // UPLOAD_DONE, answered OK); until then only PING is served. On
@@ -63,6 +65,13 @@
 // disconnected rather than blocking anyone. Malformed frames are answered
 // ERROR bad request; more than a few, or a corrupt stream, close the
 // connection. Nothing a client sends affects other connections.
+//
+// A read or block lock is honoured no longer than Config.LockBound
+// (DefaultLockBound, 4 × wire.LockLease) and then revoked, and one
+// client's read locks cover at most locks.Limits.MaxChunks chunks
+// (DefaultMaxLockedChunks); see lockbound.go. Shared-state values are
+// checked by Config.ValidateShared before they are committed or adopted,
+// and ResetShared is the operator's repair (shared.go).
 //
 // When a connection is lost, the client's parked writes are cancelled.
 // If it holds no read lock it is forgotten (and deleted from the

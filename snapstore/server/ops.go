@@ -250,6 +250,7 @@ func (s *Server) snapshotRead(ctx context.Context, ss *session, id uint64, snap 
 	err := s.tab.Acquire(key, origin)
 	if err == nil {
 		s.granted[ss.id] = time.Now()
+		s.lockAt[key] = s.granted[ss.id]
 	}
 	s.mu.Unlock()
 	if err != nil {

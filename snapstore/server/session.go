@@ -222,14 +222,12 @@ func (ss *session) handshake(r *wire.Reader) bool {
 			h.MinVersion, h.MaxVersion, wire.MinVersion, wire.MaxVersion)
 	case h.Volume != s.cfg.Volume:
 		return reject(wire.RejectForeignVolume, "this server serves volume %q, not %q", s.cfg.Volume, h.Volume)
-	case h.Term > s.cfg.Term:
-		if s.cfg.OnDeposed != nil {
-			s.cfg.OnDeposed(h.Term)
-		}
-		s.log.WithField("newer_term", h.Term).Error("a client knows a newer term: this server has been deposed")
-		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows", s.cfg.Term, h.Term)
 	case !s.mem.IsMember(h.Node):
 		return reject(wire.RejectNotMember, "node %q is not a cluster member", h.Node)
+	case h.Term > s.cfg.Term:
+		// Never taken on the peer's word: the lock decides (lockcheck.go).
+		why := s.claimedTerm(ss.ctx, ss.log, h.Term)
+		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows (%s)", s.cfg.Term, h.Term, why)
 	}
 	ss.id, ss.node, ss.version = h.Client, h.Node, version
 	s.mu.Lock()
@@ -295,8 +293,16 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 			return false
 		}
 		if err != nil {
-			// A client bug, or a lock dropped with an earlier connection.
-			ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			// A client bug, a lock dropped with an earlier connection, or
+			// one revoked past the bound (lockbound.go).
+			s.mu.Lock()
+			revoked := s.finishRevokedLocked(locks.Key{Client: locks.ClientID(ss.id), ID: m.Handle})
+			s.mu.Unlock()
+			if revoked {
+				ss.log.WithField("handle", m.Handle).Debug("FINISH_SNAPSHOT_READ of a revoked lock")
+			} else {
+				ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			}
 		}
 		return true
 	case *wire.UploadShared:
@@ -426,8 +432,9 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 		s.mu.Unlock()
 		return false
 	}
-	ready, err := s.tab.Upload(locks.ClientID(ss.id), up)
+	ready, err := s.tab.Upload(locks.ClientID(ss.id), s.unrevokedLocked(ss.id, up))
 	s.wakeLocked(ready)
+	s.uploadedLocked(ss.id)
 	s.mu.Unlock()
 	if err != nil {
 		code, msg := errorCode(err)

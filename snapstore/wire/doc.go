@@ -227,7 +227,10 @@
 // trusted read finished while the server still kept the lock. Nothing on
 // the wire changes, so there is no new protocol version; the guarantee
 // needs both sides to follow the rule (a peer of an older release behaves
-// as before).
+// as before). Because a client trusts a lock no longer than LockTrust, a
+// server may also revoke a lock once it is LockLease old; csnapd's server
+// does at 4 × LockLease (server.DefaultLockBound), so a connected client
+// cannot hold writers back for longer.
 //
 // Block locks (version 5) make COMPARE AND WRITE atomic across nodes:
 // BLOCK_LOCK asks for an exclusive lock on a byte range of the origin or
