@@ -41,8 +41,27 @@ func Handler(svc Service) http.Handler {
 			reply(w, 0, nil, err)
 			return
 		}
+		if err := ValidInitiators(req.Initiators); err != nil {
+			reply(w, 0, nil, err)
+			return
+		}
 		v, err := svc.CreateVolume(r.Context(), req)
 		reply(w, http.StatusCreated, v, err)
+	})
+	mux.HandleFunc("PATCH /v1/volumes/{v}", func(w http.ResponseWriter, r *http.Request) {
+		var req SetVolume
+		if err := decode(r, &req); err != nil {
+			reply(w, 0, nil, err)
+			return
+		}
+		if req.Initiators != nil {
+			if err := ValidInitiators(*req.Initiators); err != nil {
+				reply(w, 0, nil, err)
+				return
+			}
+		}
+		v, err := svc.SetVolume(r.Context(), r.PathValue("v"), req)
+		reply(w, http.StatusOK, v, err)
 	})
 	mux.HandleFunc("GET /v1/volumes/{v}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := svc.Volume(r.Context(), r.PathValue("v"))
