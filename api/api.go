@@ -6,7 +6,8 @@
 // forwards that volume's requests to the server (the Service decides).
 // Errors are JSON objects {"error": "what failed and why"} with an HTTP
 // status that says whose fault it was: 400 bad request, 404 no such
-// volume or snapshot, 409 conflict (exists already, busy), 503 no server
+// volume or snapshot, 403 not allowed here (a path outside the node's
+// volume_paths), 409 conflict (exists already, busy), 503 no server
 // for the volume right now, 500 anything else.
 package api
 
@@ -156,6 +157,9 @@ var (
 	ErrNotFound    = errors.New("not found")
 	ErrConflict    = errors.New("conflict")
 	ErrUnavailable = errors.New("unavailable")
+	// ErrForbidden: not allowed on this node (a path outside its
+	// volume_paths).
+	ErrForbidden = errors.New("forbidden")
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)

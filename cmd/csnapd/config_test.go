@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,8 @@ lease            = "3s"
 io_timeout       = "20s"
 await_timeout    = "1m"
 direct_io        = false
+volume_paths     = ["/srv/csnap", "/dev/disk/by-id/wwn-1"]
+http_hosts       = "n2.example, n2"
 `)
 	o, err := parseFlags([]string{"-config", path}, io.Discard)
 	if err != nil {
@@ -55,8 +58,9 @@ direct_io        = false
 		logLevel: "debug", logFormat: "json", chapDiscovery: true, portalGroupTag: 2,
 		lockDelay: 1500 * time.Millisecond, checkInterval: 500 * time.Millisecond, lease: 3 * time.Second,
 		ioTimeout: 20 * time.Second, awaitTimeout: time.Minute, directIO: false,
+		volumePaths: stringList{"/srv/csnap", "/dev/disk/by-id/wwn-1"}, httpHosts: stringList{"n2.example", "n2"},
 	}
-	if *o != want {
+	if !reflect.DeepEqual(*o, want) {
 		t.Fatalf("got  %+v\nwant %+v", *o, want)
 	}
 }
@@ -242,6 +246,9 @@ func TestConfigKeysMatchFlags(t *testing.T) {
 			d := time.Duration(1000+i) * time.Millisecond
 			fmt.Fprintf(&src, "%s = %q\n", s.key, d)
 			want[name] = d.String()
+		case *stringList:
+			fmt.Fprintf(&src, "%s = [%q, %q]\n", s.key, "a-"+s.key, "b")
+			want[name] = "a-" + s.key + ",b"
 		default:
 			t.Errorf("key %s: unsupported field type %T", s.key, s.field(&options{}))
 		}
