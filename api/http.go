@@ -176,6 +176,10 @@ func NewClient(addr, token string) *Client {
 	return &Client{Base: addr, Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}
 }
 
+// SetTransport replaces the HTTP transport (e.g. one that trusts the
+// node's CA).
+func (c *Client) SetTransport(rt http.RoundTripper) { c.HTTP.Transport = rt }
+
 // APIError is an error the node answered with.
 type APIError struct {
 	Status  int
