@@ -10,6 +10,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
 	"github.com/csnap/csnap/snapstore"
@@ -100,69 +102,9 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	} else if old != nil {
 		return api.Volume{}, fmt.Errorf("%w: volume %s already exists", api.ErrConflict, r.Name)
 	}
-	if _, err := os.Stat(r.Origin); errors.Is(err, os.ErrNotExist) {
-		if r.Size <= 0 {
-			return api.Volume{}, fmt.Errorf("%w: origin %s does not exist: give --size to create it", api.ErrBadRequest, r.Origin)
-		}
-		if _, err := createSparse(r.Origin, r.Size); err != nil {
-			return api.Volume{}, fmt.Errorf("creating origin %s: %w", r.Origin, err)
-		}
-	}
-	origin, err := openFileDev(r.Origin, s.n.o.directIO)
+	osize, info, err := prepareVolume(r, s.n.o.directIO, s.n.log)
 	if err != nil {
-		return api.Volume{}, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
-	}
-	defer origin.Close()
-	if looksLikeStore(origin) {
-		return api.Volume{}, fmt.Errorf("%w: origin %s holds a csnap snapshot store: refusing to use it as an origin", api.ErrConflict, r.Origin)
-	}
-	osize, err := origin.Size()
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("origin %s: %w", r.Origin, err)
-	}
-	if r.Size > 0 && r.Size != osize {
-		return api.Volume{}, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
-	}
-	fresh, err := createSparse(r.Store, osize)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("creating store %s: %w", r.Store, err)
-	}
-	store, err := openFileDev(r.Store, s.n.o.directIO)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
-	}
-	defer store.Close()
-	if info, err := snapstore.Inspect(store); err == nil {
-		return api.Volume{}, fmt.Errorf("%w: %s already holds a csnap snapshot store (uuid %x); refusing to format over it", api.ErrConflict, r.Store, info.UUID)
-	}
-	if looksLikeStore(store) {
-		return api.Volume{}, fmt.Errorf("%w: %s holds a damaged csnap snapshot store; refusing to format over it (wipe its first MiB by hand if it is really to go)", api.ErrConflict, r.Store)
-	}
-	if !fresh {
-		ssize, err := store.Size()
-		if err != nil {
-			return api.Volume{}, fmt.Errorf("store %s: %w", r.Store, err)
-		}
-		used, err := usedData(store, ssize)
-		if err != nil {
-			return api.Volume{}, fmt.Errorf("store %s: %w", r.Store, err)
-		}
-		if used != "" && !r.Force {
-			return api.Volume{}, fmt.Errorf("%w: store %s holds data that is not a csnap store (%s); refusing to format it without --force", api.ErrConflict, r.Store, used)
-		}
-		if used != "" {
-			s.n.log.WithFields(map[string]any{"volume": r.Name, "store": r.Store, "found": used}).Warn("formatting over existing data (--force)")
-		}
-	}
-	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: int(r.ChunkSize)}); err != nil {
-		if errors.Is(err, snapstore.ErrChunkSize) {
-			return api.Volume{}, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
-		}
-		return api.Volume{}, fmt.Errorf("formatting the snapshot store %s: %w", r.Store, err)
-	}
-	info, err := snapstore.Inspect(store)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("reading back the formatted store %s: %w", r.Store, err)
+		return api.Volume{}, err
 	}
 	def := consul.VolumeDef{Name: r.Name, Origin: r.Origin, Store: r.Store, Size: osize,
 		ChunkSize: r.ChunkSize, UUID: hex.EncodeToString(info.UUID[:]), Created: time.Now().UTC(), Initiators: r.Initiators}
@@ -294,4 +236,78 @@ func (s *clusterService) Check(ctx context.Context, volume string) (api.CheckRep
 		return api.CheckReport{}, err
 	}
 	return o.check(ctx)
+}
+
+// prepareVolume makes a new volume's devices ready: a missing origin is
+// created (sparse, r.Size), a missing store too (the origin's size); the
+// store is formatted unless it holds a csnap store (never) or other data
+// (only with r.Force); a csnap store is refused as an origin. It returns
+// the origin's size and the new store's identity.
+func prepareVolume(r api.CreateVolume, direct bool, log *logrus.Entry) (int64, snapstore.StoreInfo, error) {
+	var none snapstore.StoreInfo
+	if _, err := os.Stat(r.Origin); errors.Is(err, os.ErrNotExist) {
+		if r.Size <= 0 {
+			return 0, none, fmt.Errorf("%w: origin %s does not exist: give --size to create it", api.ErrBadRequest, r.Origin)
+		}
+		if _, err := createSparse(r.Origin, r.Size); err != nil {
+			return 0, none, fmt.Errorf("creating origin %s: %w", r.Origin, err)
+		}
+	}
+	origin, err := openFileDev(r.Origin, direct)
+	if err != nil {
+		return 0, none, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
+	}
+	defer origin.Close()
+	if looksLikeStore(origin) {
+		return 0, none, fmt.Errorf("%w: origin %s holds a csnap snapshot store: refusing to use it as an origin", api.ErrConflict, r.Origin)
+	}
+	osize, err := origin.Size()
+	if err != nil {
+		return 0, none, fmt.Errorf("origin %s: %w", r.Origin, err)
+	}
+	if r.Size > 0 && r.Size != osize {
+		return 0, none, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
+	}
+	fresh, err := createSparse(r.Store, osize)
+	if err != nil {
+		return 0, none, fmt.Errorf("creating store %s: %w", r.Store, err)
+	}
+	store, err := openFileDev(r.Store, direct)
+	if err != nil {
+		return 0, none, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
+	}
+	defer store.Close()
+	if info, err := snapstore.Inspect(store); err == nil {
+		return 0, none, fmt.Errorf("%w: %s already holds a csnap snapshot store (uuid %x); refusing to format over it", api.ErrConflict, r.Store, info.UUID)
+	}
+	if looksLikeStore(store) {
+		return 0, none, fmt.Errorf("%w: %s holds a damaged csnap snapshot store; refusing to format over it (wipe its first MiB by hand if it is really to go)", api.ErrConflict, r.Store)
+	}
+	if !fresh {
+		ssize, err := store.Size()
+		if err != nil {
+			return 0, none, fmt.Errorf("store %s: %w", r.Store, err)
+		}
+		used, err := usedData(store, ssize)
+		if err != nil {
+			return 0, none, fmt.Errorf("store %s: %w", r.Store, err)
+		}
+		if used != "" && !r.Force {
+			return 0, none, fmt.Errorf("%w: store %s holds data that is not a csnap store (%s); refusing to format it without --force", api.ErrConflict, r.Store, used)
+		}
+		if used != "" {
+			log.WithFields(map[string]any{"volume": r.Name, "store": r.Store, "found": used}).Warn("formatting over existing data (--force)")
+		}
+	}
+	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: int(r.ChunkSize)}); err != nil {
+		if errors.Is(err, snapstore.ErrChunkSize) {
+			return 0, none, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+		}
+		return 0, none, fmt.Errorf("formatting the snapshot store %s: %w", r.Store, err)
+	}
+	info, err := snapstore.Inspect(store)
+	if err != nil {
+		return 0, none, fmt.Errorf("reading back the formatted store %s: %w", r.Store, err)
+	}
+	return osize, info, nil
 }

@@ -146,3 +146,41 @@ func TestDevHTTPServerTimeouts(t *testing.T) {
 		t.Fatalf("unbounded server: %+v", hs)
 	}
 }
+
+// TestDevVolumeSetInitiators: volume set --initiators on -dev is stored
+// in the data directory, shown by volume status, validated, and kept
+// across a restart.
+func TestDevVolumeSetInitiators(t *testing.T) {
+	dir := t.TempDir()
+	patch := func(addr, body string) (int, string) {
+		t.Helper()
+		tok, _ := os.ReadFile(filepath.Join(dir, "api-token"))
+		req, _ := http.NewRequest("PATCH", "http://"+addr+"/v1/volumes/dev", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	func() {
+		addr := startDevInProcess(t, dir)
+		if c, b := patch(addr, `{"initiators":["iqn.2008-11.org.linux-kvm:a"]}`); c != 200 || !strings.Contains(b, `"iqn.2008-11.org.linux-kvm:a"`) {
+			t.Fatalf("PATCH: HTTP %d %s", c, b)
+		}
+		if c, _ := patch(addr, `{"initiators":["`+strings.Repeat("x", 300)+`"]}`); c != 400 {
+			t.Errorf("bad initiator name: HTTP %d, want 400", c)
+		}
+	}()
+	b, err := os.ReadFile(filepath.Join(dir, devStateFile))
+	if err != nil || !strings.Contains(string(b), "iqn.2008-11.org.linux-kvm:a") {
+		t.Fatalf("dev state %q, %v", b, err)
+	}
+	got, err := loadDevState(dir)
+	if err != nil || len(got) != 1 || got[0] != "iqn.2008-11.org.linux-kvm:a" {
+		t.Fatalf("loadDevState: %v %v", got, err)
+	}
+}
