@@ -23,6 +23,9 @@ func (c *Cluster) csnapdArgs(n Node) []string {
 		"-consul-addr", n.ConsulAddr,
 		"-portal-group-tag", strconv.Itoa(n.Index),
 		"-log-level", "debug",
+		// Volumes live in the cluster's directory (HTTP API token:
+		// generated in DataDir, see TokenFile).
+		"-volume-paths", absPath(c.opts.Dir),
 	}
 	args = append(args, c.opts.CsnapdArgs...)
 	if c.opts.CsnapdArgsFor != nil {
@@ -144,4 +147,12 @@ func (c *Cluster) dropCsnapd(i int, p *proc, what string, end func(*proc) error)
 	}
 	c.logf("%s %s (pid %d)", what, cur.name, cur.pid())
 	return end(cur)
+}
+
+// absPath is p made absolute (csnapd's -volume-paths needs it).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
