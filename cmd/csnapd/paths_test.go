@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"slices"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
