@@ -97,6 +97,9 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err := checkTimings(o); err != nil {
 		return err
 	}
+	if len(o.volumePaths) == 0 {
+		log.Warn("no volume_paths (-volume-paths) configured: this node creates and exports no volume")
+	}
 	if o.dataDir != "" {
 		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data directory: %w", err)
@@ -575,13 +578,6 @@ func (v *clusterVolume) update(d consul.VolumeDef) {
 	if exp != nil {
 		exp.setInitiators(d.Initiators)
 	}
-}
-
-// initiators returns the volume's initiator allow-list.
-func (v *clusterVolume) initiators() []string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return slices.Clone(v.def.Initiators)
 }
 
 func (v *clusterVolume) server() *server.Server {

@@ -201,6 +201,21 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		return fmt.Errorf("data directory: %w", err)
 	}
 	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
+	// -dev's volume paths: its data directory, unless -volume-paths says
+	// otherwise (the volume's files are always in the data directory).
+	roots := o.volumePaths
+	if len(roots) == 0 {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("data directory: %w", err)
+		}
+		roots = []string{abs}
+	}
+	absOrigin, _ := filepath.Abs(originPath)
+	absStore, _ := filepath.Abs(storePath)
+	if err := checkVolumePaths(roots, absOrigin, absStore); err != nil {
+		return err
+	}
 	if _, err := createSparse(originPath, devSize); err != nil {
 		return fmt.Errorf("origin %s: %w", originPath, err)
 	}
