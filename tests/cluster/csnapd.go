@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -45,7 +46,11 @@ func (c *Cluster) spawnCsnapd(i int) (*proc, error) {
 	if pid := m.csnapd.pid(); pid != 0 {
 		return nil, fmt.Errorf("n%d: csnapd already running (pid %d)", i, pid)
 	}
-	p, err := c.startProc(m, m.info.Name+" csnapd", m.info.CsnapdLogPath, c.opts.Env,
+	env := c.opts.Env
+	if m.consulToken != "" {
+		env = append(slices.Clone(env), "CONSUL_HTTP_TOKEN="+m.consulToken)
+	}
+	p, err := c.startProc(m, m.info.Name+" csnapd", m.info.CsnapdLogPath, env,
 		filepath.Join(c.opts.BinDir, "csnapd"), c.csnapdArgs(m.info)...)
 	if err != nil {
 		return nil, err
