@@ -7,12 +7,20 @@ node_name = "n1"                  # this node's name, unique in the cluster (def
 data_dir  = "/var/lib/csnap"      # this node's local state
 
 iscsi_addr  = "127.0.0.1:3260"    # iSCSI portal initiators log in to (comma-separate several)
-http_addr   = "127.0.0.1:7862"    # HTTP API for csnap-admin; off loopback it needs $CSNAP_HTTP_TOKEN
+http_addr   = "127.0.0.1:7862"    # HTTP API for csnap-admin; every request but GET /v1/health needs the token
 server_addr = "127.0.0.1:7863"    # snapshot-server protocol listener, reachable from the other nodes
+# http_token_file = "/etc/csnap/api-token"  # default: $CSNAP_HTTP_TOKEN, else data_dir/api-token (generated, 0600)
+# http_hosts      = ["n1.example.com"]      # names the API answers to besides its address (DNS rebinding)
+# http_tls_cert_file = "/etc/csnap/tls/node.pem"  # serve the API over TLS (csnap-admin -addr https://... -ca-file CA)
+# http_tls_key_file  = "/etc/csnap/tls/node-key.pem"
 portal_group_tag = 1              # portal group tag / relative target port id, 1-65535, distinct per node
 
 consul_addr   = "127.0.0.1:8500"  # HTTP API of this node's own Consul agent (consul-agent.hcl)
 consul_prefix = "csnap/"          # Consul KV prefix, the same on every node
+
+# Volumes' origins and stores must lie under these (directories, or devices named exactly;
+# symbolic links are resolved, so /dev/disk/by-id/... names the device it points to).
+volume_paths = ["/srv/csnap", "/dev/mapper"]
 
 log_level      = "info"           # debug, info, warn or error
 log_format     = "text"           # text or json

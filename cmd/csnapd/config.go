@@ -41,6 +41,12 @@ var configSettings = []configSetting{
 	{"log_format", func(o *options) any { return &o.logFormat }},
 	{"chap_discovery", func(o *options) any { return &o.chapDiscovery }},
 	{"chap_algorithms", func(o *options) any { return &o.chapAlgorithms }},
+	{"http_token_file", func(o *options) any { return &o.httpTokenFile }},
+	{"http_hosts", func(o *options) any { return &o.httpHosts }},
+	{"http_origins", func(o *options) any { return &o.httpOrigins }},
+	{"http_tls_cert_file", func(o *options) any { return &o.httpTLSCertFile }},
+	{"http_tls_key_file", func(o *options) any { return &o.httpTLSKeyFile }},
+	{"volume_paths", func(o *options) any { return &o.volumePaths }},
 	{"portal_group_tag", func(o *options) any { return &o.portalGroupTag }},
 	{"lock_delay", func(o *options) any { return &o.lockDelay }},
 	{"check_interval", func(o *options) any { return &o.checkInterval }},
@@ -196,8 +202,42 @@ func danglingAssign(src []byte) (token.Pos, bool) {
 	return last.Pos, last.Type == token.ASSIGN
 }
 
+// stringList is a list setting: a comma-separated flag value, and in the
+// file either a list of strings or one comma-separated string.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = nil
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			*l = append(*l, e)
+		}
+	}
+	return nil
+}
+
 // decodeValue stores the literal v into dst, a field pointer of options.
 func decodeValue(dst any, v ast.Node) error {
+	if p, ok := dst.(*stringList); ok {
+		if lt, ok := v.(*ast.ListType); ok {
+			*p = nil
+			for _, e := range lt.List {
+				var s string
+				if err := decodeValue(&s, e); err != nil {
+					return fmt.Errorf("list element: %v", err)
+				}
+				*p = append(*p, s)
+			}
+			return nil
+		}
+		var s string
+		if err := decodeValue(&s, v); err != nil {
+			return err
+		}
+		return p.Set(s)
+	}
 	lit, ok := v.(*ast.LiteralType)
 	if !ok {
 		return fmt.Errorf("expected %s, found %s", typeName(dst), nodeKind(v))
@@ -257,6 +297,8 @@ func copyValue(dst, src any) {
 		*d = *src.(*int)
 	case *time.Duration:
 		*d = *src.(*time.Duration)
+	case *stringList:
+		*d = append(stringList(nil), *src.(*stringList)...)
 	default:
 		panic(fmt.Sprintf("config: unsupported field type %T", dst))
 	}
@@ -301,6 +343,8 @@ func typeName(dst any) string {
 		return "an integer"
 	case *time.Duration:
 		return "a duration in quotes such as \"1s\""
+	case *stringList:
+		return "a list of strings [\"a\", \"b\"]"
 	}
 	return fmt.Sprintf("%T", dst)
 }

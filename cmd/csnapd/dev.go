@@ -201,6 +201,21 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		return fmt.Errorf("data directory: %w", err)
 	}
 	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
+	// -dev's volume paths: its data directory, unless -volume-paths says
+	// otherwise (the volume's files are always in the data directory).
+	roots := o.volumePaths
+	if len(roots) == 0 {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("data directory: %w", err)
+		}
+		roots = []string{abs}
+	}
+	absOrigin, _ := filepath.Abs(originPath)
+	absStore, _ := filepath.Abs(storePath)
+	if err := checkVolumePaths(roots, absOrigin, absStore); err != nil {
+		return err
+	}
 	if _, err := createSparse(originPath, devSize); err != nil {
 		return fmt.Errorf("origin %s: %w", originPath, err)
 	}
@@ -318,7 +333,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		return fmt.Errorf("connecting to the snapshot server: %w", err)
 	}
 	defer cl.Close()
-	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, log.WithField("volume", devVolume))
+	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, nil, log.WithField("volume", devVolume))
 	if err := exp.start(ctx); err != nil {
 		return err
 	}
@@ -342,22 +357,32 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		}
 		listeners = append(listeners, l)
 	}
+	token, tokenFile, err := apiToken(o, dir, os.Getenv)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	tlsCfg, err := apiTLS(o)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	initiators, err := loadDevState(dir)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	exp.setInitiators(initiators)
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
 		closeAll()
 		return fmt.Errorf("HTTP API: %w", err)
 	}
-	token := os.Getenv("CSNAP_HTTP_TOKEN")
-	if err := checkAPIExposure(hl.Addr(), token); err != nil {
-		hl.Close()
-		closeAll()
-		return err
-	}
 	svc := &devService{
 		node: node, exp: exp, cl: cl, srv: snapSrv, eng: eng, iscsi: isrv,
-		serverAddr: sl.Addr().String(), origin: originPath, store: storePath,
+		serverAddr: sl.Addr().String(), origin: originPath, store: storePath, dir: dir,
 	}
-	hs := &http.Server{Handler: newAPI(svc, isrv, token), ReadHeaderTimeout: 10 * time.Second}
+	hs := newHTTPServer(newAPI(svc, isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(listeners)+1)
@@ -373,13 +398,18 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := hs.Serve
+		if tlsCfg != nil {
+			serve = func(l net.Listener) error { return hs.ServeTLS(l, "", "") }
+		}
+		if err := serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 		}
 	}()
 
 	p0 := listeners[0].Addr().String()
 	iqn := originIQN(devVolume)
+	admin, tokenNote := devAdminCommand(hl.Addr().String(), tlsCfg != nil, dir, tokenFile)
 	fmt.Fprintf(stdout, `csnapd -dev: volume %q (%d MiB, snapshot store %d MiB) in %s
   iSCSI portal%s %s; origin target %s, LUN 0; snapshots appear as %s:SNAPSHOT
   Log in with open-iscsi:
@@ -388,11 +418,11 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
   Or with libiscsi / qemu:
     iscsi-ls -s iscsi://%s
     qemu-io -f raw iscsi://%s/%s/0
-  Snapshots:
-    csnap-admin -addr %s snapshot create %s snap1
-    csnap-admin -addr %s snapshot list %s
+  Snapshots (%s):
+    %s snapshot create %s snap1
+    %s snapshot list %s
 `, devVolume, eng.OriginSize()>>20, devSize>>20, dir, plural(len(portals)), strings.Join(portals, ", "), iqn, iqn,
-		p0, iqn, p0, p0, p0, iqn, hl.Addr(), devVolume, hl.Addr(), devVolume)
+		p0, iqn, p0, p0, p0, iqn, tokenNote, admin, devVolume, admin, devVolume)
 	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": dir,
 		"snapserver": sl.Addr().String(), "term": snapSrv.Term()}).Info("csnapd -dev serving")
 
@@ -474,4 +504,27 @@ func chapFromEnv(getenv func(string) string) (*iscsi.CHAP, error) {
 		return nil, errors.New("CHAP: the mutual secret must differ from the initiator's secret")
 	}
 	return c, nil
+}
+
+// devAdminCommand is the csnap-admin command line csnapd -dev prints, and
+// a note on where its API token comes from. csnap-admin reads
+// ./csnap-dev/api-token by itself, so with the default data directory the
+// printed lines work as they are from the directory csnapd runs in;
+// otherwise they name the token file.
+func devAdminCommand(httpAddr string, tls bool, dir, tokenFile string) (cmd, note string) {
+	addr := httpAddr
+	if tls {
+		addr = "https://" + httpAddr // the client needs -ca-file too
+	}
+	cmd = "csnap-admin -addr " + addr
+	switch {
+	case tokenFile == "":
+		return cmd, "API token from $CSNAP_HTTP_TOKEN, which csnap-admin reads too"
+	case filepath.Clean(dir) == filepath.Clean(devDataDir) && filepath.Clean(tokenFile) == filepath.Join(devDataDir, tokenFileName):
+		return cmd, "run here: csnap-admin reads the API token from " + tokenFile + "; elsewhere add -token-file"
+	}
+	if abs, err := filepath.Abs(tokenFile); err == nil {
+		tokenFile = abs
+	}
+	return cmd + " -token-file " + tokenFile, "API token in " + tokenFile
 }

@@ -44,6 +44,16 @@ type options struct {
 	// chapAlgorithms lists the CHAP hashes initiators may use.
 	chapAlgorithms string
 
+	// HTTP API security (SPEC.md "Security"; cmd/csnapd/httpapi.go).
+	httpTokenFile   string     // file holding the API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token)
+	httpHosts       stringList // names accepted in the Host header besides the listen address
+	httpOrigins     stringList // browser origins allowed to call the API
+	httpTLSCertFile string     // serve the API over TLS with this certificate...
+	httpTLSKeyFile  string     // ...and key
+	// volumePaths: a volume's origin and store must lie under one of
+	// these (or be one of them); -dev: its data directory.
+	volumePaths stringList
+
 	// cluster: not -dev and some setting given (-config or flags alone).
 	cluster bool
 
@@ -89,6 +99,12 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
 	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", "sha256,sha1,md5", "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
+	fs.StringVar(&o.httpTokenFile, "http-token-file", "", "file holding the HTTP API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token, generated at first start)")
+	fs.Var(&o.httpHosts, "http-hosts", "comma-separated host names the HTTP API answers to besides its listen address (DNS-rebinding protection)")
+	fs.Var(&o.httpOrigins, "http-origins", "comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP API (default: none)")
+	fs.StringVar(&o.httpTLSCertFile, "http-tls-cert-file", "", "serve the HTTP API over TLS with this certificate `file` (PEM)")
+	fs.StringVar(&o.httpTLSKeyFile, "http-tls-key-file", "", "private key `file` of -http-tls-cert-file (PEM)")
+	fs.Var(&o.volumePaths, "volume-paths", "cluster: comma-separated directories or devices volumes' origin and store must lie under (-dev: its data directory)")
 	fs.IntVar(&o.portalGroupTag, "portal-group-tag", 0, "cluster: this node's portal group tag and relative target port id, 1-65535, distinct per node (default: derived from the node name)")
 	fs.StringVar(&o.consulPrefix, "consul-prefix", defaultConsulPrefix, "cluster: Consul KV prefix")
 	fs.DurationVar(&o.lockDelay, "lock-delay", defaultLockDelay, "cluster: Consul lock-delay of the server lock")

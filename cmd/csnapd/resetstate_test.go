@@ -44,7 +44,7 @@ func resetEnv(t *testing.T, validate bool) (*server.Server, volumeOps, *sharedSt
 	t.Cleanup(func() { cl.Close() })
 	var uuid [16]byte
 	uuid[3] = 9
-	exp := newExport("v1", uuid, cl, iscsi.NewServer(iscsi.Config{}), nil, log)
+	exp := newExport("v1", uuid, cl, iscsi.NewServer(iscsi.Config{}), nil, nil, log)
 	return srv, volumeOps{name: "v1", exp: exp, cl: cl}, exp.store
 }
 

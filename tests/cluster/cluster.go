@@ -97,6 +97,18 @@ type Options struct {
 	// events in different processes' logs can be ordered to well below
 	// csnapd's own 1 s timestamps. See SplitStamp.
 	StampLogs bool
+
+	// ConsulACL runs Consul with ACLs (default deny) and gossip
+	// encryption (acl.go); each csnapd gets a token of its own holding
+	// only CsnapdPolicy, as CONSUL_HTTP_TOKEN.
+	ConsulACL bool
+	// CsnapdPolicy is csnapd's ACL policy (HCL rules; every "n1" in it
+	// stands for the node's name), e.g. configs/consul-policy-csnapd.hcl.
+	CsnapdPolicy string
+
+	// Set by newCluster with ConsulACL: the management token and the
+	// gossip key.
+	aclManagement, gossipKey string
 }
 
 // Node describes node i: its addresses, files, and current PIDs.
@@ -146,6 +158,8 @@ type member struct {
 	http       *http.Client // for csnapd's API; bounds every request
 	agent      *proc
 	csnapd     *proc
+	// consulToken is csnapd's Consul token (ConsulACL), set once.
+	consulToken string
 }
 
 // Start starts the Consul agents, waits until they have a leader and every
@@ -194,6 +208,11 @@ func newCluster(o Options) (*Cluster, error) {
 	}
 	if err := checkBinaries(o); err != nil {
 		return nil, err
+	}
+	if o.ConsulACL {
+		if err := aclSecrets(&o); err != nil {
+			return nil, err
+		}
 	}
 	c := &Cluster{opts: o}
 	if o.Netns {
@@ -293,7 +312,7 @@ func newMember(o Options, i int, nsPrefix string) (*member, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	consulHTTP := newHTTPClient(ns)
-	client, err := consulClient(n.ConsulAddr, consulHTTP)
+	client, err := consulClient(n.ConsulAddr, consulHTTP, o.aclManagement)
 	if err != nil {
 		return nil, err
 	}
@@ -316,6 +335,11 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 	if err := c.waitConsul(ctx); err != nil {
 		return err
+	}
+	if c.opts.ConsulACL {
+		if err := c.csnapdTokens(ctx); err != nil {
+			return err
+		}
 	}
 	if c.opts.NoCsnapd {
 		return nil
