@@ -33,6 +33,14 @@ type Volume struct {
 	// StoreUsed and StoreSize describe the snapshot store's space.
 	StoreUsed int64 `json:"store_used"`
 	StoreSize int64 `json:"store_size"`
+	// Engine is the state of the volume's store engine ("ok", "failed")
+	// when the answering node serves the volume; EngineError says why it
+	// failed. IOError is set while the answering node's client has seen a
+	// write or flush of the origin or store fail: its flushes
+	// (SYNCHRONIZE CACHE) fail until `volume recover` or a restart.
+	Engine      string `json:"engine,omitempty"`
+	EngineError string `json:"engine_error,omitempty"`
+	IOError     string `json:"io_error,omitempty"`
 	// LocationCache describes the answering node's cache of read-only
 	// snapshots' store locations (absent while its client is not
 	// connected).
@@ -131,6 +139,24 @@ type Health struct {
 	Status  string   `json:"status"`
 	Node    string   `json:"node"`
 	Targets []string `json:"targets"`
+}
+
+// RecoverReport is the answer of POST /v1/volumes/V/recover.
+type RecoverReport struct {
+	Volume string `json:"volume"`
+	// Engine is the store engine's state afterwards ("ok").
+	Engine string `json:"engine"`
+	// ClearedIOError is the answering node's latched IO error that the
+	// recovery cleared ("" if none).
+	ClearedIOError string `json:"cleared_io_error,omitempty"`
+}
+
+// Recoverer is implemented by a Service that can recover a volume's failed
+// store engine in place (csnap-admin volume recover): the engine's journal
+// is replayed on the same devices, and the answering node's latched IO
+// error (which fails its flushes) is cleared.
+type Recoverer interface {
+	Recover(ctx context.Context, volume string) (RecoverReport, error)
 }
 
 // Service is what a node does for the API. Implementations return errors

@@ -107,6 +107,12 @@ func Handler(svc Service) http.Handler {
 		reply(w, http.StatusOK, c, err)
 	})
 	mux.HandleFunc("POST /v1/volumes/{v}/reset-state", resetStateHandler(svc))
+	if rs, ok := svc.(Recoverer); ok {
+		mux.HandleFunc("POST /v1/volumes/{v}/recover", func(w http.ResponseWriter, r *http.Request) {
+			c, err := rs.Recover(r.Context(), r.PathValue("v"))
+			reply(w, http.StatusOK, c, err)
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 0, nil, fmt.Errorf("%w: no API endpoint %s %s", ErrNotFound, r.Method, r.URL.Path))
 	})

@@ -19,25 +19,47 @@ type CheckResult struct {
 func (r *CheckResult) Clean() bool { return len(r.Problems) == 0 }
 
 // Check commits outstanding changes and then verifies the whole store as
-// it is on disk: both superblock copies, the state block, the snapshot
-// table, every tree node (checksum, address, ordering, key bounds, depth),
-// every exception (ranges, owners, users, coverage of live snapshots),
-// allocation (double use, leaks, chunks in use but marked free, free
-// counts) and the per-snapshot counters. report, if not nil, is called with
-// each problem as it is found. The engine is locked for the duration; it
-// needs memory of one bit per data chunk and per metadata block.
-// The error is for failures to run the check, not for problems found.
+// it is on disk at that point: both superblock copies, the state block,
+// the snapshot table, every tree node (checksum, address, ordering, key
+// bounds, depth), every exception (ranges, owners, users, coverage of live
+// snapshots), allocation (double use, leaks, chunks in use but marked
+// free, free counts) and the per-snapshot counters. report, if not nil, is
+// called with each problem as it is found. The error is for failures to
+// run the check, not for problems found.
+//
+// The engine is locked only to commit and to copy its in-memory state;
+// copy-outs, snapshot operations and commits go on while the check reads
+// the store. It checks a point-in-time view: from the start until it ends,
+// every metadata block the engine overwrites (home writes of commits,
+// superblock writes) is first read and kept for the check (checkView), so
+// the check sees each block as it was when it started, consistent with the
+// state it copied. Memory: one bit per data chunk and per metadata block,
+// plus 4 KiB per metadata block overwritten during the check. Checks run
+// one at a time (a second waits for the first). A recovery in place
+// during the check ends it with an error.
 func (e *Engine) Check(ctx context.Context, report func(problem string)) (*CheckResult, error) {
-	e.mu.Lock()
-	defer e.unlock()
+	select {
+	case e.checkSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-e.checkSem }()
+	e.lock()
 	if err := e.usable(); err != nil {
+		e.unlock()
 		return nil, err
 	}
 	for e.dirtyCount() > 0 || e.committing {
 		if err := e.waitDurableLocked(e.openSeq); err != nil {
+			e.unlock()
 			return nil, err
 		}
 	}
+	// Everything is on disk now; freeze the view and copy the state.
+	view := e.freezeForCheck()
+	recoveries := e.nRecoveries.Load()
+	e.unlock()
+	defer e.endCheck()
 	r := &CheckResult{}
 	bad := func(f string, a ...any) {
 		p := fmt.Sprintf(f, a...)
@@ -46,12 +68,104 @@ func (e *Engine) Check(ctx context.Context, report func(problem string)) (*Check
 			report(p)
 		}
 	}
-	c := &checker{e: e, r: r, bad: bad, ctx: ctx}
+	c := &checker{e: view, r: r, bad: bad, ctx: ctx}
 	if err := c.run(); err != nil {
 		return r, err
 	}
+	if e.nRecoveries.Load() != recoveries {
+		return r, fmt.Errorf("check: the engine recovered in place meanwhile: run it again")
+	}
 	return r, nil
 }
+
+// freezeForCheck starts keeping pre-images of overwritten metadata blocks
+// and returns an engine value holding a copy of the in-memory state whose
+// store device reads the view (e.mu held, nothing dirty).
+func (e *Engine) freezeForCheck() *Engine {
+	e.ckMu.Lock()
+	e.ckPre = map[uint64][]byte{}
+	e.ckMu.Unlock()
+	v := &Engine{
+		uuid: e.uuid, cs: e.cs, cpb: e.cpb, originChunks: e.originChunks,
+		st: e.st, slots: append([]tableEntry(nil), e.slots...), byID: make(map[uint32]int, len(e.byID)),
+		live: append([]uint32(nil), e.live...), queued: append([]uint32(nil), e.queued...),
+		recl: append([]uint32(nil), e.recl...),
+	}
+	e.sbMu.Lock()
+	v.sb = e.sb
+	e.sbMu.Unlock()
+	for id, i := range e.byID {
+		v.byID[id] = i
+	}
+	v.store = &checkView{e: e}
+	return v
+}
+
+func (e *Engine) endCheck() {
+	e.ckMu.Lock()
+	e.ckPre = nil
+	e.ckMu.Unlock()
+}
+
+// preserve keeps block addr as it is on disk for a running check, before
+// the engine overwrites it.
+func (e *Engine) preserve(addr uint64) {
+	e.ckMu.Lock()
+	defer e.ckMu.Unlock()
+	if e.ckPre == nil {
+		return
+	}
+	if _, ok := e.ckPre[addr]; ok {
+		return
+	}
+	b := AlignedBuffer(BlockSize)
+	if err := readFull(e.store, b, int64(addr)*BlockSize); err != nil {
+		b = nil // the check reports the block unreadable
+	}
+	e.ckPre[addr] = b
+}
+
+// checkView is the store as it was when the running check started.
+type checkView struct{ e *Engine }
+
+// ReadAt reads a block of the view. The device is read without the lock
+// and the pre-images looked at again afterwards: preserve keeps a block
+// before the engine starts overwriting it, so a read that may have seen
+// the overwrite finds the pre-image then, and one that finds none read
+// the block before any overwrite began.
+func (v *checkView) ReadAt(p []byte, off int64) (int, error) {
+	e := v.e
+	if off%BlockSize != 0 || len(p) != BlockSize {
+		return 0, fmt.Errorf("check view: read of %d bytes at %d is not one block", len(p), off)
+	}
+	addr := uint64(off / BlockSize)
+	pre := func() (int, bool, error) {
+		e.ckMu.Lock()
+		defer e.ckMu.Unlock()
+		b, ok := e.ckPre[addr]
+		switch {
+		case !ok:
+			return 0, false, nil
+		case b == nil:
+			return 0, true, fmt.Errorf("block %d was unreadable when the engine overwrote it", addr)
+		}
+		return copy(p, b), true, nil
+	}
+	if n, ok, err := pre(); ok {
+		return n, err
+	}
+	n, err := e.store.ReadAt(p, off)
+	if m, ok, perr := pre(); ok {
+		return m, perr
+	}
+	return n, err
+}
+
+func (v *checkView) WriteAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("check view is read-only")
+}
+func (v *checkView) Flush() error         { return nil }
+func (v *checkView) Size() (int64, error) { return v.e.store.Size() }
 
 type checker struct {
 	e    *Engine

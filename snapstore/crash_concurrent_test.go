@@ -43,7 +43,7 @@ func TestCrashConcurrent(t *testing.T) {
 		if err := Format(od, sd, FormatOptions{ChunkSize: cs, JournalBlocks: 256, TableCapacity: 64, metaBlocks: 256}); err != nil {
 			t.Fatal(err)
 		}
-		e, err := Open(od, sd, Options{CacheBlocks: 256})
+		e, err := Open(od, sd, Options{CacheBlocks: 256, RecoverBackoff: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +147,7 @@ func TestCrashConcurrent(t *testing.T) {
 		e.Close() // stops the reclaimer; fails (no IO) because of the cut
 		p.Restore()
 
-		e, err = Open(od, sd, Options{CacheBlocks: 256})
+		e, err = Open(od, sd, Options{CacheBlocks: 256, RecoverBackoff: -1})
 		if err != nil {
 			t.Fatalf("trial %d: reopen: %v", trial, err)
 		}

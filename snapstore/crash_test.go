@@ -81,7 +81,9 @@ type crashRun struct {
 	ctx   context.Context
 }
 
-func crashOpts() Options { return Options{ManualReclaim: true, nodeCap: 6, CacheBlocks: 256} }
+func crashOpts() Options {
+	return Options{ManualReclaim: true, nodeCap: 6, CacheBlocks: 256, RecoverBackoff: -1}
+}
 
 func newCrashRun(t *testing.T, g crashGeom, seed, point int64) *crashRun {
 	r := &crashRun{t: t, p: faultdev.NewPower(point), ctx: context.Background(), rng: rand.New(rand.NewSource(seed))}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // Device is a block device or file the engine reads and writes. Origin and
@@ -25,8 +26,19 @@ type Device interface {
 // device node, opened for buffered IO (OpenFile, NewFileDevice) or for
 // direct IO (OpenDirect).
 type FileDevice struct {
-	f      *os.File
-	direct *directIO // nil: buffered IO through the page cache
+	f         *os.File
+	direct    *directIO     // nil: buffered IO through the page cache
+	flushErrs atomic.Uint64 // failed flushes (FlushErrors)
+}
+
+// FlushErrorCounter is implemented by devices that count their failed
+// flushes. Several users of one device (the engine and a client share the
+// store in csnapd) compare the count with the one at their last good
+// flush: Linux reports a failed fdatasync to one caller of a file
+// descriptor only, and the writes it dropped are every user's (see the
+// fsync error policy in the package documentation).
+type FlushErrorCounter interface {
+	FlushErrors() uint64
 }
 
 // OpenFile opens path (a regular file or a block device) read-write as a
@@ -84,7 +96,17 @@ func WriteInPieces(w io.WriterAt, p []byte, off int64) (int, error) {
 
 // Flush is fdatasync: for a device opened O_DIRECT it also flushes the
 // device's volatile write cache, which direct writes may still sit in.
-func (d *FileDevice) Flush() error { return fdatasync(d.f) }
+func (d *FileDevice) Flush() error {
+	err := fdatasync(d.f)
+	if err != nil {
+		d.flushErrs.Add(1)
+	}
+	return err
+}
+
+// FlushErrors returns the number of failed flushes since the device was
+// opened (FlushErrorCounter).
+func (d *FileDevice) FlushErrors() uint64 { return d.flushErrs.Load() }
 
 // Close closes the file; no IO may be running or start later.
 func (d *FileDevice) Close() error { return d.f.Close() }

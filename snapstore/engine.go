@@ -41,6 +41,11 @@ type Options struct {
 	OnEvent func(Event)
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
+	// RecoverBackoff is the first wait before an engine that failed on an
+	// IO error tries to recover in place (Recover); it doubles after each
+	// failed attempt up to maxRecoverBackoff. Default 1 s; negative turns
+	// automatic recovery off (Recover, or DeleteSnapshot, still recover).
+	RecoverBackoff time.Duration
 
 	nodeCap int // test knob: split tree nodes above this many entries
 }
@@ -76,6 +81,9 @@ const (
 	EventRecovered
 	// EventReclaimed: the space of deleted or dropped snapshots is free.
 	EventReclaimed
+	// EventFailed: the engine failed on an error (Message says which) and
+	// refuses work until it recovers (EventRecovered).
+	EventFailed
 )
 
 func (k EventKind) String() string {
@@ -86,6 +94,8 @@ func (k EventKind) String() string {
 		return "recovered"
 	case EventReclaimed:
 		return "reclaimed"
+	case EventFailed:
+		return "failed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -106,11 +116,16 @@ type Stats struct {
 	CommitBlocks  uint64 // metadata blocks written to the journal
 	Flushes       uint64 // store device flushes
 	Drops         uint64 // snapshots dropped for space (persistent total)
-	FreeChunks    uint64
-	DataChunks    uint64
-	FreeMeta      uint64
-	MetaBlocks    uint64
-	Exceptions    uint64
+	// SnapshotsDropped counts the snapshots dropped for space since Open
+	// (csnap_snapshots_dropped_total).
+	SnapshotsDropped uint64
+	// Recoveries counts in-place recoveries since Open.
+	Recoveries uint64
+	FreeChunks uint64
+	DataChunks uint64
+	FreeMeta   uint64
+	MetaBlocks uint64
+	Exceptions uint64
 }
 
 // Engine is an open snapshot store. It is safe for concurrent use.
@@ -155,6 +170,20 @@ type Engine struct {
 	jPos, jSeq uint64
 	failed     error
 	closed     bool
+	// copying counts operations doing copy-out IO without e.mu; Recover
+	// waits for them (their reserved chunks are forgotten by it).
+	copying int
+	// replayData: the data chunks the last replayed transaction's
+	// descriptor vouches for (Recover rewrites them).
+	replayData []dataCRC
+	// A running check's view (check.go): checkSem lets one run at a time;
+	// ckPre holds pre-images of metadata blocks overwritten since it began.
+	checkSem chan struct{}
+	ckMu     sync.Mutex
+	ckPre    map[uint64][]byte
+	// flushErrBase is the store's count of failed flushes when the engine
+	// last (re)started relying on it (flushStore).
+	flushErrBase atomic.Uint64
 
 	holds    map[uint64]int
 	holdWait map[uint64]chan struct{}
@@ -166,6 +195,10 @@ type Engine struct {
 	bufPool sync.Pool
 
 	nCopyOuts, nPrivate, nCommits, nCommitBlocks, nFlushes atomic.Uint64
+	nDrops, nRecoveries                                    atomic.Uint64
+
+	failKick chan struct{} // wakes the recoverer
+	recDone  chan struct{}
 
 	fgWait atomic.Int32 // foreground goroutines waiting for mu
 	// pauseReclaim holds the background reclaimer (benchmark hook).
@@ -316,6 +349,15 @@ func Format(origin, store Device, o FormatOptions) error {
 	if err := w(1, zero); err != nil {
 		return err
 	}
+	// Write the journal and the metadata area once, so that a thin device
+	// or a sparse file holds them: metadata writes then never meet ENOSPC
+	// (data chunks may; the engine treats that as a full store).
+	if err := zeroBlocks(store, sb.journalStart, sb.journalBlocks); err != nil {
+		return fmt.Errorf("format: journal: %w", err)
+	}
+	if err := zeroBlocks(store, sb.metaStart, sb.metaBlocks); err != nil {
+		return fmt.Errorf("format: metadata area: %w", err)
+	}
 	if err := store.Flush(); err != nil {
 		return fmt.Errorf("format: flush: %w", err)
 	}
@@ -359,6 +401,19 @@ func Format(origin, store Device, o FormatOptions) error {
 	}
 	if err := store.Flush(); err != nil {
 		return fmt.Errorf("format: flush: %w", err)
+	}
+	return nil
+}
+
+// zeroBlocks writes zeros over n blocks from addr.
+func zeroBlocks(d Device, addr, n uint64) error {
+	z := AlignedBuffer(min(int(n)*BlockSize, 1<<20))
+	for n > 0 {
+		k := min(n, uint64(len(z)/BlockSize))
+		if err := writeFull(d, z[:k*BlockSize], int64(addr)*BlockSize); err != nil {
+			return fmt.Errorf("write zeros at block %d: %w", addr, err)
+		}
+		addr, n = addr+k, n-k
 	}
 	return nil
 }
@@ -470,6 +525,8 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 		reserved: map[uint64]bool{}, holds: map[uint64]int{}, holdWait: map[uint64]chan struct{}{},
 		locks: map[uint64]chan struct{}{}, openSeq: 1,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), bgDone: make(chan struct{}),
+		failKick: make(chan struct{}, 1), recDone: make(chan struct{}),
+		checkSem: make(chan struct{}, 1),
 	}
 	e.cond = sync.NewCond(&e.mu)
 	e.beforeReclaim = o.BeforeReclaim
@@ -481,6 +538,7 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 	e.bufPool.New = func() any { b := AlignedBuffer(max(cs, copyRunBytes)); return &b }
 
 	// Journal recovery.
+	e.setFlushBaseline()
 	n, err := e.replay()
 	if err != nil {
 		return nil, fmt.Errorf("open store: journal recovery: %w", err)
@@ -508,6 +566,11 @@ func Open(origin, store Device, o Options) (*Engine, error) {
 		close(e.bgDone)
 	}
 	e.kickReclaim()
+	if o.RecoverBackoff >= 0 {
+		go e.recoverer()
+	} else {
+		close(e.recDone)
+	}
 	return e, nil
 }
 
@@ -573,10 +636,11 @@ func (e *Engine) load() error {
 func (e *Engine) writeSuperLocked() error {
 	e.sb.seq++
 	slot := 1 - e.sbSlot
+	e.preserve(slot)
 	if err := writeFull(e.store, encodeSuper(&e.sb, slot), int64(slot)*BlockSize); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}
-	if err := e.store.Flush(); err != nil {
+	if err := e.flushStore(); err != nil {
 		return fmt.Errorf("flush superblock: %w", err)
 	}
 	e.nFlushes.Add(1)
@@ -599,6 +663,7 @@ func (e *Engine) Close() error {
 	close(e.stop)
 	e.hookCancel() // a BeforeReclaim in progress returns
 	<-e.bgDone
+	<-e.recDone
 	e.mu.Lock()
 	err := e.waitDurableLocked(e.openSeq)
 	failed := e.failed
@@ -611,7 +676,7 @@ func (e *Engine) Close() error {
 	}
 	e.sbMu.Lock()
 	defer e.sbMu.Unlock()
-	if err := e.store.Flush(); err != nil {
+	if err := e.flushStore(); err != nil {
 		return fmt.Errorf("close: flush: %w", err)
 	}
 	e.sb.flags |= superFlagClean
@@ -619,9 +684,17 @@ func (e *Engine) Close() error {
 	return e.writeSuperLocked()
 }
 
+// fail puts the engine in the failed state (e.mu held): every operation
+// returns the error until Recover succeeds. Nothing more is written, so
+// the store stays as a crash at this instant would leave it.
 func (e *Engine) fail(err error) error {
 	if e.failed == nil {
 		e.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+		e.events = append(e.events, Event{Kind: EventFailed, Message: e.failed.Error()})
+		select {
+		case e.failKick <- struct{}{}:
+		default:
+		}
 	}
 	e.cond.Broadcast()
 	return e.failed
@@ -731,6 +804,7 @@ func (e *Engine) Stats() Stats {
 	return Stats{
 		CopyOuts: e.nCopyOuts.Load(), PrivateCopies: e.nPrivate.Load(), Commits: e.nCommits.Load(),
 		CommitBlocks: e.nCommitBlocks.Load(), Flushes: e.nFlushes.Load(), Drops: e.st.drops,
+		SnapshotsDropped: e.nDrops.Load(), Recoveries: e.nRecoveries.Load(),
 		FreeChunks: e.st.dataFree, DataChunks: e.sb.dataChunks, FreeMeta: e.st.metaFree,
 		MetaBlocks: e.sb.metaBlocks, Exceptions: e.st.exceptions,
 	}

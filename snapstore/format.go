@@ -75,7 +75,7 @@ var (
 	ErrBadName          = errors.New("invalid snapshot name")
 	ErrRange            = errors.New("chunk out of range")
 	ErrClosed           = errors.New("engine closed")
-	ErrFailed           = errors.New("engine failed; reopen to recover")
+	ErrFailed           = errors.New("engine failed (it recovers in place once the cause is gone)")
 )
 
 // blockHeader is the common 48-byte header of every metadata block.

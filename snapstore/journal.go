@@ -58,6 +58,10 @@ func (e *Engine) replay() (int, error) {
 			chain = chain[:k-1]
 		}
 	}
+	e.replayData = nil
+	if k := len(chain); k > 0 {
+		e.replayData = chain[k-1].d.data
+	}
 	// Pass 2: write every image home.
 	for _, t := range chain {
 		addr := e.sb.journalStart + t.pos
@@ -79,7 +83,7 @@ func (e *Engine) replay() (int, error) {
 		}
 	}
 	if len(chain) > 0 {
-		if err := e.store.Flush(); err != nil {
+		if err := e.flushStore(); err != nil {
 			return 0, fmt.Errorf("flush after replay: %w", err)
 		}
 	}
@@ -235,7 +239,7 @@ func (e *Engine) commitLocked() error {
 func (e *Engine) writeTx(imgs []image, data []dataCRC, pos, jseq uint64, needFlush, wrap bool) error {
 	flush := func(what string) error {
 		e.nFlushes.Add(1)
-		if err := e.store.Flush(); err != nil {
+		if err := e.flushStore(); err != nil {
 			return fmt.Errorf("flush store (%s): %w", what, err)
 		}
 		return nil
@@ -279,6 +283,7 @@ func (e *Engine) writeTx(imgs []image, data []dataCRC, pos, jseq uint64, needFlu
 	// 4. Home writes; made durable by the next transaction's flush (or
 	//    Close) before the journal space holding them is reused.
 	for _, im := range imgs {
+		e.preserve(im.addr)
 		if err := writeFull(e.store, im.b, int64(im.addr)*BlockSize); err != nil {
 			return fmt.Errorf("write metadata block %d: %w", im.addr, err)
 		}

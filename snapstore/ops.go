@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"syscall"
 )
 
 // ---------------------------------------------------------------------------
@@ -365,9 +366,24 @@ func (e *Engine) prepareOrigin(ctx context.Context, first, n uint64) (uint64, er
 			for i, c := range toCopy {
 				jobs[i] = copyJob{c: c, x: res[c]}
 			}
+			e.copying++
 			e.mu.Unlock()
 			sums, cerr := e.copyOut(jobs)
 			e.lock()
+			e.copyDone()
+			if isNoSpace(cerr) {
+				// The store device could not allocate (a thin device, a
+				// sparse file on a full file system): a full store.
+				for c, x := range res {
+					e.unreserveData(x)
+					delete(res, c)
+				}
+				clear(copied)
+				if err := e.storeNoSpaceLocked(cerr); err != nil {
+					return 0, err
+				}
+				continue
+			}
 			if cerr != nil {
 				return 0, cerr
 			}
@@ -430,9 +446,57 @@ func (e *Engine) makeSpaceLocked() error {
 		_, err := e.reclaimOnceLocked(64, false)
 		return err
 	}
-	if !e.dropVictimLocked() {
+	if !e.dropVictimLocked("snapshot store full") {
 		return fmt.Errorf("snapshot store full with no snapshot left to drop: %w", ErrFailed)
 	}
+	return nil
+}
+
+// isNoSpace reports whether err is the store device running out of space
+// (ENOSPC from a file system or a thin device).
+func isNoSpace(err error) bool { return err != nil && errors.Is(err, syscall.ENOSPC) }
+
+// copyDone ends a copy-out begun with e.copying++ (e.mu held).
+func (e *Engine) copyDone() {
+	e.copying--
+	if e.copying == 0 {
+		e.cond.Broadcast()
+	}
+}
+
+// storeNoSpaceLocked handles a store write that failed with ENOSPC while
+// the bitmap still had free chunks: the device cannot allocate chunks it
+// has never held. It is a full store: finish reclaiming deleted or
+// dropped snapshots (their chunks were written before, so the device
+// holds them), or else drop the lowest-priority snapshot and reclaim it,
+// then allocate from the start of the data area again, where the chunks
+// used before are. Each call frees space or drops a snapshot, so a caller
+// retrying after it ends: at worst with no snapshot left, when origin
+// writes need no copy-out.
+func (e *Engine) storeNoSpaceLocked(cause error) error {
+	if !e.st.reclaiming && len(e.queued) == 0 && !e.passBusy {
+		if !e.dropVictimLocked(fmt.Sprintf("store device out of space (%v)", cause)) {
+			return fmt.Errorf("snapshot store device out of space with no snapshot left to drop: %w", cause)
+		}
+	}
+	for {
+		if err := e.usable(); err != nil {
+			return err
+		}
+		if e.passBusy {
+			e.cond.Wait()
+			continue
+		}
+		progressed, err := e.reclaimOnceLocked(1024, false)
+		if err != nil {
+			return err
+		}
+		if !progressed {
+			break
+		}
+	}
+	e.st.dataCursor = 0
+	e.stDirty = true
 	return nil
 }
 
@@ -737,6 +801,7 @@ func (e *Engine) PrepareSnapshotWrite(ctx context.Context, id SnapID, first, n u
 			continue
 		}
 		if len(copies) > 0 {
+			e.copying++
 			e.mu.Unlock()
 			var cerr error
 			for _, k := range copies {
@@ -751,6 +816,17 @@ func (e *Engine) PrepareSnapshotWrite(ctx context.Context, id SnapID, first, n u
 				}
 			}
 			e.lock()
+			e.copyDone()
+			if isNoSpace(cerr) {
+				for c, j := range jobs {
+					e.unreserveData(j.y)
+					delete(jobs, c)
+				}
+				if err := e.storeNoSpaceLocked(cerr); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if cerr != nil {
 				return nil, cerr
 			}

@@ -330,6 +330,13 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, id SnapID) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// Deleting is how space is freed: a failed engine whose store works
+	// again recovers first rather than refusing.
+	if st, _ := e.State(); st == EngineFailed {
+		if err := e.Recover(ctx); err != nil {
+			return fmt.Errorf("delete snapshot %d: %w", id, err)
+		}
+	}
 	e.lock()
 	defer e.unlock()
 	if err := e.usable(); err != nil {
@@ -401,7 +408,7 @@ func (e *Engine) SetPriority(ctx context.Context, id SnapID, prio int32) error {
 
 // dropVictimLocked drops the lowest-priority live snapshot (oldest among
 // equals). It returns false if there is none.
-func (e *Engine) dropVictimLocked() bool {
+func (e *Engine) dropVictimLocked(why string) bool {
 	var victim *tableEntry
 	for _, id := range e.live {
 		t := e.slotOf(id)
@@ -414,9 +421,10 @@ func (e *Engine) dropVictimLocked() bool {
 	}
 	e.retireLocked(victim.id, true)
 	e.st.drops++
+	e.nDrops.Add(1)
 	e.stDirty = true
 	e.events = append(e.events, Event{Kind: EventDropped, Snapshot: SnapID(victim.id), Name: victim.name,
-		Message: fmt.Sprintf("snapshot store full: dropped snapshot %q (id %d, priority %d)", victim.name, victim.id, victim.priority)})
+		Message: fmt.Sprintf("%s: dropped snapshot %q (id %d, priority %d)", why, victim.name, victim.id, victim.priority)})
 	return true
 }
 

@@ -32,6 +32,7 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] [-token-file FILE] [-ca-file
   volume list
   volume status NAME
   volume reset-state NAME [--snapshot SNAP]
+  volume recover NAME
   snapshot create VOLUME SNAP [--priority N] [--writable]
   snapshot delete VOLUME SNAP
   snapshot list VOLUME
@@ -226,6 +227,7 @@ func commands() map[string]command {
 		"volume set":      {1, map[string]bool{"initiators": true}, nil, volumeSet},
 		"volume list":     {0, nil, nil, volumeList},
 		"volume status":   {1, nil, nil, volumeStatus},
+		"volume recover":  {1, nil, nil, volumeRecover},
 		"snapshot create": {2, map[string]bool{"priority": true}, []string{"writable"}, snapshotCreate},
 		"snapshot delete": {2, nil, nil, snapshotDelete},
 		"snapshot list":   {1, nil, nil, snapshotList},
@@ -416,6 +418,15 @@ func volumeStatus(e *env, a args) error {
 		}
 		if v.Refused != "" {
 			fmt.Fprintf(w, "refused here\t%s\n", v.Refused)
+		}
+		if v.Engine != "" {
+			fmt.Fprintf(w, "engine\t%s\n", v.Engine)
+		}
+		if v.EngineError != "" {
+			fmt.Fprintf(w, "engine error\t%s\n", v.EngineError)
+		}
+		if v.IOError != "" {
+			fmt.Fprintf(w, "io error\t%s (flushes fail until volume recover)\n", v.IOError)
 		}
 		if lc := v.LocationCache; lc != nil {
 			fmt.Fprintf(w, "location cache\t%d hits, %d misses, %d chunks (%s)\n", lc.Hits, lc.Misses, lc.Entries, human(int64(lc.Bytes)))

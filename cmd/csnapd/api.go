@@ -37,10 +37,31 @@ type devService struct {
 }
 
 func (d *devService) Health(context.Context) (api.Health, error) {
+	h := api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}
 	if err := devHealthErr(d.eng); err != nil { // hardening.go
-		return api.Health{Status: "failed", Node: d.node}, err
+		h.Status = "failed"
+		return h, err
 	}
-	return api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}, nil
+	return h, nil
+}
+
+// engineStatus fills the engine fields of a volume's status.
+func engineStatus(v *api.Volume, eng *snapstore.Engine) {
+	if eng == nil {
+		return
+	}
+	st, err := eng.State()
+	v.Engine = st.String()
+	if st == snapstore.EngineFailed && err != nil {
+		v.EngineError = err.Error()
+	}
+}
+
+func (d *devService) Recover(ctx context.Context, v string) (api.RecoverReport, error) {
+	if err := d.check(v); err != nil {
+		return api.RecoverReport{}, err
+	}
+	return d.ops().recover(ctx)
 }
 
 func (d *devService) Volumes(ctx context.Context) ([]api.Volume, error) {
@@ -61,12 +82,17 @@ func (d *devService) Volume(ctx context.Context, name string) (api.Volume, error
 	}
 	st := d.eng.Stats()
 	cs := int64(d.eng.ChunkSize())
-	return api.Volume{
+	v := api.Volume{
 		Name: devVolume, Origin: d.origin, Store: d.store,
 		Size: d.eng.OriginSize(), ChunkSize: cs, Server: d.node, Snapshots: len(snaps),
 		StoreUsed: int64(st.DataChunks-st.FreeChunks) * cs, StoreSize: int64(st.DataChunks) * cs,
 		LocationCache: d.ops().locationCache(), Initiators: d.exp.initiatorList(),
-	}, nil
+	}
+	engineStatus(&v, d.eng)
+	if err := d.cl.IOError(); err != nil {
+		v.IOError = err.Error()
+	}
+	return v, nil
 }
 
 // SetVolume changes the volume's settings: the initiator allow-list is

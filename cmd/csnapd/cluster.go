@@ -297,6 +297,26 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	return runErr
 }
 
+// servedEngines returns the store engines of the volumes this node
+// serves now, by volume name.
+func (n *clusterNode) servedEngines() map[string]*snapstore.Engine {
+	n.mu.Lock()
+	vols := make([]*clusterVolume, 0, len(n.vols))
+	for _, v := range n.vols {
+		vols = append(vols, v)
+	}
+	n.mu.Unlock()
+	out := map[string]*snapstore.Engine{}
+	for _, v := range vols {
+		v.mu.Lock()
+		if v.eng != nil {
+			out[v.def.Name] = v.eng
+		}
+		v.mu.Unlock()
+	}
+	return out
+}
+
 // shutdown stops the node in the order that loses nothing: iSCSI sessions
 // end (running commands finish), the clients flush and disconnect, the
 // volumes this node serves are closed cleanly and their locks released,
@@ -545,6 +565,9 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 	if err != nil {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
+	}
+	if err := allocateStore(store); err != nil {
+		n.log.WithField("volume", d.Name).WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
 	}
 	v := &clusterVolume{n: n, def: d, origin: origin, store: store,
 		log: n.log.WithField("volume", d.Name), resign: make(chan uint64, 1)}

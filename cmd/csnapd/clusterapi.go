@@ -23,10 +23,20 @@ import (
 type clusterService struct{ n *clusterNode }
 
 func (s *clusterService) Health(context.Context) (api.Health, error) {
+	h := api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}
 	if err := s.n.healthErr(); err != nil { // a fenced or failed engine (hardening.go)
-		return api.Health{Status: "failed", Node: s.n.node}, err
+		h.Status = "failed"
+		return h, err
 	}
-	return api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}, nil
+	return h, nil
+}
+
+func (s *clusterService) Recover(ctx context.Context, volume string) (api.RecoverReport, error) {
+	o, err := s.ops(volume)
+	if err != nil {
+		return api.RecoverReport{}, err
+	}
+	return o.recover(ctx)
 }
 
 func (s *clusterService) consulErr(err error) error {
@@ -55,6 +65,12 @@ func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si co
 			v.Snapshots = len(snaps)
 		}
 		v.LocationCache = ops.locationCache()
+		if err := ops.cl.IOError(); err != nil {
+			v.IOError = err.Error()
+		}
+	}
+	if eng := s.n.servedEngines()[d.Name]; eng != nil {
+		engineStatus(&v, eng)
 	}
 	return v
 }
@@ -271,7 +287,7 @@ func prepareVolume(r api.CreateVolume, direct bool, log *logrus.Entry) (int64, s
 	if r.Size > 0 && r.Size != osize {
 		return 0, none, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
 	}
-	fresh, err := createSparse(r.Store, osize)
+	fresh, err := createStoreFile(r.Store, osize)
 	if err != nil {
 		return 0, none, fmt.Errorf("creating store %s: %w", r.Store, err)
 	}

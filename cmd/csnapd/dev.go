@@ -223,7 +223,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	create := createSparse
+	create := createStoreFile
 	if prealloc {
 		create = createWritten
 	}
@@ -240,6 +240,9 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	store, err := openFileDev(storePath, false)
 	if err != nil {
 		return err
+	}
+	if err := allocateStore(store); err != nil {
+		log.WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
 	}
 	defer store.Close()
 	if fresh {

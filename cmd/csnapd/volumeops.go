@@ -112,6 +112,20 @@ func (o volumeOps) clients(ctx context.Context) ([]api.ClientEntry, error) {
 	return out, nil
 }
 
+// recover asks the server to recover its failed store engine in place,
+// then clears this node's latched IO error (client.ClearIOErrors).
+func (o volumeOps) recover(ctx context.Context) (api.RecoverReport, error) {
+	if err := o.cl.RecoverEngine(ctx); err != nil {
+		return api.RecoverReport{}, apiError(err)
+	}
+	r := api.RecoverReport{Volume: o.name, Engine: "ok"}
+	if err := o.cl.IOError(); err != nil {
+		r.ClearedIOError = err.Error()
+		o.cl.ClearIOErrors()
+	}
+	return r, nil
+}
+
 // check runs the store's consistency check on the server.
 func (o volumeOps) check(ctx context.Context) (api.CheckReport, error) {
 	r, err := o.cl.Check(ctx)

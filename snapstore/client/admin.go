@@ -157,6 +157,13 @@ func (c *Client) Status(ctx context.Context) (ServerStatus, error) {
 	return st, nil
 }
 
+// RecoverEngine asks the server to recover its failed store engine in
+// place now (it also retries by itself, with backoff).
+func (c *Client) RecoverEngine(ctx context.Context) error {
+	_, err := c.admin(ctx, "recover", &wire.Recover{})
+	return err
+}
+
 // Check runs a full consistency check of the store on the server.
 func (c *Client) Check(ctx context.Context) (CheckResult, error) {
 	r, err := c.admin(ctx, "check", &wire.Check{})

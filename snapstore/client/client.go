@@ -178,12 +178,15 @@ type call struct {
 // Client is one node's client of one volume's snapshot server. It is safe
 // for concurrent use.
 type Client struct {
-	cfg    Config
-	log    *logrus.Entry
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	origin *Volume
+	cfg Config
+	log *logrus.Entry
+	// originLatch and storeLatch are cfg.Origin and cfg.Store: they
+	// remember failed writes and flushes (latch.go).
+	originLatch, storeLatch *latchDev
+	ctx                     context.Context
+	cancel                  context.CancelFunc
+	wg                      sync.WaitGroup
+	origin                  *Volume
 
 	// Fixed by the first HELLO_OK; a server announcing other values is
 	// refused.
@@ -279,20 +282,27 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		}
 	}
+	originLatch := &latchDev{Device: cfg.Origin, name: "origin"}
+	storeLatch := &latchDev{Device: cfg.Store, name: "snapshot store"}
+	originLatch.clear()
+	storeLatch.clear()
+	cfg.Origin, cfg.Store = originLatch, storeLatch
 	log := cfg.Log
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	log = log.WithFields(logrus.Fields{"component": "snapclient", "volume": cfg.Volume})
 	c := &Client{
-		cfg:     cfg,
-		log:     log,
-		cache:   newChunkCache(cfg.CacheBytes),
-		writers: make(map[uint64]int),
-		pending: make(map[uint64]*call),
-		locks:   make(map[uint64]wire.HeldLock),
-		broken:  make(map[uint64]struct{}),
-		trusted: make(map[uint64]time.Time),
+		cfg:         cfg,
+		log:         log,
+		originLatch: originLatch,
+		storeLatch:  storeLatch,
+		cache:       newChunkCache(cfg.CacheBytes),
+		writers:     make(map[uint64]int),
+		pending:     make(map[uint64]*call),
+		locks:       make(map[uint64]wire.HeldLock),
+		broken:      make(map[uint64]struct{}),
+		trusted:     make(map[uint64]time.Time),
 
 		blocks:       make(map[uint64]time.Time),
 		blocksBroken: make(map[uint64]struct{}),

@@ -75,6 +75,8 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 		return s.blockLock(ctx, ss, id, m)
 	case *wire.Check:
 		return s.checkMessage(ctx)
+	case *wire.Recover:
+		return &wire.OK{}, s.Recover(ctx)
 	}
 	return nil, &wire.Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("%v is not a request to the server", m.Type())}
 }
@@ -487,6 +489,16 @@ func (s *Server) Snapshots() []snapstore.SnapshotInfo { return s.eng.Snapshots()
 // Check runs a full consistency check of the store.
 func (s *Server) Check(ctx context.Context) (*snapstore.CheckResult, error) {
 	return s.eng.Check(ctx, nil)
+}
+
+// Recover recovers a failed store engine in place now (admin "volume
+// recover"); nil at once if it works.
+func (s *Server) Recover(ctx context.Context) error {
+	if err := s.eng.Recover(ctx); err != nil {
+		return err
+	}
+	s.log.Info("snapshot store engine recovered in place on request")
+	return nil
 }
 
 func entry(si snapstore.SnapshotInfo) wire.SnapshotEntry {

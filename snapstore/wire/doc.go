@@ -186,6 +186,8 @@
 //	                                u32 locks held}, client ids strictly ascending
 //	0x38 CHECK               req    empty
 //	0x39 CHECK_OK            reply  u32 problems omitted, u16 n (0..1024), n texts
+//	0x3e RECOVER             req    empty -> OK: recover a failed store engine
+//	                                in place now (older servers answer ERROR)
 //
 // For example, ORIGIN_WRITE with request id 7 for chunks 5 and 6:
 //

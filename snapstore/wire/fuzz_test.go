@@ -128,10 +128,11 @@ func FuzzDecodeStatus(f *testing.F)             { fuzzBody(f, TypeStatus) }
 func FuzzDecodeStatusOK(f *testing.F)           { fuzzBody(f, TypeStatusOK) }
 func FuzzDecodeCheck(f *testing.F)              { fuzzBody(f, TypeCheck) }
 func FuzzDecodeCheckOK(f *testing.F)            { fuzzBody(f, TypeCheckOK) }
+func FuzzDecodeRecover(f *testing.F)            { fuzzBody(f, TypeRecover) }
 
 // TestFuzzersCoverEveryType keeps the list above complete.
 func TestFuzzersCoverEveryType(t *testing.T) {
-	if n := len(allTypes()); n != 38 {
+	if n := len(allTypes()); n != 39 {
 		t.Fatalf("%d message types; add a FuzzDecode function for the new one and update this count", n)
 	}
 }

@@ -264,6 +264,8 @@ func (g gen) message(t MsgType) Message {
 		return m
 	case TypeCheck:
 		return &Check{}
+	case TypeRecover:
+		return &Recover{}
 	case TypeCheckOK:
 		m := &CheckOK{Omitted: r.Uint32()}
 		n := r.Intn(4)

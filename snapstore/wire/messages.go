@@ -141,6 +141,7 @@ const (
 	TypeStatusOK           MsgType = 0x37
 	TypeCheck              MsgType = 0x38
 	TypeCheckOK            MsgType = 0x39
+	TypeRecover            MsgType = 0x3e
 )
 
 // Kind says how a message relates to request ids.
@@ -174,6 +175,7 @@ var typeNames = map[MsgType]string{
 	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
 	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
 	TypeStatus: "STATUS", TypeStatusOK: "STATUS_OK", TypeCheck: "CHECK", TypeCheckOK: "CHECK_OK",
+	TypeRecover: "RECOVER",
 }
 
 func (t MsgType) String() string {
@@ -189,7 +191,7 @@ func (t MsgType) Kind() Kind {
 	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
 		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
 		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState,
-		TypeReclaim, TypeBlockLock:
+		TypeReclaim, TypeBlockLock, TypeRecover:
 		return KindRequest
 	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
 		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
@@ -233,7 +235,7 @@ func (t MsgType) Replies() []MsgType {
 		r = TypeReclaimOK
 	case TypeBlockLock:
 		r = TypeBlockLockOK
-	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState:
+	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState, TypeRecover:
 		r = TypeOK
 	default:
 		return nil
@@ -327,6 +329,8 @@ func newMessage(t MsgType) Message {
 		return new(StatusOK)
 	case TypeCheck:
 		return new(Check)
+	case TypeRecover:
+		return new(Recover)
 	case TypeCheckOK:
 		return new(CheckOK)
 	}
@@ -1388,6 +1392,16 @@ func (m *StatusOK) unmarshal(d *decoder) {
 		c.Locks = d.u32("locks")
 	}
 }
+
+// Recover asks the server to recover its failed store engine in place
+// (journal replay on the same devices) now, rather than at its next
+// automatic attempt. OK when the engine works (again).
+type Recover struct{}
+
+func (*Recover) Type() MsgType      { return TypeRecover }
+func (*Recover) validate() error    { return nil }
+func (*Recover) marshal(*encoder)   {}
+func (*Recover) unmarshal(*decoder) {}
 
 // CheckOK reports the problems a consistency check found (none: clean).
 // At most MaxProblems are listed; Omitted counts the rest.
