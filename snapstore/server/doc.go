@@ -182,15 +182,19 @@
 // DELETE_SNAPSHOT never waits for it). Before a pass reuses the space of
 // snapshots W:
 //
-//  1. it waits until every SNAPSHOT_READ whose lookup began before now has
-//     had its answer written: any later lookup of W fails, so from here on
-//     no client can learn a location of W;
+//  1. it waits until every SNAPSHOT_READ (and SNAPSHOT_WRITE) whose
+//     lookup began before now has had its answer written: any later
+//     lookup of W fails, so from here on no client can learn a location
+//     of W;
 //  2. it sends RECLAIM{W} to every live version-4 connection, and to
 //     version-4 clients that finish their UPLOAD_DONE while it waits and
 //     that it waits for (below). A client answers RECLAIM_OK once it has
-//     dropped W's cached locations and every store read of W it began has
-//     finished (answers to SNAPSHOT_READ received before the RECLAIM
-//     included, by step 1 and the order of frames on a connection);
+//     dropped W's cached locations and every store read and write of W
+//     it began has finished (answers to SNAPSHOT_READ and SNAPSHOT_WRITE
+//     received before the RECLAIM included, by step 1 and the order of
+//     frames on a connection; a client writes no store location later
+//     than wire.LockTrust after asking, so BarrierTimeout must be at
+//     least wire.LockLease);
 //  3. it waits for the answer of each client that was connected, or had
 //     lost its connection less than BarrierTimeout ago after being
 //     answered store locations ("away": it may still be reading). A
