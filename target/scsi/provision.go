@@ -74,7 +74,7 @@ func (lu *LU) doWriteSame(r *request, ndob bool) Result {
 		return Result{Status: StatusGood}
 	}
 	chunk := bytes.Repeat(block, int(min(blocks, writeSameChunk/BlockSize)))
-	fua := !lu.writeCache()
+	fua := !r.writeCache()
 	for off < end {
 		n := min(int64(len(chunk)), end-off)
 		if err := lu.be.WriteAt(chunk[:n], off, fua); err != nil {
