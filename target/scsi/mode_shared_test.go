@@ -124,3 +124,33 @@ func TestStateCodecMode(t *testing.T) {
 		}
 	}
 }
+
+// TestUnmapFlushesWithoutWriteCache: with WCE=0 every write is durable
+// when it completes; a deallocation is a write (the blocks read zeros
+// afterwards), so UNMAP and WRITE SAME with UNMAP flush the backend
+// before GOOD. With WCE=1 they do not.
+func TestUnmapFlushesWithoutWriteCache(t *testing.T) {
+	f := newFixture(t, 256)
+	f.ready(nexA)
+	p := unmapParams([2]uint64{10, 5})
+	unmapCmds := map[string]func() Result{
+		"UNMAP":                func() Result { return f.run(nexA, unmapCDB(len(p)), p) },
+		"WRITE SAME(10) unmap": func() Result { return f.run(nexA, rw10(opWriteSame10, 20, 8, 0x08), make([]byte, BlockSize)) },
+		"WRITE SAME(16) unmap": func() Result { return f.run(nexA, rw16(opWriteSame16, 30, 8, 0x08), make([]byte, BlockSize)) },
+		"WRITE SAME(16) NDOB":  func() Result { return f.run(nexA, rw16(opWriteSame16, 40, 8, 0x09), nil) },
+	}
+	for _, wce := range []bool{true, false} {
+		selectWCE(t, f, nexA, wce)
+		for name, cmd := range unmapCmds {
+			before, _ := f.be.Stats()
+			wantGood(t, cmd())
+			flushes, _ := f.be.Stats()
+			switch {
+			case !wce && flushes == before:
+				t.Errorf("%s with WCE=0: no flush before GOOD", name)
+			case wce && flushes != before:
+				t.Errorf("%s with WCE=1: %d flushes", name, flushes-before)
+			}
+		}
+	}
+}
