@@ -94,7 +94,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		return err
 	}
 	if o.dataDir != "" {
-		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		if err := makeDir(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
