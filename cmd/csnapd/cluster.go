@@ -635,6 +635,8 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		AwaitTimeout: n.o.awaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
 		OnDeposed:    func(newer uint64) { go v.fence(newer) },
+		// The SCSI mode parameters outlive a restart of every node.
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		fo.fence()

@@ -290,7 +290,8 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	snapSrv, err := server.New(server.Config{
 		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
 		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
-		Log: log.WithField("component", "snapserver"),
+		Log:           log.WithField("component", "snapserver"),
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		return err

@@ -220,6 +220,27 @@
 // their connections and drop their caches; csnapd closes the engine with
 // the server).
 //
+// # Persisted shared state
+//
+// The shared state (SHARED_UPDATE) lives in the server's memory and in
+// every client's replica; a new server rebuilds it from the uploads. What
+// must outlive a restart of every node is picked from each entry by
+// Config.PersistShared (csnapd: an LU's mode parameters, never its
+// reservations or unit attentions) and recorded in the store's volume
+// attributes (snapstore.Engine.SetVolumeAttrs) before the update that
+// changes it commits, so a change acknowledged to a client is durable. New
+// restores the recorded entries at version 1, below every version a server
+// commits, so any client's replica wins over them. The record (format 1,
+// big-endian):
+//
+//	1  format, 1
+//	2  entry count n, then n entries in increasing key order:
+//	     2  key length, then the key
+//	     2  value length, then the kept value
+//
+// No record (empty attributes) means nothing is kept. A record a server
+// cannot read is logged and ignored.
+//
 // # Failover: the client registry and awaited clients
 //
 // The Registry (Consul KV in cluster mode) records each connected client
