@@ -103,7 +103,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		log.Warn("no volume_paths (-volume-paths) configured: this node creates and exports no volume")
 	}
 	if o.dataDir != "" {
-		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		if err := makeDir(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
@@ -767,6 +767,8 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		LockCheck: consulLockCheck{holder: v.lockHolder, key: n.keys.ServerLock(v.def.Name), session: session, term: term},
 		// Shared-state values are LU states (sharedstore.go).
 		ValidateShared: validateLUState,
+		// The SCSI mode parameters outlive a restart of every node.
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		fo.fence()

@@ -79,8 +79,15 @@ func (d *fileDev) PunchHole(off, n int64) error {
 }
 
 // createSparse makes a sparse file of size bytes; it reports whether the
-// file was created (false: it existed and is left alone).
+// file was created (false: it existed and is left alone). The file and its
+// directory entry are durable when it returns.
 func createSparse(path string, size int64) (bool, error) {
+	return createSparseWith(path, size, syncDir)
+}
+
+// createSparseWith is createSparse with the directory sync it calls after
+// creating the file (tests watch it).
+func createSparseWith(path string, size int64, syncDir func(dir string) error) (bool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
@@ -92,7 +99,35 @@ func createSparse(path string, size int64) (bool, error) {
 	if err := f.Truncate(size); err != nil {
 		return true, err
 	}
-	return true, f.Sync()
+	if err := f.Sync(); err != nil {
+		return true, err
+	}
+	return true, syncDir(filepath.Dir(path))
+}
+
+// makeDir makes directory dir (and its parents) if missing; the entry of
+// each directory it creates is made durable in its parent.
+func makeDir(dir string, perm os.FileMode) error {
+	return makeDirWith(dir, perm, syncDir)
+}
+
+func makeDirWith(dir string, perm os.FileMode, syncDir func(dir string) error) error {
+	dir = filepath.Clean(dir)
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := makeDirWith(parent, perm, syncDir); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
 }
 
 // createWritten makes a file of size bytes with every block allocated and
@@ -197,7 +232,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if dir == "" {
 		dir = devDataDir
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := makeDir(dir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
@@ -280,6 +315,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
 		// One node: the lock is always ours; shared state holds LU states.
 		LockCheck: server.StillOurs{}, ValidateShared: validateLUState,
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		return err

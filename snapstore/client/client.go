@@ -172,7 +172,10 @@ type call struct {
 	done     chan result  // buffered; nil for internal calls
 	cb       func(result) // internal calls: called without c.mu
 	abandon  bool         // the caller gave up; drop the answer
-	snapshot uint32       // kindSnapRead: for the lock record
+	snapshot uint32       // SNAPSHOT_READ: for the lock record; both: for storeReading
+	// answeredOn: the connection a SNAPSHOT_WRITE_OK came on (the client
+	// writes the store only while it is the current one).
+	answeredOn *conn
 }
 
 // Client is one node's client of one volume's snapshot server. It is safe
@@ -234,8 +237,10 @@ type Client struct {
 	// been dropped (RECLAIM, connection lost or made), and an answer is
 	// cached only if the epoch has not changed since its request; storeReading
 	// counts, per snapshot, reads that may be reading store locations (a
-	// cache hit, or an answer received), which RECLAIM waits for; readsC is
-	// signalled when one ends; raWin are read-aheads in flight, by snapshot.
+	// cache hit, or an answer received) and writes of writable snapshots
+	// that may be writing them (SNAPSHOT_WRITE_OK received), which RECLAIM
+	// waits for; readsC is signalled when one ends; raWin are read-aheads
+	// in flight, by snapshot.
 	loc          *locCache
 	locEpoch     uint64
 	storeReading map[uint32]int
@@ -431,7 +436,10 @@ func (c *Client) startLocked(kind callKind, msg wire.Message) (*call, error) {
 		return nil, fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
 	}
 	cl := &call{kind: kind, msg: msg, done: make(chan result, 1)}
-	if r, ok := msg.(*wire.SnapshotRead); ok {
+	switch r := msg.(type) {
+	case *wire.SnapshotRead:
+		cl.snapshot = r.Snapshot
+	case *wire.SnapshotWrite:
 		cl.snapshot = r.Snapshot
 	}
 	c.nextSeq++
@@ -659,6 +667,11 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 			// RECLAIM behind this answer waits for it (storeReadDone).
 			c.storeReading[cl.snapshot]++
 		}
+	} else if _, is := m.(*wire.SnapshotWriteOK); is && !cl.abandon {
+		// The writer writes these store locations from now on: a RECLAIM
+		// behind this answer waits for it (storeReadDone), as for a read.
+		c.storeReading[cl.snapshot]++
+		cl.answeredOn = cn
 	}
 	c.finishLocked(cl, r)
 	c.pumpLocked()

@@ -202,15 +202,19 @@
 // DELETE_SNAPSHOT never waits for it). Before a pass reuses the space of
 // snapshots W:
 //
-//  1. it waits until every SNAPSHOT_READ whose lookup began before now has
-//     had its answer written: any later lookup of W fails, so from here on
-//     no client can learn a location of W;
+//  1. it waits until every SNAPSHOT_READ (and SNAPSHOT_WRITE) whose
+//     lookup began before now has had its answer written: any later
+//     lookup of W fails, so from here on no client can learn a location
+//     of W;
 //  2. it sends RECLAIM{W} to every live version-4 connection, and to
 //     version-4 clients that finish their UPLOAD_DONE while it waits and
 //     that it waits for (below). A client answers RECLAIM_OK once it has
-//     dropped W's cached locations and every store read of W it began has
-//     finished (answers to SNAPSHOT_READ received before the RECLAIM
-//     included, by step 1 and the order of frames on a connection);
+//     dropped W's cached locations and every store read and write of W
+//     it began has finished (answers to SNAPSHOT_READ and SNAPSHOT_WRITE
+//     received before the RECLAIM included, by step 1 and the order of
+//     frames on a connection; a client writes no store location later
+//     than wire.LockTrust after asking, so BarrierTimeout must be at
+//     least wire.LockLease);
 //  3. it waits for the answer of each client that was connected, or had
 //     lost its connection less than BarrierTimeout ago after being
 //     answered store locations ("away": it may still be reading). A
@@ -235,6 +239,27 @@
 // runs while the server is closed is not drained either (its clients lose
 // their connections and drop their caches; csnapd closes the engine with
 // the server).
+//
+// # Persisted shared state
+//
+// The shared state (SHARED_UPDATE) lives in the server's memory and in
+// every client's replica; a new server rebuilds it from the uploads. What
+// must outlive a restart of every node is picked from each entry by
+// Config.PersistShared (csnapd: an LU's mode parameters, never its
+// reservations or unit attentions) and recorded in the store's volume
+// attributes (snapstore.Engine.SetVolumeAttrs) before the update that
+// changes it commits, so a change acknowledged to a client is durable. New
+// restores the recorded entries at version 1, below every version a server
+// commits, so any client's replica wins over them. The record (format 1,
+// big-endian):
+//
+//	1  format, 1
+//	2  entry count n, then n entries in increasing key order:
+//	     2  key length, then the key
+//	     2  value length, then the kept value
+//
+// No record (empty attributes) means nothing is kept. A record a server
+// cannot read is logged and ignored.
 //
 // # Failover: the client registry and awaited clients
 //

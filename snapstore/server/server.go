@@ -99,6 +99,11 @@ type Config struct {
 	LockCheck LockCheck
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
+	// PersistShared, if set, says what of a shared-state entry outlives a
+	// restart of every node: given an entry's key and value, the value to
+	// keep in the store (nil: nothing). It must be a pure function. See
+	// the package doc, "Persisted shared state".
+	PersistShared func(key string, value []byte) []byte
 }
 
 // Server is the snapshot server of one volume.
@@ -143,6 +148,9 @@ type Server struct {
 	blockAt   map[locks.Key]time.Time
 	blockWait map[locks.Key]chan struct{}
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
+	// persisted: what of the shared state the store keeps (persist.go).
+	persisted map[string][]byte
+
 	// shared is the shared state (shared.go); uploadAwait the registry
 	// clients whose upload a newly elected server waits for before it
 	// commits a shared-state update.
@@ -302,6 +310,9 @@ func New(cfg Config) (*Server, error) {
 		readsByEra:  map[uint64]int{},
 	}
 
+	if cfg.PersistShared != nil {
+		s.loadPersisted()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
 	defer cancel()
 	entries, err := s.reg.List(ctx)

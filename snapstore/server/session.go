@@ -48,8 +48,9 @@ type session struct {
 	blockKeys map[uint64]struct{}
 
 	// storeReads: answered a SNAPSHOT_READ with store extents (version 4:
-	// the client may cache them), so after a disconnect it may still read
-	// the store for its lease (reclaim.go).
+	// the client may cache them) or a SNAPSHOT_WRITE, so after a
+	// disconnect it may still read or write the store for its lease
+	// (reclaim.go).
 	storeReads atomic.Bool
 
 	// guarded by s.regMu

@@ -69,6 +69,10 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 		s.mu.Unlock()
 		return &wire.SharedResult{SharedValue: cur}, nil
 	}
+	if err := s.persistLocked(ctx, m.Key, m.Value); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
 	ne := &sharedEntry{version: s.nextSharedVersion(e.version), value: slices.Clone(m.Value)}
 	if err := s.commitShared(ctx, ss, m.Key, ne); err != nil {
 		return nil, err

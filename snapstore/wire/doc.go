@@ -346,6 +346,20 @@
 // is back and answers, or until its barrier timeout has passed since the
 // connection was lost, before reusing space.
 //
+// Writes of writable snapshots follow the same rules: the server treats a
+// SNAPSHOT_WRITE like a SNAPSHOT_READ (every SNAPSHOT_WRITE_OK it computed
+// before a pass is on the wire before the RECLAIM; a client answered one
+// counts as one that may be using store chunks after a lost connection),
+// and a client answers RECLAIM_OK only once every store write of W it
+// was approved has been written. A client starts no store write later
+// than LockTrust after it sent the SNAPSHOT_WRITE, nor after the
+// connection it was answered on was lost: it asks again (the server
+// answers the same locations, the chunks being private already, or that
+// the snapshot is gone). So a server's barrier timeout must be at least
+// LockLease. Nothing on the wire changes; both sides must follow the rule
+// (a peer of an older release behaves as before: its snapshot writes race
+// a delete or drop of their snapshot).
+//
 // # Versioning
 //
 // HELLO offers [MinVersion, MaxVersion]; HELLO_OK names the version
