@@ -177,19 +177,18 @@ type faultFlight struct {
 }
 
 type faultRun struct {
-	t        *testing.T
-	p        *faultdev.Power
-	od, sd   *faultdev.Device
-	e        *Engine
-	origin   *oimage
-	snaps    map[string]*fsnap
-	epoch    uint64
-	fl       *faultFlight
-	rng      *rand.Rand
-	nameN    int
-	ctx      context.Context
-	faulted  bool // the injected fault fired and was handled
-	failures int64
+	t       *testing.T
+	p       *faultdev.Power
+	od, sd  *faultdev.Device
+	e       *Engine
+	origin  *oimage
+	snaps   map[string]*fsnap
+	epoch   uint64
+	fl      *faultFlight
+	rng     *rand.Rand
+	nameN   int
+	ctx     context.Context
+	faulted bool // the injected fault fired and was handled
 }
 
 func newFaultRun(t *testing.T, g crashGeom, seed int64) *faultRun {
