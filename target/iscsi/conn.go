@@ -29,6 +29,9 @@ type conn struct {
 	in     *bufio.Reader // under rd: what is buffered was received and not yet parsed
 	poll   *pollingReader
 	source string // the remote IP address, for per-source limits
+	// loginTarget is the existing target a login named ("" for discovery
+	// or none), for the Observer.
+	loginTarget string
 	sess   *session
 	params Params
 	cid    uint16
@@ -130,6 +133,7 @@ func (c *conn) serve(ctx context.Context) {
 	defer c.shutdown(errors.New("connection done"))
 	err := c.login()
 	c.srv.loginEnded(c.source)
+	c.srv.cfg.Observer.LoginDone(c.loginTarget, loginResult(err))
 	if err != nil {
 		c.loginFailed(err)
 		return

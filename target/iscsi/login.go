@@ -275,6 +275,7 @@ func (ls *loginState) identify(m map[string]string) error {
 	if t == nil {
 		return loginFail(loginNotFound, "target %s not found", ls.targetName)
 	}
+	ls.c.loginTarget = t.cfg.Name
 	if !t.allows(ls.initiator) {
 		return loginFail(loginForbidden, "initiator %s is not on the allow-list of %s", ls.initiator, ls.targetName)
 	}

@@ -91,6 +91,10 @@ type Config struct {
 	WriteBufferBytes        int64
 	SessionWriteBufferBytes int64
 	DataOutTimeout          time.Duration
+
+	// Observer, if set, is told of logins, sessions and refused
+	// connections (for metrics).
+	Observer Observer
 }
 
 func (c *Config) setDefaults() {
@@ -145,6 +149,9 @@ func (c *Config) setDefaults() {
 	c.WriteBufferBytes = max(c.WriteBufferBytes, c.SessionWriteBufferBytes)
 	if c.DataOutTimeout <= 0 {
 		c.DataOutTimeout = 30 * time.Second
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if len(c.CHAPAlgorithms) == 0 {
 		c.CHAPAlgorithms = []CHAPAlgorithm{CHAPSHA256, CHAPSHA1, CHAPMD5}
@@ -236,20 +243,20 @@ func sourceOf(a net.Addr) string {
 
 // admitConnLocked counts a new connection from src in its login phase, or
 // says which limit refuses it. Called with s.mu held.
-func (s *Server) admitConnLocked(src string) error {
+func (s *Server) admitConnLocked(src string) *refusal {
 	sc := s.perSource[src]
 	if sc == nil {
 		sc = &sourceCount{}
 	}
 	switch {
 	case len(s.conns) >= s.cfg.MaxConnections:
-		return fmt.Errorf("%d connections open (limit %d)", len(s.conns), s.cfg.MaxConnections)
+		return &refusal{RefusedConnections, fmt.Sprintf("%d connections open (limit %d)", len(s.conns), s.cfg.MaxConnections)}
 	case sc.conns >= s.cfg.MaxConnectionsPerSource:
-		return fmt.Errorf("%d connections open from %s (limit %d)", sc.conns, src, s.cfg.MaxConnectionsPerSource)
+		return &refusal{RefusedConnections, fmt.Sprintf("%d connections open from %s (limit %d)", sc.conns, src, s.cfg.MaxConnectionsPerSource)}
 	case s.pending >= s.cfg.MaxPendingLogins:
-		return fmt.Errorf("%d logins pending (limit %d)", s.pending, s.cfg.MaxPendingLogins)
+		return &refusal{RefusedLogins, fmt.Sprintf("%d logins pending (limit %d)", s.pending, s.cfg.MaxPendingLogins)}
 	case sc.pending >= s.cfg.MaxPendingLoginsPerSource:
-		return fmt.Errorf("%d logins pending from %s (limit %d)", sc.pending, src, s.cfg.MaxPendingLoginsPerSource)
+		return &refusal{RefusedLogins, fmt.Sprintf("%d logins pending from %s (limit %d)", sc.pending, src, s.cfg.MaxPendingLoginsPerSource)}
 	}
 	sc.conns++
 	sc.pending++
@@ -257,6 +264,14 @@ func (s *Server) admitConnLocked(src string) error {
 	s.perSource[src] = sc
 	return nil
 }
+
+// refusal is why a connection was refused at accept.
+type refusal struct {
+	reason RefusalReason
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
 
 // loginEnded is called once per connection when its login phase ends,
 // successfully or not.
@@ -388,6 +403,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		if err := s.admitConnLocked(src); err != nil {
 			s.mu.Unlock()
 			nc.Close()
+			s.cfg.Observer.ConnectionRefused(err.reason)
 			if refusedLog.allow(s.now()) {
 				s.log.WithField("remote", nc.RemoteAddr().String()).WithError(err).Warn("iSCSI connection refused (limit)")
 			}

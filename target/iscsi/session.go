@@ -82,6 +82,7 @@ func (s *session) close(reason error) {
 		delete(s.srv.sessions, s.key)
 	}
 	s.srv.mu.Unlock()
+	s.srv.cfg.Observer.SessionEnded(s.key.target)
 	s.nexusLost()
 }
 
