@@ -32,9 +32,9 @@ type conn struct {
 	// loginTarget is the existing target a login named ("" for discovery
 	// or none), for the Observer.
 	loginTarget string
-	sess   *session
-	params Params
-	cid    uint16
+	sess        *session
+	params      Params
+	cid         uint16
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
