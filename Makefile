@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # (v0.6.1 is the 2025.1.1 release).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
-.PHONY: all build run test deps consul cluster unit integration conformance bench lint fuzz clean crash
+.PHONY: all build run test deps consul cluster unit integration conformance bench lint fuzz fuzz-brief clean crash
 
 all: build
 
@@ -27,7 +27,7 @@ run: build
 deps:
 	./tests/setup-deps.sh
 
-test: deps build consul lint unit integration
+test: deps build consul lint unit fuzz-brief integration
 
 unit:
 	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./api/... ./cmd/...
@@ -74,9 +74,13 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# Every fuzzer of the repository (found by tools/fuzz.sh), FUZZTIME each.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzReadPDU -fuzztime 30s ./target/iscsi/
-	$(GO) test -run '^$$' -fuzz FuzzParseText -fuzztime 30s ./target/iscsi/
+	FUZZTIME=$${FUZZTIME:-30s} GO=$(GO) ./tools/fuzz.sh
+
+# The brief pass CI runs: each fuzzer for a couple of seconds.
+fuzz-brief:
+	FUZZTIME=2s GO=$(GO) ./tools/fuzz.sh
 
 clean:
 	rm -rf $(BIN)

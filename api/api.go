@@ -6,7 +6,8 @@
 // forwards that volume's requests to the server (the Service decides).
 // Errors are JSON objects {"error": "what failed and why"} with an HTTP
 // status that says whose fault it was: 400 bad request, 404 no such
-// volume or snapshot, 409 conflict (exists already, busy), 503 no server
+// volume or snapshot, 403 not allowed here (a path outside the node's
+// volume_paths), 409 conflict (exists already, busy), 503 no server
 // for the volume right now, 500 anything else.
 package api
 
@@ -44,6 +45,13 @@ type Volume struct {
 	// snapshots' store locations (absent while its client is not
 	// connected).
 	LocationCache *LocationCache `json:"location_cache,omitempty"`
+	// Initiators, when not empty, are the only initiator names allowed to
+	// log in to the volume's targets (origin and snapshots) on every node.
+	Initiators []string `json:"initiators,omitempty"`
+	// Refused says why the answering node does not export the volume (a
+	// path outside its volume_paths, a device that does not open), or is
+	// empty.
+	Refused string `json:"refused,omitempty"`
 }
 
 // LocationCache counts a node's snapshot reads served from its cache of
@@ -62,6 +70,19 @@ type CreateVolume struct {
 	Store     string `json:"store"`
 	Size      int64  `json:"size,omitempty"`
 	ChunkSize int64  `json:"chunk_size,omitempty"`
+	// Force formats a store that holds data that is not a csnap store
+	// (never one that holds a csnap store).
+	Force bool `json:"force,omitempty"`
+	// Initiators is the volume's initiator allow-list (empty: any).
+	Initiators []string `json:"initiators,omitempty"`
+}
+
+// SetVolume is the body of PATCH /v1/volumes/V: the settings to change
+// (absent fields are left as they are).
+type SetVolume struct {
+	// Initiators replaces the initiator allow-list; an empty list clears
+	// it (any initiator may log in, CHAP permitting).
+	Initiators *[]string `json:"initiators,omitempty"`
 }
 
 // Snapshot is one snapshot of a volume.
@@ -146,6 +167,7 @@ type Service interface {
 	Volumes(ctx context.Context) ([]Volume, error)
 	Volume(ctx context.Context, name string) (Volume, error)
 	CreateVolume(ctx context.Context, req CreateVolume) (Volume, error)
+	SetVolume(ctx context.Context, name string, req SetVolume) (Volume, error)
 	Snapshots(ctx context.Context, volume string) ([]Snapshot, error)
 	CreateSnapshot(ctx context.Context, volume string, req CreateSnapshot) (Snapshot, error)
 	DeleteSnapshot(ctx context.Context, volume, snapshot string) error
@@ -161,6 +183,9 @@ var (
 	ErrNotFound    = errors.New("not found")
 	ErrConflict    = errors.New("conflict")
 	ErrUnavailable = errors.New("unavailable")
+	// ErrForbidden: not allowed on this node (a path outside its
+	// volume_paths).
+	ErrForbidden = errors.New("forbidden")
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -170,6 +195,44 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 func ValidName(kind, name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("%w: %s name %q must be 1-63 characters of a-z, 0-9 and -, starting with a letter or digit", ErrBadRequest, kind, name)
+	}
+	return nil
+}
+
+// MaxInitiatorName is the longest iSCSI name (RFC 3720 section 3.2.6.1).
+const MaxInitiatorName = 223
+
+var (
+	iqnRE = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[a-z0-9.:-]+)?$`)
+	euiRE = regexp.MustCompile(`^eui\.[0-9A-F]{16}$`)
+	naaRE = regexp.MustCompile(`^naa\.([0-9A-F]{16}|[0-9A-F]{32})$`)
+)
+
+// ValidInitiatorName checks an iSCSI initiator name for an allow-list:
+// the iqn., eui. or naa. form of RFC 3720 section 3.2.6.3 and RFC 3980,
+// at most 223 bytes, already in the normalised (lower-case iqn, upper-case
+// hex) form that initiators send.
+func ValidInitiatorName(name string) error {
+	switch {
+	case len(name) > MaxInitiatorName:
+		return fmt.Errorf("%w: initiator name of %d bytes (at most %d)", ErrBadRequest, len(name), MaxInitiatorName)
+	case iqnRE.MatchString(name), euiRE.MatchString(name), naaRE.MatchString(name):
+		return nil
+	}
+	return fmt.Errorf("%w: initiator name %q is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id], eui.<16 hex>, naa.<16 or 32 hex>; lower-case iqn, upper-case hex)", ErrBadRequest, name)
+}
+
+// ValidInitiators checks an allow-list: valid names, no duplicates.
+func ValidInitiators(names []string) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		if err := ValidInitiatorName(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return fmt.Errorf("%w: initiator %s listed twice", ErrBadRequest, n)
+		}
+		seen[n] = true
 	}
 	return nil
 }

@@ -31,6 +31,13 @@ func (f *fakeService) Volume(_ context.Context, n string) (Volume, error) {
 func (f *fakeService) CreateVolume(_ context.Context, r CreateVolume) (Volume, error) {
 	return Volume{}, fmt.Errorf("volume %s exists: %w", r.Name, ErrConflict)
 }
+func (f *fakeService) SetVolume(_ context.Context, n string, r SetVolume) (Volume, error) {
+	v, err := f.Volume(context.Background(), n)
+	if err == nil && r.Initiators != nil {
+		v.Initiators = *r.Initiators
+	}
+	return v, err
+}
 func (f *fakeService) Snapshots(_ context.Context, v string) ([]Snapshot, error) {
 	if _, err := f.Volume(context.Background(), v); err != nil {
 		return nil, err
@@ -127,5 +134,29 @@ func TestValidName(t *testing.T) {
 		if err := ValidName("x", bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+func TestValidInitiatorName(t *testing.T) {
+	for _, ok := range []string{
+		"iqn.1994-05.com.redhat:4a1b2c3d", "iqn.2008-11.org.linux-kvm", "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test",
+		"iqn.2026-11.io.csnap:dev", "eui.02004567A425678D", "naa.52004567BA64678D", "naa.62004567BA64678D0123456789ABCDEF",
+		"iqn.2001-04.com.example:" + strings.Repeat("a", 223-len("iqn.2001-04.com.example:")),
+	} {
+		if err := ValidInitiatorName(ok); err != nil {
+			t.Errorf("%q rejected: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"", "iqn", "iqn.", "iqn.1994-13.com.x", "iqn.94-05.com.x", "IQN.1994-05.com.x", "iqn.1994-05.Com.x", "iqn.1994-05.com.x:a b",
+		"eui.02004567a425678d", "eui.0200", "naa.0123", "initiator", "iqn.1994-05.com.x\x00",
+		"iqn.2001-04.com.example:" + strings.Repeat("a", 224-len("iqn.2001-04.com.example:")), strings.Repeat("x", 8192),
+	} {
+		if err := ValidInitiatorName(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if err := ValidInitiators([]string{"iqn.2008-11.org.linux-kvm", "iqn.2008-11.org.linux-kvm"}); err == nil {
+		t.Error("duplicate accepted")
 	}
 }

@@ -41,8 +41,27 @@ func Handler(svc Service) http.Handler {
 			reply(w, 0, nil, err)
 			return
 		}
+		if err := ValidInitiators(req.Initiators); err != nil {
+			reply(w, 0, nil, err)
+			return
+		}
 		v, err := svc.CreateVolume(r.Context(), req)
 		reply(w, http.StatusCreated, v, err)
+	})
+	mux.HandleFunc("PATCH /v1/volumes/{v}", func(w http.ResponseWriter, r *http.Request) {
+		var req SetVolume
+		if err := decode(r, &req); err != nil {
+			reply(w, 0, nil, err)
+			return
+		}
+		if req.Initiators != nil {
+			if err := ValidInitiators(*req.Initiators); err != nil {
+				reply(w, 0, nil, err)
+				return
+			}
+		}
+		v, err := svc.SetVolume(r.Context(), r.PathValue("v"), req)
+		reply(w, http.StatusOK, v, err)
 	})
 	mux.HandleFunc("GET /v1/volumes/{v}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := svc.Volume(r.Context(), r.PathValue("v"))
@@ -87,6 +106,7 @@ func Handler(svc Service) http.Handler {
 		c, err := svc.Check(r.Context(), r.PathValue("v"))
 		reply(w, http.StatusOK, c, err)
 	})
+	mux.HandleFunc("POST /v1/volumes/{v}/reset-state", resetStateHandler(svc))
 	if rs, ok := svc.(Recoverer); ok {
 		mux.HandleFunc("POST /v1/volumes/{v}/recover", func(w http.ResponseWriter, r *http.Request) {
 			c, err := rs.Recover(r.Context(), r.PathValue("v"))
@@ -126,6 +146,8 @@ func status(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
 	case errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
@@ -160,6 +182,10 @@ type Client struct {
 func NewClient(addr, token string) *Client {
 	return &Client{Base: addr, Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}
 }
+
+// SetTransport replaces the HTTP transport (e.g. one that trusts the
+// node's CA).
+func (c *Client) SetTransport(rt http.RoundTripper) { c.HTTP.Transport = rt }
 
 // APIError is an error the node answered with.
 type APIError struct {

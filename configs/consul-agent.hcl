@@ -27,5 +27,37 @@ gossip_lan {
   suspicion_mult = 3
 }
 
+# Security (configs/README.md, "Consul ACLs, gossip encryption, TLS"): ACLs with default deny,
+# encrypted gossip, TLS between the agents. Nothing works until the ACLs are bootstrapped and
+# the tokens below are set.
+acl {
+  enabled                  = true
+  default_policy           = "deny"
+  enable_token_persistence = true # tokens set with `consul acl set-agent-token` survive restarts
+  # tokens { agent = "..." }       # or set it here: the agent's own token (node "n1" write)
+}
+
+# Gossip encryption key, the same on every agent: the output of `consul keygen`.
+encrypt = "REPLACE-WITH-THE-OUTPUT-OF-consul-keygen"
+
+# TLS for server RPC and (with verify_incoming) between agents: `consul tls ca create`,
+# `consul tls cert create -server -dc dc1` on the first server, the CA and each server's pair
+# copied to /etc/consul.d/tls.
+tls {
+  defaults {
+    ca_file         = "/etc/consul.d/tls/consul-agent-ca.pem"
+    cert_file       = "/etc/consul.d/tls/dc1-server-consul-0.pem"
+    key_file        = "/etc/consul.d/tls/dc1-server-consul-0-key.pem"
+    verify_incoming = true
+    verify_outgoing = true
+  }
+  internal_rpc {
+    verify_server_hostname = true
+  }
+  https {
+    verify_incoming = false       # local clients (csnapd) use the loopback HTTP port, no client cert
+  }
+}
+
 disable_update_check = true
 log_level            = "info"

@@ -58,6 +58,12 @@ type ElectionConfig struct {
 	Log      *logrus.Entry
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Resign, if set, receives terms the holder must give up at once
+	// (its engine failed, or it is fenced): the election deposes
+	// (OnDeposed), releases the lock and destroys its session, so another
+	// node can be elected, then competes again. Terms other than the
+	// current one are ignored.
+	Resign <-chan uint64
 }
 
 // RunElection competes for the lock until ctx ends, serving (between
@@ -216,6 +222,11 @@ func (e *election) monitor(ctx context.Context) error {
 			deadline.Stop()
 			return ctx.Err()
 		case <-deadline.C:
+		case t := <-e.cfg.Resign:
+			deadline.Stop()
+			if t == e.term {
+				return fmt.Errorf("resigned term %d: this node can no longer serve it", t)
+			}
 		case <-tick.C:
 			deadline.Stop()
 			if inFlight {

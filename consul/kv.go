@@ -43,6 +43,9 @@ type VolumeDef struct {
 	ChunkSize int64     `json:"chunk_size"`
 	UUID      string    `json:"uuid"` // hex
 	Created   time.Time `json:"created"`
+	// Initiators, when not empty, is the allow-list of initiator names
+	// of the volume's targets (every node's, origin and snapshots).
+	Initiators []string `json:"initiators,omitempty"`
 }
 
 // ServerInfo is the value of a volume's server lock: who serves it, where,

@@ -102,6 +102,12 @@ func TestVolumesAndServerWatch(t *testing.T) {
 	if err != nil || addr != "127.0.0.1:2" {
 		t.Fatalf("Server = %q, %v; want the announced address", addr, err)
 	}
+	wctx, wcancel = context.WithTimeout(ctx, 5*time.Second)
+	addr, node, err := w.ServerNode(wctx)
+	wcancel()
+	if err != nil || addr != "127.0.0.1:2" || node != "n1" {
+		t.Fatalf("ServerNode = %q %q, %v; want the announced address and the lock holder's node", addr, node, err)
+	}
 	_, servers, err := ListVolumes(ctx, c, k)
 	if err != nil || servers["v1"].Node != "n1" || servers["v1"].Term != 1 {
 		t.Fatalf("ListVolumes servers = %+v, %v", servers, err)

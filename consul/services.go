@@ -27,10 +27,13 @@ const (
 // ISCSIRegistration describes this node's csnap-iscsi service.
 type ISCSIRegistration struct {
 	Portal    string              // host:port of the iSCSI portal
-	HealthURL string              // csnapd's GET /v1/health
-	Header    map[string][]string // extra headers of the check (an API token)
-	Interval  time.Duration       // check interval; the timeout is the same
-	Meta      map[string]string   // e.g. http and server protocol addresses
+	HealthURL string              // csnapd's GET /v1/health (needs no token)
+	Header    map[string][]string // extra headers of the check
+	// TLSSkipVerify: the check does not verify csnapd's certificate
+	// (HealthURL https://, a certificate of csnap's own CA).
+	TLSSkipVerify bool
+	Interval      time.Duration     // check interval; the timeout is the same
+	Meta          map[string]string // e.g. http and server protocol addresses
 	// DeregisterAfter removes the service of a csnapd that stayed
 	// critical this long (default 1 min).
 	DeregisterAfter time.Duration
@@ -59,7 +62,7 @@ func RegisterISCSI(ctx context.Context, c *api.Client, r ISCSIRegistration) erro
 		ID: ISCSIService, Name: ISCSIService, Address: host, Port: port, Meta: r.Meta,
 		Check: &api.AgentServiceCheck{
 			CheckID: ISCSICheckID, Name: "csnapd alive",
-			HTTP: r.HealthURL, Header: r.Header, Method: "GET",
+			HTTP: r.HealthURL, Header: r.Header, Method: "GET", TLSSkipVerify: r.TLSSkipVerify,
 			Interval: r.Interval.String(), Timeout: r.Interval.String(),
 			Status:                         api.HealthPassing,
 			DeregisterCriticalServiceAfter: r.DeregisterAfter.String(),

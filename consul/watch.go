@@ -70,6 +70,13 @@ func (w *ServerWatch) ready() bool { return w.held && w.cur.Term != 0 && w.cur.A
 // first reads the key afresh (bounded by ctx). The blocking query alone
 // can be stuck for its whole wait on an agent whose Raft leader just died.
 func (w *ServerWatch) Server(ctx context.Context) (string, error) {
+	addr, _, err := w.ServerNode(ctx)
+	return addr, err
+}
+
+// ServerNode is Server that also returns the node holding the lock: with
+// TLS, the client accepts only a server whose certificate names it.
+func (w *ServerWatch) ServerNode(ctx context.Context) (addr, node string, err error) {
 	if p, _, err := w.c.KV().Get(w.key, (&api.QueryOptions{}).WithContext(ctx)); err == nil {
 		var si ServerInfo
 		held := p != nil && p.Session != "" && json.Unmarshal(p.Value, &si) == nil
@@ -78,15 +85,15 @@ func (w *ServerWatch) Server(ctx context.Context) (string, error) {
 	for {
 		w.mu.Lock()
 		if w.ready() {
-			addr := w.cur.Addr
+			addr, node := w.cur.Addr, w.cur.Node
 			w.mu.Unlock()
-			return addr, nil
+			return addr, node, nil
 		}
 		ch := w.changed
 		w.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("no snapshot server elected for volume %s: %w", w.volume, ctx.Err())
+			return "", "", fmt.Errorf("no snapshot server elected for volume %s: %w", w.volume, ctx.Err())
 		case <-ch:
 		}
 	}

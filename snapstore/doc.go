@@ -258,6 +258,15 @@
 //	200   8 journal tail sequence (the next transaction to replay)
 //	208   8 state block address (2): the root of all journaled metadata
 //	232  24 "csnap snapshot store" padded with NULs (second magic)
+//	256   4 volume attributes length n (0..3072; 0: none)
+//	260   n volume attributes (Engine.SetVolumeAttrs): bytes the engine
+//	          keeps for its user, opaque to it; the snapshot server keeps
+//	          there the shared state that outlives a restart of every node
+//	          (snapstore/server, "Persisted shared state")
+//
+// The volume attributes are a compatible extension of version 1: stores
+// made before have zeros there (no attributes); an engine that predates
+// them ignores them, and drops them when it rewrites the superblock.
 //
 // Of the two copies the valid one with the higher sequence is current.
 //

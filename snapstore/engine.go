@@ -1,6 +1,7 @@
 package snapstore
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"crypto/rand"
@@ -762,6 +763,56 @@ func (e *Engine) SetEpoch(ctx context.Context, epoch uint64) error {
 	if err := e.writeSuperLocked(); err != nil {
 		e.sb.epoch = old
 		return fmt.Errorf("set epoch: %w", err)
+	}
+	return nil
+}
+
+// Volume attributes: a small blob the engine keeps for its user in the
+// superblock (the snapshot server records there the shared state that
+// must outlive a restart of every node), written durably by
+// SetVolumeAttrs and read back by Open.
+const (
+	// MaxVolumeAttrs bounds the volume attributes, in bytes.
+	MaxVolumeAttrs = 3072
+	// superAttrsOff is where they live in the superblock: a u32 length,
+	// then the bytes.
+	superAttrsOff = 256
+)
+
+// VolumeAttrs returns the volume attributes last recorded (nil: none).
+// The caller must not modify them.
+func (e *Engine) VolumeAttrs() []byte {
+	e.sbMu.Lock()
+	defer e.sbMu.Unlock()
+	return e.sb.attrs
+}
+
+// SetVolumeAttrs durably records b (at most MaxVolumeAttrs bytes; empty:
+// none) as the volume attributes, in both superblock copies' rotation as
+// SetEpoch does: when it returns nil they survive a crash.
+func (e *Engine) SetVolumeAttrs(ctx context.Context, b []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(b) > MaxVolumeAttrs {
+		return fmt.Errorf("set volume attributes: %d bytes, over %d", len(b), MaxVolumeAttrs)
+	}
+	e.mu.Lock()
+	err := e.usable()
+	e.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	e.sbMu.Lock()
+	defer e.sbMu.Unlock()
+	old := e.sb.attrs
+	e.sb.attrs = nil
+	if len(b) > 0 {
+		e.sb.attrs = bytes.Clone(b)
+	}
+	if err := e.writeSuperLocked(); err != nil {
+		e.sb.attrs = old
+		return fmt.Errorf("set volume attributes: %w", err)
 	}
 	return nil
 }

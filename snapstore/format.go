@@ -1,6 +1,7 @@
 package snapstore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -214,6 +215,7 @@ type superblock struct {
 	jTailPos      uint64
 	jTailSeq      uint64
 	stateAddr     uint64
+	attrs         []byte // volume attributes (SetVolumeAttrs); nil: none
 }
 
 const superMagic2 = "csnap snapshot store\x00\x00\x00\x00" // 24 bytes at offset 232
@@ -236,6 +238,8 @@ func encodeSuper(s *superblock, addr uint64) []byte {
 		le.PutUint64(b[96+8*i:], v)
 	}
 	copy(b[232:256], superMagic2)
+	le.PutUint32(b[superAttrsOff:], uint32(len(s.attrs)))
+	copy(b[superAttrsOff+4:], s.attrs)
 	sealBlock(b)
 	return b
 }
@@ -269,6 +273,12 @@ func decodeSuper(b []byte, addr uint64) (*superblock, error) {
 		&s.dataStart, &s.dataChunks, &s.jTailPos, &s.jTailSeq, &s.stateAddr}
 	for i, p := range vals {
 		*p = le.Uint64(b[96+8*i:])
+	}
+	if n := le.Uint32(b[superAttrsOff:]); n > MaxVolumeAttrs {
+		return nil, &BlockError{Addr: addr, Want: "superblock",
+			Reason: fmt.Sprintf("volume attributes of %d bytes, over %d", n, MaxVolumeAttrs), Err: ErrCorrupt}
+	} else if n > 0 {
+		s.attrs = bytes.Clone(b[superAttrsOff+4 : superAttrsOff+4+int(n)])
 	}
 	if err := s.validate(); err != nil {
 		return nil, &BlockError{Addr: addr, Want: "superblock", Reason: err.Error(), Err: ErrCorrupt}

@@ -26,7 +26,7 @@ type clientEntry struct {
 // server.
 func registry(t *testing.T, c *cluster.Cluster, i int) ([]clientEntry, error) {
 	t.Helper()
-	out, err := runCmd(t, 10*time.Second, binDir(t)+"/csnap-admin", "-addr", c.Node(i).HTTPAddr, "clients", clusterVolume, "--json")
+	out, err := runCmd(t, 10*time.Second, binDir(t)+"/csnap-admin", append(c.AdminArgs(i), "clients", clusterVolume, "--json")...)
 	if err != nil {
 		return nil, fmt.Errorf("%v: %s", err, out)
 	}

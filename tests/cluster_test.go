@@ -115,7 +115,7 @@ func saveClusterLogs(t *testing.T, c *cluster.Cluster) {
 // clusterAdmin runs csnap-admin against node i and fails the test on error.
 func clusterAdmin(t *testing.T, c *cluster.Cluster, i int, args ...string) string {
 	t.Helper()
-	out, err := runCmd(t, time.Minute, binDir(t)+"/csnap-admin", append([]string{"-addr", c.Node(i).HTTPAddr}, args...)...)
+	out, err := runCmd(t, time.Minute, binDir(t)+"/csnap-admin", append(c.AdminArgs(i), args...)...)
 	if err != nil {
 		t.Fatalf("csnap-admin %v on n%d: %v\n%s", args, i, err, out)
 	}
@@ -162,7 +162,7 @@ func serverOf(t *testing.T, c *cluster.Cluster, i int) (int, uint64) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, err := runCmd(t, 10*time.Second, binDir(t)+"/csnap-admin", "-addr", c.Node(i).HTTPAddr, "server", clusterVolume, "--json")
+		out, err := runCmd(t, 10*time.Second, binDir(t)+"/csnap-admin", append(c.AdminArgs(i), "server", clusterVolume, "--json")...)
 		var s struct {
 			Node string `json:"node"`
 			Term uint64 `json:"term"`

@@ -88,8 +88,8 @@ func TestClusterVM(t *testing.T) {
 				killedAt = time.Now()
 				return c.KillCsnapd(a)
 			case "snap":
-				out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), "-addr", c.Node(b).HTTPAddr,
-					"snapshot", "create", clusterVolume, snap)
+				out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"),
+					append(c.AdminArgs(b), "snapshot", "create", clusterVolume, snap)...)
 				if err != nil {
 					return fmt.Errorf("csnap-admin snapshot create on n%d: %v: %s", b, err, out)
 				}

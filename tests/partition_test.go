@@ -71,7 +71,7 @@ func nsRun(c *cluster.Cluster, i int, d time.Duration, name string, args ...stri
 // and fails the test on error.
 func nsAdmin(t *testing.T, c *cluster.Cluster, i int, args ...string) string {
 	t.Helper()
-	out, err := nsRun(c, i, time.Minute, binDir(t)+"/csnap-admin", append([]string{"-addr", c.Node(i).HTTPAddr}, args...)...)
+	out, err := nsRun(c, i, time.Minute, binDir(t)+"/csnap-admin", append(c.AdminArgs(i), args...)...)
 	if err != nil {
 		t.Fatalf("csnap-admin %v on n%d: %v\n%s", args, i, err, out)
 	}

@@ -13,7 +13,7 @@ import (
 // the test on a non-zero exit.
 func admin(t *testing.T, n *devNode, args ...string) string {
 	t.Helper()
-	out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), append([]string{"-addr", n.httpAddr}, args...)...)
+	out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), append([]string{"-addr", n.httpAddr, "-token-file", filepath.Join(n.dataDir, "api-token")}, args...)...)
 	if err != nil {
 		t.Fatalf("csnap-admin %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

@@ -94,7 +94,7 @@ func TestVMDev(t *testing.T) {
 				vm.Logout("o2"),
 			}
 			o.OnPause = func(ctx context.Context, name string) error {
-				out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), "-addr", n.httpAddr, "snapshot", "create", "dev", "vmsnap")
+				out, err := runCmd(t, time.Minute, filepath.Join(binDir(t), "csnap-admin"), "-addr", n.httpAddr, "-token-file", filepath.Join(n.dataDir, "api-token"), "snapshot", "create", "dev", "vmsnap")
 				if err != nil {
 					return fmt.Errorf("csnap-admin snapshot create: %v: %s", err, out)
 				}

@@ -24,11 +24,14 @@ import (
 	"github.com/csnap/csnap/api"
 )
 
-const usage = `usage: csnap-admin [-addr HOST:PORT] COMMAND [ARGS] [--json]
+const usage = `usage: csnap-admin [-addr HOST:PORT] [-token-file FILE] [-ca-file FILE] COMMAND [ARGS] [--json]
 
   volume create NAME --origin PATH --store PATH [--size N] [--chunk-size 64KiB]
+                [--initiators IQN,...] [--force]
+  volume set NAME --initiators IQN,...   (an empty list "" allows every initiator)
   volume list
   volume status NAME
+  volume reset-state NAME [--snapshot SNAP]
   volume recover NAME
   snapshot create VOLUME SNAP [--priority N] [--writable]
   snapshot delete VOLUME SNAP
@@ -36,9 +39,15 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] COMMAND [ARGS] [--json]
   server VOLUME
   clients VOLUME
   check VOLUME
+` + tlsUsage + `
 
-The node's address comes from -addr, else $CSNAP_HTTP_ADDR, else 127.0.0.1:7862.
-$CSNAP_HTTP_TOKEN is sent as a bearer token when set.
+The node's address comes from -addr, else $CSNAP_HTTP_ADDR, else 127.0.0.1:7862
+(https://HOST:PORT for a node serving the API over TLS; -ca-file or
+$CSNAP_HTTP_CACERT names the CA to verify it with).
+The API token comes from $CSNAP_HTTP_TOKEN, else the file -token-file or
+$CSNAP_HTTP_TOKEN_FILE, else (for a node on this host) ./csnap-dev/api-token,
+the token csnapd -dev generates in its default data directory.
+--force formats a store that holds data that is not a csnap store.
 `
 
 // version is set at build time (make build: git describe).
@@ -138,23 +147,30 @@ type env struct {
 	terminal bool
 }
 
+// globalFlags are the flags that come before the command.
+var globalFlags = map[string]bool{"addr": true, "token-file": true, "ca-file": true}
+
 func run(ctx context.Context, argv []string, getenv func(string) string, stdout, stderr io.Writer, terminal bool) int {
-	addr := getenv("CSNAP_HTTP_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:7862"
+	g := map[string]string{"addr": getenv("CSNAP_HTTP_ADDR"), "token-file": getenv("CSNAP_HTTP_TOKEN_FILE"), "ca-file": getenv("CSNAP_HTTP_CACERT")}
+	if g["addr"] == "" {
+		g["addr"] = "127.0.0.1:7862"
 	}
-	// -addr is a global flag and must come first.
-	for len(argv) > 0 && (argv[0] == "-addr" || argv[0] == "--addr" || strings.HasPrefix(argv[0], "-addr=") || strings.HasPrefix(argv[0], "--addr=")) {
-		if _, v, ok := strings.Cut(argv[0], "="); ok {
-			addr, argv = v, argv[1:]
-			continue
+	// Global flags come first.
+	for len(argv) > 0 && strings.HasPrefix(argv[0], "-") {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(argv[0], "-"), "=")
+		if !globalFlags[name] {
+			break
 		}
-		if len(argv) < 2 {
-			fmt.Fprintln(stderr, "csnap-admin: -addr needs a value")
-			return 2
+		if !hasVal {
+			if len(argv) < 2 {
+				fmt.Fprintf(stderr, "csnap-admin: -%s needs a value\n", name)
+				return 2
+			}
+			val, argv = argv[1], argv[1:]
 		}
-		addr, argv = argv[1], argv[2:]
+		g[name], argv = val, argv[1:]
 	}
+	addr := g["addr"]
 	if len(argv) == 1 && (argv[0] == "version" || argv[0] == "-version" || argv[0] == "--version") {
 		fmt.Fprintln(stdout, "csnap-admin", version)
 		return 0
@@ -166,8 +182,20 @@ func run(ctx context.Context, argv []string, getenv func(string) string, stdout,
 		}
 		return 0
 	}
-	e := &env{ctx: ctx, c: api.NewClient(addr, getenv("CSNAP_HTTP_TOKEN")), out: stdout, errw: stderr, terminal: terminal}
-	err := dispatch(e, argv)
+	token, err := findToken(addr, g["token-file"], getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "csnap-admin: %s\n", oneLine(err.Error()))
+		return 2
+	}
+	c := api.NewClient(addr, token)
+	if g["ca-file"] != "" {
+		if err := useCA(c, g["ca-file"]); err != nil {
+			fmt.Fprintf(stderr, "csnap-admin: %s\n", oneLine(err.Error()))
+			return 2
+		}
+	}
+	e := &env{ctx: ctx, c: c, out: stdout, errw: stderr, terminal: terminal}
+	err = dispatch(e, argv)
 	var ue usageError
 	switch {
 	case err == nil:
@@ -195,7 +223,8 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"volume create":   {1, map[string]bool{"origin": true, "store": true, "size": true, "chunk-size": true}, nil, volumeCreate},
+		"volume create":   {1, map[string]bool{"origin": true, "store": true, "size": true, "chunk-size": true, "initiators": true}, []string{"force"}, volumeCreate},
+		"volume set":      {1, map[string]bool{"initiators": true}, nil, volumeSet},
 		"volume list":     {0, nil, nil, volumeList},
 		"volume status":   {1, nil, nil, volumeStatus},
 		"volume recover":  {1, nil, nil, volumeRecover},
@@ -205,6 +234,8 @@ func commands() map[string]command {
 		"server":          {1, nil, nil, serverCmd},
 		"clients":         {1, nil, nil, clientsCmd},
 		"check":           {1, nil, nil, checkCmd},
+
+		"volume reset-state": {1, map[string]bool{"snapshot": true}, nil, volumeResetState}, // resetstate.go
 	}
 }
 
@@ -212,6 +243,9 @@ func dispatch(e *env, argv []string) error {
 	cmds := commands()
 	name := argv[0]
 	rest := argv[1:]
+	if name == "tls" {
+		return tlsCmd(e, rest)
+	}
 	if name == "volume" || name == "snapshot" {
 		if len(rest) == 0 {
 			return usagef("%s needs a subcommand", name)
@@ -280,8 +314,22 @@ func (e *env) progress(what string) func() {
 	return func() { close(done); <-stopped }
 }
 
+// initiatorList parses --initiators: comma-separated iSCSI names.
+func initiatorList(s string) ([]string, error) {
+	out := []string{}
+	for _, n := range strings.Split(s, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	if err := api.ValidInitiators(out); err != nil {
+		return nil, usagef("--initiators: %s", strings.TrimPrefix(err.Error(), api.ErrBadRequest.Error()+": "))
+	}
+	return out, nil
+}
+
 func volumeCreate(e *env, a args) error {
-	req := api.CreateVolume{Name: a.pos[0], Origin: a.flags["origin"], Store: a.flags["store"]}
+	req := api.CreateVolume{Name: a.pos[0], Origin: a.flags["origin"], Store: a.flags["store"], Force: a.flags["force"] == "true"}
 	if req.Origin == "" || req.Store == "" {
 		return usagef("volume create needs --origin PATH and --store PATH")
 	}
@@ -289,6 +337,11 @@ func volumeCreate(e *env, a args) error {
 		return usageError{err.Error()}
 	}
 	var err error
+	if s, ok := a.flags["initiators"]; ok {
+		if req.Initiators, err = initiatorList(s); err != nil {
+			return err
+		}
+	}
 	if s := a.flags["size"]; s != "" {
 		if req.Size, err = parseSize(s); err != nil {
 			return usagef("--size: %v", err)
@@ -315,6 +368,29 @@ func volumeCreate(e *env, a args) error {
 	return nil
 }
 
+func volumeSet(e *env, a args) error {
+	s, ok := a.flags["initiators"]
+	if !ok {
+		return usagef("volume set needs a setting: --initiators IQN,... (\"\" for any initiator)")
+	}
+	list, err := initiatorList(s)
+	if err != nil {
+		return err
+	}
+	var v api.Volume
+	if err := e.c.Do(e.ctx, "PATCH", api.Path("volumes", a.pos[0]), api.SetVolume{Initiators: &list}, &v); err != nil {
+		return fmt.Errorf("changing volume %s: %w", a.pos[0], err)
+	}
+	e.show(v, func(w io.Writer) {
+		if len(v.Initiators) == 0 {
+			fmt.Fprintf(w, "volume %s: any initiator may log in\n", v.Name)
+			return
+		}
+		fmt.Fprintf(w, "volume %s: initiators %s\n", v.Name, strings.Join(v.Initiators, ", "))
+	})
+	return nil
+}
+
 func volumeList(e *env, a args) error {
 	var vs []api.Volume
 	if err := e.c.Do(e.ctx, "GET", api.Path("volumes"), nil, &vs); err != nil {
@@ -337,6 +413,12 @@ func volumeStatus(e *env, a args) error {
 	e.show(v, func(w io.Writer) {
 		fmt.Fprintf(w, "volume\t%s\norigin\t%s\nstore\t%s\nsize\t%s\nchunk size\t%s\nsnapshots\t%d\nstore used\t%s of %s\nserver\t%s\n",
 			v.Name, v.Origin, v.Store, human(v.Size), human(v.ChunkSize), v.Snapshots, human(v.StoreUsed), human(v.StoreSize), orDash(v.Server))
+		if len(v.Initiators) > 0 {
+			fmt.Fprintf(w, "initiators\t%s\n", strings.Join(v.Initiators, ", "))
+		}
+		if v.Refused != "" {
+			fmt.Fprintf(w, "refused here\t%s\n", v.Refused)
+		}
 		if v.Engine != "" {
 			fmt.Fprintf(w, "engine\t%s\n", v.Engine)
 		}

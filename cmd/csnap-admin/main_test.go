@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +70,12 @@ func TestCommands(t *testing.T) {
 		{[]string{"server", "dev"}, `{"node":"n1","address":"127.0.0.1:7000","term":42}`, "GET", "/v1/volumes/dev/server", "", "42", 200},
 		{[]string{"clients", "dev"}, `[{"id":"c1","node":"n2","state":"awaited","locks":3}]`, "GET", "/v1/volumes/dev/clients", "", "awaited", 200},
 		{[]string{"check", "dev"}, `{"volume":"dev","clean":true,"checked_blocks":12}`, "POST", "/v1/volumes/dev/check", "", "clean", 200},
+		{[]string{"volume", "create", "v3", "--origin", "/o", "--store", "/s", "--force", "--initiators", "iqn.2008-11.org.linux-kvm:a, iqn.1994-05.com.redhat:b"}, `{"name":"v3"}`,
+			"POST", "/v1/volumes", `"force":true,"initiators":["iqn.2008-11.org.linux-kvm:a","iqn.1994-05.com.redhat:b"]`, "volume v3 created", 201},
+		{[]string{"volume", "set", "dev", "--initiators", "iqn.2008-11.org.linux-kvm:a"}, `{"name":"dev","initiators":["iqn.2008-11.org.linux-kvm:a"]}`,
+			"PATCH", "/v1/volumes/dev", `{"initiators":["iqn.2008-11.org.linux-kvm:a"]}`, "initiators iqn.2008-11.org.linux-kvm:a", 200},
+		{[]string{"volume", "set", "dev", "--initiators", ""}, `{"name":"dev"}`,
+			"PATCH", "/v1/volumes/dev", `{"initiators":[]}`, "any initiator", 200},
 	} {
 		r := &recorder{status: tc.wantStatus, reply: tc.reply}
 		code, out, errs := admin(t, r, tc.argv...)
@@ -192,5 +199,66 @@ func TestProgressOnTerminal(t *testing.T) {
 		if got && !strings.HasSuffix(errb.String(), "\r\033[K") {
 			t.Errorf("progress line not cleared: %q", errb.String())
 		}
+	}
+}
+
+// TestInitiatorsValidated: bad names never leave csnap-admin.
+func TestInitiatorsValidated(t *testing.T) {
+	for _, argv := range [][]string{
+		{"volume", "set", "dev", "--initiators", "not-an-iqn"},
+		{"volume", "set", "dev"},
+		{"volume", "create", "v", "--origin", "/o", "--store", "/s", "--initiators", "iqn.2008-11.org.x:" + strings.Repeat("a", 223)},
+	} {
+		r := &recorder{status: 200, reply: "{}"}
+		if code, _, _ := admin(t, r, argv...); code != 2 || r.method != "" {
+			t.Errorf("%v: exit %d, sent %s", argv, code, r.method)
+		}
+	}
+}
+
+// TestToken: $CSNAP_HTTP_TOKEN, else -token-file, else ./csnap-dev/api-token
+// for a node on loopback only.
+func TestToken(t *testing.T) {
+	var got string
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Get("Authorization")
+		fmt.Fprint(w, "[]")
+	}))
+	defer ts.Close()
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.MkdirAll("csnap-dev", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile("csnap-dev/api-token", []byte("dev-token-0123456789\n"), 0o600)
+	os.WriteFile("other", []byte("file-token-0123456789\n"), 0o600)
+	addr := strings.TrimPrefix(ts.URL, "http://")
+	for _, tc := range []struct {
+		env  map[string]string
+		argv []string
+		want string
+	}{
+		{nil, []string{"-addr", addr}, "Bearer dev-token-0123456789"},
+		{map[string]string{"CSNAP_HTTP_TOKEN": "env-token"}, []string{"-addr", addr}, "Bearer env-token"},
+		{nil, []string{"-addr", addr, "-token-file", "other"}, "Bearer file-token-0123456789"},
+		{map[string]string{"CSNAP_HTTP_TOKEN_FILE": "other"}, []string{"--addr=" + addr}, "Bearer file-token-0123456789"},
+		{nil, []string{"-addr", "localhost:" + strings.Split(addr, ":")[1]}, "Bearer dev-token-0123456789"},
+	} {
+		got = ""
+		var out, errb bytes.Buffer
+		env := func(k string) string { return tc.env[k] }
+		if code := run(context.Background(), append(tc.argv, "volume", "list"), env, &out, &errb, false); code != 0 {
+			t.Errorf("%v: exit %d: %s", tc.argv, code, errb.String())
+		}
+		if got != tc.want {
+			t.Errorf("%v %v: sent %q, want %q", tc.env, tc.argv, got, tc.want)
+		}
+	}
+	// The -dev token is never sent to another host.
+	if tok, _ := findToken("192.0.2.1:7862", "", func(string) string { return "" }); tok != "" {
+		t.Errorf("-dev token offered to a remote node")
+	}
+	if tok, _ := findToken("https://127.0.0.1:7862", "", func(string) string { return "" }); tok != "dev-token-0123456789" {
+		t.Errorf("https loopback: token %q", tok)
 	}
 }

@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"sync"
 
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/snapstore"
@@ -30,27 +31,18 @@ type devService struct {
 	serverAddr string
 	origin     string
 	store      string
+	dir        string // data directory: holds the dev state (devStateFile)
+
+	mu sync.Mutex // serialises SetVolume
 }
 
 func (d *devService) Health(context.Context) (api.Health, error) {
 	h := api.Health{Status: "ok", Node: d.node, Targets: d.iscsi.TargetNames()}
-	if err := engineHealth(devVolume, d.eng); err != nil {
+	if err := devHealthErr(d.eng); err != nil { // hardening.go
 		h.Status = "failed"
 		return h, err
 	}
 	return h, nil
-}
-
-// engineHealth is the health check's verdict on a volume's engine: an
-// error (503) when it failed, so that Consul moves the server elsewhere.
-func engineHealth(volume string, eng *snapstore.Engine) error {
-	if eng == nil {
-		return nil
-	}
-	if st, err := eng.State(); st == snapstore.EngineFailed {
-		return fmt.Errorf("%w: volume %s: snapshot store engine failed: %v", api.ErrUnavailable, volume, err)
-	}
-	return nil
 }
 
 // engineStatus fills the engine fields of a volume's status.
@@ -94,13 +86,83 @@ func (d *devService) Volume(ctx context.Context, name string) (api.Volume, error
 		Name: devVolume, Origin: d.origin, Store: d.store,
 		Size: d.eng.OriginSize(), ChunkSize: cs, Server: d.node, Snapshots: len(snaps),
 		StoreUsed: int64(st.DataChunks-st.FreeChunks) * cs, StoreSize: int64(st.DataChunks) * cs,
-		LocationCache: d.ops().locationCache(),
+		LocationCache: d.ops().locationCache(), Initiators: d.exp.initiatorList(),
 	}
 	engineStatus(&v, d.eng)
 	if err := d.cl.IOError(); err != nil {
 		v.IOError = err.Error()
 	}
 	return v, nil
+}
+
+// SetVolume changes the volume's settings: the initiator allow-list is
+// kept in the data directory (devStateFile) and applies to every target
+// at once.
+func (d *devService) SetVolume(ctx context.Context, name string, r api.SetVolume) (api.Volume, error) {
+	if err := d.check(name); err != nil {
+		return api.Volume{}, err
+	}
+	if r.Initiators != nil {
+		d.mu.Lock()
+		err := saveDevState(d.dir, *r.Initiators)
+		if err == nil {
+			d.exp.setInitiators(*r.Initiators)
+		}
+		d.mu.Unlock()
+		if err != nil {
+			return api.Volume{}, err
+		}
+	}
+	return d.Volume(ctx, name)
+}
+
+// devStateFile holds the -dev volume's settings in its data directory:
+// JSON {"initiators": [...]}.
+const devStateFile = "volume.json"
+
+type devState struct {
+	Initiators []string `json:"initiators,omitempty"`
+}
+
+// loadDevState reads the -dev volume's initiator allow-list (none when
+// the file does not exist).
+func loadDevState(dir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, devStateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dev volume settings: %w", err)
+	}
+	var st devState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("dev volume settings %s: %w", filepath.Join(dir, devStateFile), err)
+	}
+	if err := api.ValidInitiators(st.Initiators); err != nil {
+		return nil, fmt.Errorf("dev volume settings %s: %w", filepath.Join(dir, devStateFile), err)
+	}
+	return st.Initiators, nil
+}
+
+// saveDevState replaces the settings file (write, fsync, rename, fsync
+// of the directory).
+func saveDevState(dir string, initiators []string) error {
+	b, _ := json.Marshal(devState{Initiators: initiators})
+	p := filepath.Join(dir, devStateFile)
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("saving the dev volume settings: %w", err)
+	}
+	_, werr := f.Write(b)
+	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("saving the dev volume settings: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("saving the dev volume settings: %w", err)
+	}
+	return syncDir(dir)
 }
 
 func (d *devService) CreateVolume(_ context.Context, r api.CreateVolume) (api.Volume, error) {
@@ -186,38 +248,17 @@ func apiError(err error) error {
 	return err
 }
 
-// newAPI mounts the /v1/ API and the Prometheus metrics. With a token set,
-// every request must carry it as "Authorization: Bearer TOKEN".
-func newAPI(svc api.Service, srv *iscsi.Server, token string) http.Handler {
+// newAPI mounts the /v1/ API and the Prometheus metrics behind the
+// access policy (api.Protect: the token on every request but GET
+// /v1/health; JSON bodies; Origin and Host checked).
+func newAPI(svc api.Service, srv *iscsi.Server, access api.Access) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", api.Handler(svc))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		fmt.Fprintf(w, "# HELP csnap_iscsi_targets Targets exported by this node.\n# TYPE csnap_iscsi_targets gauge\ncsnap_iscsi_targets %d\n", len(srv.TargetNames()))
 	})
-	if token == "" {
-		return mux
-	}
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprintln(w, `{"error":"missing or wrong API token (Authorization: Bearer ...)"}`)
-			return
-		}
-		mux.ServeHTTP(w, r)
-	})
-}
-
-// checkAPIExposure refuses an API listening beyond loopback without a token
-// (SPEC.md: off loopback the API requires one).
-func checkAPIExposure(addr net.Addr, token string) error {
-	ta, ok := addr.(*net.TCPAddr)
-	if !ok || ta.IP.IsLoopback() || token != "" {
-		return nil
-	}
-	return fmt.Errorf("HTTP API on %s is reachable from other hosts: set CSNAP_HTTP_TOKEN", addr)
+	return api.Protect(mux, access)
 }
 
 func hostname() string {

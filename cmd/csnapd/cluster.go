@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,7 +19,9 @@ import (
 	capi "github.com/hashicorp/consul/api"
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/snapstore/server"
@@ -51,11 +55,13 @@ type clusterNode struct {
 	chap       *iscsi.CHAP
 	mux        *server.Mux
 	members    *consul.Members
+	certs      *pki.Holder // the snapshot-server protocol's TLS; nil: -insecure-no-tls
 
-	mu   sync.Mutex
-	vols map[string]*clusterVolume
-	ctx  context.Context // the volumes' context: cancelled to stop them
-	wg   sync.WaitGroup
+	mu      sync.Mutex
+	vols    map[string]*clusterVolume
+	refused map[string]string // volume -> why this node does not export it
+	ctx     context.Context   // the volumes' context: cancelled to stop them
+	wg      sync.WaitGroup
 }
 
 // consulConfig is the Consul client's configuration: Consul's own
@@ -93,12 +99,21 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err := checkTimings(o); err != nil {
 		return err
 	}
+	if len(o.volumePaths) == 0 {
+		log.Warn("no volume_paths (-volume-paths) configured: this node creates and exports no volume")
+	}
 	if o.dataDir != "" {
-		if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		if err := makeDir(o.dataDir, 0o700); err != nil {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
 	chap, err := chapFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	tlsCtx, stopTLS := context.WithCancel(context.Background())
+	defer stopTLS()
+	certs, err := nodeTLS(tlsCtx, o, false, o.dataDir, node, log)
 	if err != nil {
 		return err
 	}
@@ -109,13 +124,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if pgt < 1 || pgt > 65535 {
 		return fmt.Errorf("-portal-group-tag %d is outside 1-65535", pgt)
 	}
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), PortalGroupTag: uint16(pgt)}
-	if o.chapDiscovery {
-		if chap == nil {
-			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
-		}
-		icfg.DiscoveryCHAP = chap
+	icfg, err := iscsiConfig(o, log, chap)
+	if err != nil {
+		return err
 	}
+	icfg.PortalGroupTag = uint16(pgt)
 
 	// Listeners first: an address in use is reported before anything is
 	// registered in Consul.
@@ -151,8 +164,13 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	token := os.Getenv("CSNAP_HTTP_TOKEN")
-	if err := checkAPIExposure(hl.Addr(), token); err != nil {
+	token, tokenFile, err := apiToken(o, o.dataDir, os.Getenv)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	tlsCfg, err := apiTLS(o)
+	if err != nil {
 		closeAll()
 		return err
 	}
@@ -175,10 +193,10 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.consulPrefix}, node: node,
 		serverAddr: sl.Addr().String(), isrv: iscsi.NewServer(icfg), chap: chap,
 		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
-		vols: map[string]*clusterVolume{}, ctx: volCtx,
+		vols: map[string]*clusterVolume{}, refused: map[string]string{}, ctx: volCtx, certs: certs,
 	}
 
-	hs := &http.Server{Handler: newAPI(&clusterService{n: n}, n.isrv, token), ReadHeaderTimeout: 10 * time.Second}
+	hs := newHTTPServer(newAPI(&clusterService{n: n}, n.isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
 	var wg sync.WaitGroup
 	errc := make(chan error, len(listeners))
 	goServe := func(f func() error) {
@@ -191,7 +209,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		}()
 	}
 	goServe(func() error {
-		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+		serve := hs.Serve
+		if tlsCfg != nil {
+			serve = func(l net.Listener) error { return hs.ServeTLS(l, "", "") }
+		}
+		if err := serve(hl); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("HTTP API: %w", err)
 		}
 		return nil
@@ -199,22 +221,29 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	muxCtx, stopMux := context.WithCancel(context.Background())
 	defer stopMux()
 	goServe(func() error {
-		if err := n.mux.Serve(muxCtx, sl); err != nil && muxCtx.Err() == nil {
+		if err := n.mux.Serve(muxCtx, tlsListener(sl, certs)); err != nil && muxCtx.Err() == nil {
 			return fmt.Errorf("snapshot-server listener: %w", err)
 		}
 		return nil
 	})
 
 	// Register with the local agent: the service check points at our
-	// HTTP API, and server lock sessions are bound to it.
+	// HTTP API's health endpoint, which needs no token (none is handed to
+	// Consul), and server lock sessions are bound to it.
 	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	// A registration left by a previous csnapd of this node (killed) keeps
 	// its check's critical status across a re-registration; start afresh
 	// so this node is a member, and can hold sessions, at once.
 	_ = consul.DeregisterISCSI(regCtx, cc)
+	scheme := "http://"
+	if tlsCfg != nil {
+		scheme = "https://"
+	}
 	reg := consul.ISCSIRegistration{
-		Portal: portalLns[0].Addr().String(), HealthURL: "http://" + hl.Addr().String() + "/v1/health",
-		Header: authHeader(token), Interval: o.checkInterval,
+		Portal: portalLns[0].Addr().String(), HealthURL: scheme + hl.Addr().String() + api.HealthPath,
+		// The health answer is public: the check need not verify
+		// the certificate (Consul's agent does not know csnap's CA).
+		TLSSkipVerify: tlsCfg != nil, Interval: o.checkInterval,
 		Meta: map[string]string{"node": node, "http": hl.Addr().String(), "server": n.serverAddr},
 	}
 	err = consul.RegisterISCSI(regCtx, cc, reg)
@@ -249,9 +278,10 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	fmt.Fprintf(stdout, `csnapd: node %q in cluster mode (Consul %s, KV prefix %q)
   iSCSI portal%s %s (portal group %d); HTTP API %s; snapshot-server protocol %s
   Volumes published in Consul are exported as %sVOLUME and %sVOLUME:SNAPSHOT.
-  csnap-admin -addr %s volume create NAME --origin PATH --store PATH --size 1GiB
+  Volume paths allowed on this node: %s
+  %s volume create NAME --origin PATH --store PATH --size 1GiB
 `, node, ccfg.Address, o.consulPrefix, plural(len(portals)), strings.Join(portals, ", "), pgt,
-		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, hl.Addr())
+		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, orNone(o.volumePaths), clusterAdminCommand(hl.Addr().String(), tlsCfg != nil, tokenFile))
 	log.WithFields(logrus.Fields{"node": node, "portals": portals, "http": hl.Addr().String(),
 		"snapserver": n.serverAddr, "portal_group_tag": pgt}).Info("csnapd serving in cluster mode")
 
@@ -387,16 +417,36 @@ func derivedPortalGroupTag(node string) int {
 	return int(h.Sum32()%65535) + 1
 }
 
-func authHeader(token string) map[string][]string {
-	if token == "" {
-		return nil
+// clusterAdminCommand is the csnap-admin command line csnapd prints in
+// cluster mode: with -token-file when the token is in a file (with
+// $CSNAP_HTTP_TOKEN csnap-admin reads the same variable).
+func clusterAdminCommand(httpAddr string, tls bool, tokenFile string) string {
+	cmd := "csnap-admin -addr " + httpAddr
+	if tls {
+		cmd = "csnap-admin -addr https://" + httpAddr + " -ca-file CA.pem"
 	}
-	return map[string][]string{"Authorization": {"Bearer " + token}}
+	if tokenFile != "" {
+		if abs, err := filepath.Abs(tokenFile); err == nil {
+			tokenFile = abs
+		}
+		cmd += " -token-file " + tokenFile
+	}
+	return cmd
 }
 
-// syncVolumes starts every published volume not running yet. Volumes are
-// never stopped here: a definition that disappears is logged (removing a
-// volume is not part of csnap yet).
+func orNone(l []string) string {
+	if len(l) == 0 {
+		return "none (set volume_paths or -volume-paths)"
+	}
+	return strings.Join(l, ", ")
+}
+
+// syncVolumes starts every published volume not running yet, and brings
+// running ones in line with their definition (the initiator allow-list).
+// Volumes are never stopped here: a definition that disappears is logged
+// (removing a volume is not part of csnap yet). A volume this node
+// refuses (a path outside volume_paths, a device that does not open) is
+// logged once per reason and reported by the API (api.Volume.Refused).
 func (n *clusterNode) syncVolumes(defs []consul.VolumeDef) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -406,14 +456,20 @@ func (n *clusterNode) syncVolumes(defs []consul.VolumeDef) {
 	seen := map[string]bool{}
 	for _, d := range defs {
 		seen[d.Name] = true
-		if _, ok := n.vols[d.Name]; ok {
+		if v, ok := n.vols[d.Name]; ok {
+			v.update(d)
 			continue
 		}
 		v, err := n.newVolume(d)
 		if err != nil {
-			n.log.WithError(err).WithField("volume", d.Name).Error("cannot export volume")
+			if n.refused[d.Name] != err.Error() {
+				n.log.WithError(err).WithFields(logrus.Fields{"volume": d.Name, "origin": d.Origin, "store": d.Store}).
+					Error("volume refused on this node: not exported")
+			}
+			n.refused[d.Name] = err.Error()
 			continue
 		}
+		delete(n.refused, d.Name)
 		n.vols[d.Name] = v
 		v.start()
 	}
@@ -422,6 +478,19 @@ func (n *clusterNode) syncVolumes(defs []consul.VolumeDef) {
 			n.log.WithField("volume", name).Warn("volume definition gone from Consul; still exported until restart")
 		}
 	}
+	for name := range n.refused {
+		if !seen[name] {
+			delete(n.refused, name)
+		}
+	}
+}
+
+// refusal says why this node does not export volume name ("" if it does
+// or does not know it).
+func (n *clusterNode) refusal(name string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.refused[name]
 }
 
 // nodeLeft strikes a departed node's clients off every volume served here.
@@ -460,12 +529,17 @@ type clusterVolume struct {
 	mu  sync.Mutex
 	cl  *client.Client
 	exp *export
+	// lock is the election's Consul lock (the server's LockCheck reads
+	// it); resign tells the election to give a term up (hardening.go).
+	lock   *consul.APILock
+	resign chan uint64
 	// While serving:
-	srv      *server.Server
-	eng      *snapstore.Engine
-	fences   []*fencedDev
-	term     uint64
-	deposing bool
+	srv       *server.Server
+	eng       *snapstore.Engine
+	fences    []*fencedDev
+	term      uint64
+	deposing  bool
+	stopWatch context.CancelFunc // ends watchEngine
 }
 
 func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
@@ -473,9 +547,19 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 	if err != nil || len(uuid) != 16 {
 		return nil, fmt.Errorf("volume %s: bad uuid %q in its definition", d.Name, d.UUID)
 	}
+	if err := checkVolumePaths(n.o.volumePaths, d.Origin, d.Store); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", d.Name, err)
+	}
+	if err := api.ValidInitiators(d.Initiators); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", d.Name, err)
+	}
 	origin, err := openFileDev(d.Origin, n.o.directIO)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: origin: %w", d.Name, err)
+	}
+	if looksLikeStore(origin) {
+		origin.Close()
+		return nil, fmt.Errorf("volume %s: origin %s holds a csnap snapshot store: refusing to export it as an origin", d.Name, d.Origin)
 	}
 	store, err := openFileDev(d.Store, n.o.directIO)
 	if err != nil {
@@ -486,7 +570,7 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 		n.log.WithField("volume", d.Name).WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
 	}
 	v := &clusterVolume{n: n, def: d, origin: origin, store: store,
-		log: n.log.WithField("volume", d.Name)}
+		log: n.log.WithField("volume", d.Name), resign: make(chan uint64, 1)}
 	copy(v.uuid[:], uuid)
 	return v, nil
 }
@@ -514,6 +598,22 @@ func (v *clusterVolume) start() {
 	}()
 }
 
+// update applies a changed definition of the running volume: its
+// initiator allow-list (origin and store never change).
+func (v *clusterVolume) update(d consul.VolumeDef) {
+	if err := api.ValidInitiators(d.Initiators); err != nil {
+		v.log.WithError(err).Error("volume definition has a bad initiator allow-list; keeping the previous one")
+		return
+	}
+	v.mu.Lock()
+	v.def.Initiators = slices.Clone(d.Initiators)
+	exp := v.exp
+	v.mu.Unlock()
+	if exp != nil {
+		exp.setInitiators(d.Initiators)
+	}
+}
+
 func (v *clusterVolume) server() *server.Server {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -530,7 +630,7 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 		var err error
 		cl, err = client.New(ctx, client.Config{
 			Volume: v.def.Name, Node: n.node, ID: clientID(n.node, v.def.Name),
-			Locator: v.watch, Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
+			Locator: v.watch, TLS: clientTLS(n.certs), Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
 			// A failover takes seconds: retry often (the locator reads
 			// Consul on every attempt) rather than back off to 1 s.
 			MaxBackoff: 250 * time.Millisecond,
@@ -545,8 +645,8 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 			sleepCtx(ctx, time.Second)
 		}
 	}
-	exp := newExport(v.def.Name, v.uuid, cl, n.isrv, n.chap, v.log)
 	v.mu.Lock()
+	exp := newExport(v.def.Name, v.uuid, cl, n.isrv, n.chap, v.def.Initiators, v.log)
 	v.cl, v.exp = cl, exp
 	v.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -619,6 +719,9 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 		v.log.WithField("sessions", k).Info("destroyed this node's stale sessions")
 	}
 	cancel()
+	v.mu.Lock()
+	v.lock = lock
+	v.mu.Unlock()
 	lease := n.o.lease
 	err = consul.RunElection(ctx, lock, consul.ElectionConfig{
 		Key:   n.keys.ServerLock(v.def.Name),
@@ -626,6 +729,7 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 		Lease: lease, Check: lease / 4, Retry: 250 * time.Millisecond, RequestTimeout: lease / 2,
 		OnElected: v.elected,
 		OnDeposed: v.deposed,
+		Resign:    v.resign,
 		Announce: func(term uint64) []byte {
 			return consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term, Since: time.Now().UTC()}.Encode()
 		},
@@ -657,7 +761,14 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		Registry: registryAdapter{kv}, Membership: n.members,
 		AwaitTimeout: n.o.awaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
-		OnDeposed:    func(newer uint64) { go v.fence(newer) },
+		OnDeposed:    func(newer uint64) { go v.fence(term, newer) },
+		PeerNode:     peerNode(n.certs),
+		// A claimed newer term is checked against the lock in Consul.
+		LockCheck: consulLockCheck{holder: v.lockHolder, key: n.keys.ServerLock(v.def.Name), session: session, term: term},
+		// Shared-state values are LU states (sharedstore.go).
+		ValidateShared: validateLUState,
+		// The SCSI mode parameters outlive a restart of every node.
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		fo.fence()
@@ -672,9 +783,12 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 			srv.NodeLeft(c.Node)
 		}
 	}
+	wctx, stopWatch := context.WithCancel(n.ctx)
 	v.mu.Lock()
 	v.srv, v.eng, v.fences, v.term, v.deposing = srv, eng, []*fencedDev{fo, fs}, term, false
+	v.stopWatch = stopWatch
 	v.mu.Unlock()
+	go v.watchEngine(wctx, eng, term)
 	n.mux.Handle(v.def.Name, srv)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
@@ -684,18 +798,24 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	return nil
 }
 
-// fence stops a server that learned of a newer term from a client: its
-// devices refuse writes at once; the election notices the lost lock and
-// calls deposed.
-func (v *clusterVolume) fence(newer uint64) {
+// fence stops the server of term once a client's newer term is confirmed
+// by the lock in Consul (the lock is no longer ours): its devices refuse
+// writes at once, and the election gives the term up (deposed: the lock
+// released, the session destroyed) so another node is elected.
+func (v *clusterVolume) fence(term, newer uint64) {
+	v.log.WithFields(logrus.Fields{"term": term, "newer_term": newer}).Error("a newer server exists (confirmed by the lock in Consul): fencing")
+	v.fenceTerm(term)
+}
+
+// lockHolder reads the volume's lock key consistently (LockCheck).
+func (v *clusterVolume) lockHolder(ctx context.Context, key string) (string, uint64, error) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, f := range v.fences {
-		f.fence()
+	lock := v.lock
+	v.mu.Unlock()
+	if lock == nil {
+		return "", 0, errors.New("no election running")
 	}
-	if v.srv != nil {
-		v.log.WithFields(logrus.Fields{"term": v.term, "newer_term": newer}).Error("a newer server exists: fenced")
-	}
+	return lock.Holder(ctx, key)
 }
 
 // deposed stops serving. With the lease still valid (a graceful stop) the
@@ -706,6 +826,10 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	v.mu.Lock()
 	srv, eng, fences := v.srv, v.eng, v.fences
 	v.srv, v.eng, v.fences, v.term = nil, nil, nil, 0
+	if v.stopWatch != nil {
+		v.stopWatch()
+		v.stopWatch = nil
+	}
 	v.mu.Unlock()
 	if !leaseValid {
 		for _, f := range fences {

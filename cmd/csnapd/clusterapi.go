@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
@@ -21,11 +24,9 @@ type clusterService struct{ n *clusterNode }
 
 func (s *clusterService) Health(context.Context) (api.Health, error) {
 	h := api.Health{Status: "ok", Node: s.n.node, Targets: s.n.isrv.TargetNames()}
-	for name, eng := range s.n.servedEngines() {
-		if err := engineHealth(name, eng); err != nil {
-			h.Status = "failed"
-			return h, err
-		}
+	if err := s.n.healthErr(); err != nil { // a fenced or failed engine (hardening.go)
+		h.Status = "failed"
+		return h, err
 	}
 	return h, nil
 }
@@ -57,7 +58,8 @@ func (s *clusterService) Volumes(ctx context.Context) ([]api.Volume, error) {
 // describe fills an api.Volume; the snapshot count needs this node's
 // client to be connected (0 otherwise).
 func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si consul.ServerInfo) api.Volume {
-	v := api.Volume{Name: d.Name, Origin: d.Origin, Store: d.Store, Size: d.Size, ChunkSize: d.ChunkSize, Server: si.Node}
+	v := api.Volume{Name: d.Name, Origin: d.Origin, Store: d.Store, Size: d.Size, ChunkSize: d.ChunkSize, Server: si.Node,
+		Initiators: d.Initiators, Refused: s.n.refusal(d.Name)}
 	if ops, err := s.ops(d.Name); err == nil {
 		if snaps, err := ops.live(ctx); err == nil {
 			v.Snapshots = len(snaps)
@@ -90,14 +92,26 @@ func (s *clusterService) Volume(ctx context.Context, name string) (api.Volume, e
 // node (this one included) picks it up from Consul and exports it. The
 // origin and store paths must name the same shared storage on every node.
 // A missing origin file is created (sparse) with the given size, a missing
-// store file with the origin's size; a store that already holds a csnap
-// store is never formatted over.
+// store file with the origin's size. Both must lie under this node's
+// volume_paths (and every other node checks them against its own). A
+// store that already holds a csnap store is never formatted over; one
+// that holds any other data (a non-zero byte in its first or last MiB)
+// only with r.Force; a csnap store is never taken as an origin.
 func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (api.Volume, error) {
 	if err := api.ValidName("volume", r.Name); err != nil {
 		return api.Volume{}, err
 	}
+	if err := api.ValidInitiators(r.Initiators); err != nil {
+		return api.Volume{}, err
+	}
 	if !filepath.IsAbs(r.Origin) || !filepath.IsAbs(r.Store) {
 		return api.Volume{}, fmt.Errorf("%w: origin and store must be absolute paths (every node opens them)", api.ErrBadRequest)
+	}
+	if err := checkVolumePaths(s.n.o.volumePaths, r.Origin, r.Store); err != nil {
+		if errors.Is(err, errPathNotAllowed) {
+			return api.Volume{}, fmt.Errorf("%w: %v", api.ErrForbidden, err)
+		}
+		return api.Volume{}, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
 	}
 	if r.ChunkSize == 0 {
 		r.ChunkSize = devChunkSize
@@ -107,49 +121,12 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	} else if old != nil {
 		return api.Volume{}, fmt.Errorf("%w: volume %s already exists", api.ErrConflict, r.Name)
 	}
-	if _, err := os.Stat(r.Origin); errors.Is(err, os.ErrNotExist) {
-		if r.Size <= 0 {
-			return api.Volume{}, fmt.Errorf("%w: origin %s does not exist: give --size to create it", api.ErrBadRequest, r.Origin)
-		}
-		if _, err := createSparse(r.Origin, r.Size); err != nil {
-			return api.Volume{}, fmt.Errorf("creating origin %s: %w", r.Origin, err)
-		}
-	}
-	origin, err := openFileDev(r.Origin, s.n.o.directIO)
+	osize, info, err := prepareVolume(r, s.n.o.directIO, s.n.log)
 	if err != nil {
-		return api.Volume{}, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
-	}
-	defer origin.Close()
-	osize, err := origin.Size()
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("origin %s: %w", r.Origin, err)
-	}
-	if r.Size > 0 && r.Size != osize {
-		return api.Volume{}, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
-	}
-	if _, err := createStoreFile(r.Store, osize); err != nil {
-		return api.Volume{}, fmt.Errorf("creating store %s: %w", r.Store, err)
-	}
-	store, err := openFileDev(r.Store, s.n.o.directIO)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
-	}
-	defer store.Close()
-	if info, err := snapstore.Inspect(store); err == nil {
-		return api.Volume{}, fmt.Errorf("%w: %s already holds a csnap snapshot store (uuid %x); refusing to format over it", api.ErrConflict, r.Store, info.UUID)
-	}
-	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: int(r.ChunkSize)}); err != nil {
-		if errors.Is(err, snapstore.ErrChunkSize) {
-			return api.Volume{}, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
-		}
-		return api.Volume{}, fmt.Errorf("formatting the snapshot store %s: %w", r.Store, err)
-	}
-	info, err := snapstore.Inspect(store)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("reading back the formatted store %s: %w", r.Store, err)
+		return api.Volume{}, err
 	}
 	def := consul.VolumeDef{Name: r.Name, Origin: r.Origin, Store: r.Store, Size: osize,
-		ChunkSize: r.ChunkSize, UUID: hex.EncodeToString(info.UUID[:]), Created: time.Now().UTC()}
+		ChunkSize: r.ChunkSize, UUID: hex.EncodeToString(info.UUID[:]), Created: time.Now().UTC(), Initiators: r.Initiators}
 	if err := consul.PublishVolume(ctx, s.n.consul, s.n.keys, def); err != nil {
 		if errors.Is(err, consul.ErrVolumeExists) {
 			return api.Volume{}, fmt.Errorf("%w: %v (created concurrently; the store %s was formatted for nothing)", api.ErrConflict, err, r.Store)
@@ -158,7 +135,33 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	}
 	s.n.log.WithFields(map[string]any{"volume": r.Name, "origin": r.Origin, "store": r.Store, "size": osize}).Info("volume created and published")
 	s.awaitUsable(ctx, r.Name)
-	return api.Volume{Name: def.Name, Origin: def.Origin, Store: def.Store, Size: def.Size, ChunkSize: def.ChunkSize}, nil
+	return api.Volume{Name: def.Name, Origin: def.Origin, Store: def.Store, Size: def.Size, ChunkSize: def.ChunkSize, Initiators: def.Initiators}, nil
+}
+
+// SetVolume changes a volume's definition in Consul; every node applies
+// it when its watch sees the change (the initiator allow-list: at once,
+// to new logins on every target of the volume).
+func (s *clusterService) SetVolume(ctx context.Context, name string, r api.SetVolume) (api.Volume, error) {
+	d, err := consul.UpdateVolume(ctx, s.n.consul, s.n.keys, name, func(d *consul.VolumeDef) error {
+		if r.Initiators != nil {
+			d.Initiators = slices.Clone(*r.Initiators)
+			if len(d.Initiators) == 0 {
+				d.Initiators = nil
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, consul.ErrNoVolume) {
+		return api.Volume{}, fmt.Errorf("volume %s: %w", name, api.ErrNotFound)
+	}
+	if err != nil {
+		return api.Volume{}, s.consulErr(err)
+	}
+	s.n.log.WithFields(map[string]any{"volume": name, "initiators": d.Initiators}).Info("volume settings changed")
+	if v := s.n.volume(name); v != nil {
+		v.update(d) // this node at once; the others through their watch
+	}
+	return s.Volume(ctx, name)
 }
 
 // volumeUsableWait bounds how long volume create waits for this node to
@@ -252,4 +255,78 @@ func (s *clusterService) Check(ctx context.Context, volume string) (api.CheckRep
 		return api.CheckReport{}, err
 	}
 	return o.check(ctx)
+}
+
+// prepareVolume makes a new volume's devices ready: a missing origin is
+// created (sparse, r.Size), a missing store too (the origin's size); the
+// store is formatted unless it holds a csnap store (never) or other data
+// (only with r.Force); a csnap store is refused as an origin. It returns
+// the origin's size and the new store's identity.
+func prepareVolume(r api.CreateVolume, direct bool, log *logrus.Entry) (int64, snapstore.StoreInfo, error) {
+	var none snapstore.StoreInfo
+	if _, err := os.Stat(r.Origin); errors.Is(err, os.ErrNotExist) {
+		if r.Size <= 0 {
+			return 0, none, fmt.Errorf("%w: origin %s does not exist: give --size to create it", api.ErrBadRequest, r.Origin)
+		}
+		if _, err := createSparse(r.Origin, r.Size); err != nil {
+			return 0, none, fmt.Errorf("creating origin %s: %w", r.Origin, err)
+		}
+	}
+	origin, err := openFileDev(r.Origin, direct)
+	if err != nil {
+		return 0, none, fmt.Errorf("%w: origin %s: %v", api.ErrBadRequest, r.Origin, err)
+	}
+	defer origin.Close()
+	if looksLikeStore(origin) {
+		return 0, none, fmt.Errorf("%w: origin %s holds a csnap snapshot store: refusing to use it as an origin", api.ErrConflict, r.Origin)
+	}
+	osize, err := origin.Size()
+	if err != nil {
+		return 0, none, fmt.Errorf("origin %s: %w", r.Origin, err)
+	}
+	if r.Size > 0 && r.Size != osize {
+		return 0, none, fmt.Errorf("%w: origin %s has %d bytes, not the %d asked for", api.ErrBadRequest, r.Origin, osize, r.Size)
+	}
+	fresh, err := createStoreFile(r.Store, osize)
+	if err != nil {
+		return 0, none, fmt.Errorf("creating store %s: %w", r.Store, err)
+	}
+	store, err := openFileDev(r.Store, direct)
+	if err != nil {
+		return 0, none, fmt.Errorf("%w: store %s: %v", api.ErrBadRequest, r.Store, err)
+	}
+	defer store.Close()
+	if info, err := snapstore.Inspect(store); err == nil {
+		return 0, none, fmt.Errorf("%w: %s already holds a csnap snapshot store (uuid %x); refusing to format over it", api.ErrConflict, r.Store, info.UUID)
+	}
+	if looksLikeStore(store) {
+		return 0, none, fmt.Errorf("%w: %s holds a damaged csnap snapshot store; refusing to format over it (wipe its first MiB by hand if it is really to go)", api.ErrConflict, r.Store)
+	}
+	if !fresh {
+		ssize, err := store.Size()
+		if err != nil {
+			return 0, none, fmt.Errorf("store %s: %w", r.Store, err)
+		}
+		used, err := usedData(store, ssize)
+		if err != nil {
+			return 0, none, fmt.Errorf("store %s: %w", r.Store, err)
+		}
+		if used != "" && !r.Force {
+			return 0, none, fmt.Errorf("%w: store %s holds data that is not a csnap store (%s); refusing to format it without --force", api.ErrConflict, r.Store, used)
+		}
+		if used != "" {
+			log.WithFields(map[string]any{"volume": r.Name, "store": r.Store, "found": used}).Warn("formatting over existing data (--force)")
+		}
+	}
+	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: int(r.ChunkSize)}); err != nil {
+		if errors.Is(err, snapstore.ErrChunkSize) {
+			return 0, none, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+		}
+		return 0, none, fmt.Errorf("formatting the snapshot store %s: %w", r.Store, err)
+	}
+	info, err := snapstore.Inspect(store)
+	if err != nil {
+		return 0, none, fmt.Errorf("reading back the formatted store %s: %w", r.Store, err)
+	}
+	return osize, info, nil
 }

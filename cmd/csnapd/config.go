@@ -40,6 +40,13 @@ var configSettings = []configSetting{
 	{"log_level", func(o *options) any { return &o.logLevel }},
 	{"log_format", func(o *options) any { return &o.logFormat }},
 	{"chap_discovery", func(o *options) any { return &o.chapDiscovery }},
+	{"chap_algorithms", func(o *options) any { return &o.chapAlgorithms }},
+	{"http_token_file", func(o *options) any { return &o.httpTokenFile }},
+	{"http_hosts", func(o *options) any { return &o.httpHosts }},
+	{"http_origins", func(o *options) any { return &o.httpOrigins }},
+	{"http_tls_cert_file", func(o *options) any { return &o.httpTLSCertFile }},
+	{"http_tls_key_file", func(o *options) any { return &o.httpTLSKeyFile }},
+	{"volume_paths", func(o *options) any { return &o.volumePaths }},
 	{"portal_group_tag", func(o *options) any { return &o.portalGroupTag }},
 	{"lock_delay", func(o *options) any { return &o.lockDelay }},
 	{"check_interval", func(o *options) any { return &o.checkInterval }},
@@ -47,13 +54,64 @@ var configSettings = []configSetting{
 	{"io_timeout", func(o *options) any { return &o.ioTimeout }},
 	{"await_timeout", func(o *options) any { return &o.awaitTimeout }},
 	{"direct_io", func(o *options) any { return &o.directIO }},
+	{"tls.ca_file", func(o *options) any { return &o.tlsCA }},
+	{"tls.cert_file", func(o *options) any { return &o.tlsCert }},
+	{"tls.key_file", func(o *options) any { return &o.tlsKey }},
+	{"insecure_no_tls", func(o *options) any { return &o.insecureNoTLS }},
 }
+
+// configBlocks are the blocks of the configuration file: a setting inner
+// of block b has the key "b.inner" (which may also be written so).
+var configBlocks = map[string]bool{"tls": true}
+
+// blockFlags are the flags of settings in blocks, whose names do not
+// follow from their key.
+var blockFlags = map[string]string{"tls.ca_file": "tls-ca", "tls.cert_file": "tls-cert", "tls.key_file": "tls-key"}
 
 // commandLineOnly are the flags that have no key in the file.
 var commandLineOnly = map[string]bool{"dev": true, "config": true, "version": true}
 
 // flagName is the command-line flag of a file key.
-func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+func flagName(key string) string {
+	if f, ok := blockFlags[key]; ok {
+		return f
+	}
+	return strings.ReplaceAll(key, "_", "-")
+}
+
+// flattenBlocks replaces each block `b { k = v ... }` of items by its
+// settings, keyed "b.k".
+func flattenBlocks(path string, items []*ast.ObjectItem) ([]*ast.ObjectItem, error) {
+	var out []*ast.ObjectItem
+	for _, item := range items {
+		obj, ok := item.Val.(*ast.ObjectType)
+		if !ok || len(item.Keys) != 1 {
+			out = append(out, item)
+			continue
+		}
+		b, err := keyText(item.Keys[0].Token)
+		if err != nil || !configBlocks[b] {
+			out = append(out, item) // reported by the caller
+			continue
+		}
+		for _, in := range obj.List.Items {
+			if len(in.Keys) != 1 {
+				return nil, fmt.Errorf("%s:%d: expected a setting `key = value` in block %s", path, in.Pos().Line, b)
+			}
+			if _, nested := in.Val.(*ast.ObjectType); nested {
+				return nil, fmt.Errorf("%s:%d: no block may be nested in block %s", path, in.Pos().Line, b)
+			}
+			k, err := keyText(in.Keys[0].Token)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %v", path, in.Pos().Line, err)
+			}
+			tok := in.Keys[0].Token
+			tok.Type, tok.Text = token.IDENT, b+"."+k
+			out = append(out, &ast.ObjectItem{Keys: []*ast.ObjectKey{{Token: tok}}, Assign: in.Assign, Val: in.Val})
+		}
+	}
+	return out, nil
+}
 
 func lookupSetting(key string) (configSetting, bool) {
 	for _, s := range configSettings {
@@ -90,7 +148,11 @@ func applyConfigFile(o *options, path string, set map[string]bool) error {
 		return fmt.Errorf("%s: not a list of settings", path)
 	}
 	seen := map[string]int{} // key -> line
-	for _, item := range list.Items {
+	items, err := flattenBlocks(path, list.Items)
+	if err != nil {
+		return err
+	}
+	for _, item := range items {
 		line := item.Pos().Line
 		at := fmt.Sprintf("%s:%d", path, line)
 		switch len(item.Keys) {
@@ -140,8 +202,42 @@ func danglingAssign(src []byte) (token.Pos, bool) {
 	return last.Pos, last.Type == token.ASSIGN
 }
 
+// stringList is a list setting: a comma-separated flag value, and in the
+// file either a list of strings or one comma-separated string.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = nil
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			*l = append(*l, e)
+		}
+	}
+	return nil
+}
+
 // decodeValue stores the literal v into dst, a field pointer of options.
 func decodeValue(dst any, v ast.Node) error {
+	if p, ok := dst.(*stringList); ok {
+		if lt, ok := v.(*ast.ListType); ok {
+			*p = nil
+			for _, e := range lt.List {
+				var s string
+				if err := decodeValue(&s, e); err != nil {
+					return fmt.Errorf("list element: %v", err)
+				}
+				*p = append(*p, s)
+			}
+			return nil
+		}
+		var s string
+		if err := decodeValue(&s, v); err != nil {
+			return err
+		}
+		return p.Set(s)
+	}
 	lit, ok := v.(*ast.LiteralType)
 	if !ok {
 		return fmt.Errorf("expected %s, found %s", typeName(dst), nodeKind(v))
@@ -201,6 +297,8 @@ func copyValue(dst, src any) {
 		*d = *src.(*int)
 	case *time.Duration:
 		*d = *src.(*time.Duration)
+	case *stringList:
+		*d = append(stringList(nil), *src.(*stringList)...)
 	default:
 		panic(fmt.Sprintf("config: unsupported field type %T", dst))
 	}
@@ -245,6 +343,8 @@ func typeName(dst any) string {
 		return "an integer"
 	case *time.Duration:
 		return "a duration in quotes such as \"1s\""
+	case *stringList:
+		return "a list of strings [\"a\", \"b\"]"
 	}
 	return fmt.Sprintf("%T", dst)
 }

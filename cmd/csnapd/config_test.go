@@ -6,11 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/hcl/hcl/ast"
 	"github.com/hashicorp/hcl/hcl/parser"
+	hclstrconv "github.com/hashicorp/hcl/hcl/strconv"
 )
 
 // writeConfig writes src to a file in a test directory and returns its path.
@@ -36,6 +39,7 @@ consul_prefix    = "other/"
 log_level        = "debug"
 log_format       = "json"
 chap_discovery   = true
+chap_algorithms  = "sha256"
 portal_group_tag = 2
 lock_delay       = "1500ms"
 check_interval   = "500ms"
@@ -43,6 +47,8 @@ lease            = "3s"
 io_timeout       = "20s"
 await_timeout    = "1m"
 direct_io        = false
+volume_paths     = ["/srv/csnap", "/dev/disk/by-id/wwn-1"]
+http_hosts       = "n2.example, n2"
 `)
 	o, err := parseFlags([]string{"-config", path}, io.Discard)
 	if err != nil {
@@ -52,11 +58,12 @@ direct_io        = false
 		config: path, cluster: true,
 		nodeName: "n2", dataDir: "/var/lib/csnap", iscsiAddr: "127.0.0.2:3260", httpAddr: "127.0.0.2:7862",
 		serverAddr: "127.0.0.2:7863", consulAddr: "127.0.0.2:8500", consulPrefix: "other/",
-		logLevel: "debug", logFormat: "json", chapDiscovery: true, portalGroupTag: 2,
+		logLevel: "debug", logFormat: "json", chapDiscovery: true, chapAlgorithms: "sha256", portalGroupTag: 2,
 		lockDelay: 1500 * time.Millisecond, checkInterval: 500 * time.Millisecond, lease: 3 * time.Second,
 		ioTimeout: 20 * time.Second, awaitTimeout: time.Minute, directIO: false,
+		volumePaths: stringList{"/srv/csnap", "/dev/disk/by-id/wwn-1"}, httpHosts: stringList{"n2.example", "n2"},
 	}
-	if *o != want {
+	if !reflect.DeepEqual(*o, want) {
 		t.Fatalf("got  %+v\nwant %+v", *o, want)
 	}
 }
@@ -242,12 +249,19 @@ func TestConfigKeysMatchFlags(t *testing.T) {
 			d := time.Duration(1000+i) * time.Millisecond
 			fmt.Fprintf(&src, "%s = %q\n", s.key, d)
 			want[name] = d.String()
+		case *stringList:
+			fmt.Fprintf(&src, "%s = [%q, %q]\n", s.key, "a-"+s.key, "b")
+			want[name] = "a-" + s.key + ",b"
 		default:
 			t.Errorf("key %s: unsupported field type %T", s.key, s.field(&options{}))
 		}
 	}
+	keyed := map[string]bool{} // flags that have a key
+	for _, s := range configSettings {
+		keyed[flagName(s.key)] = true
+	}
 	for name := range flags {
-		if !keys[strings.ReplaceAll(name, "-", "_")] {
+		if !keyed[name] {
 			t.Errorf("flag -%s has no key %s in the config file", name, strings.ReplaceAll(name, "-", "_"))
 		}
 	}
@@ -268,7 +282,7 @@ func TestExampleConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nodes := 0
+	nodes, policies := 0, 0
 	for _, path := range files {
 		if filepath.Base(path) == "consul-agent.hcl" {
 			src, err := os.ReadFile(path)
@@ -277,7 +291,19 @@ func TestExampleConfigs(t *testing.T) {
 			}
 			if _, err := parser.Parse(src); err != nil {
 				t.Errorf("%s: %v", path, err)
+				continue
 			}
+			// ACLs default deny, gossip encryption, TLS (issue 15).
+			for _, want := range []string{`default_policy           = "deny"`, "enabled                  = true", "encrypt = ", "verify_incoming = true", "verify_server_hostname = true"} {
+				if !strings.Contains(string(src), want) {
+					t.Errorf("%s: no %q", path, want)
+				}
+			}
+			continue
+		}
+		if strings.HasPrefix(filepath.Base(path), "consul-policy-") {
+			checkPolicy(t, path)
+			policies++
 			continue
 		}
 		o, err := parseFlags([]string{"-config", path}, io.Discard)
@@ -303,5 +329,94 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	if nodes != 3 {
 		t.Errorf("found %d node configs in configs/, want 3", nodes)
+	}
+	if policies != 2 {
+		t.Errorf("found %d Consul ACL policies in configs/, want 2 (csnapd, csnap-admin)", policies)
+	}
+}
+
+// checkPolicy parses a Consul ACL policy (HCL): only known rule kinds,
+// each with a policy of read, write, deny or list; csnapd's writes only
+// csnap's key prefix, its own session, its own services; csnap-admin's
+// writes nothing.
+func checkPolicy(t *testing.T, path string) {
+	t.Helper()
+	src, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := parser.Parse(src)
+	if err != nil {
+		t.Errorf("%s: %v", path, err)
+		return
+	}
+	kinds := map[string]bool{"key_prefix": true, "key": true, "session": true, "session_prefix": true, "service": true,
+		"service_prefix": true, "node": true, "node_prefix": true, "agent": true, "agent_prefix": true}
+	writes := map[string]bool{}
+	for _, item := range f.Node.(*ast.ObjectList).Items {
+		if len(item.Keys) != 2 {
+			t.Errorf("%s:%d: expected KIND \"NAME\" { policy = ... }", path, item.Pos().Line)
+			continue
+		}
+		kind := item.Keys[0].Token.Text
+		name, _ := hclstrconv.Unquote(item.Keys[1].Token.Text)
+		if !kinds[kind] {
+			t.Errorf("%s:%d: unknown rule %s", path, item.Pos().Line, kind)
+		}
+		obj, ok := item.Val.(*ast.ObjectType)
+		if !ok || len(obj.List.Items) != 1 || obj.List.Items[0].Keys[0].Token.Text != "policy" {
+			t.Errorf("%s:%d: %s %q: expected { policy = \"...\" }", path, item.Pos().Line, kind, name)
+			continue
+		}
+		lit, _ := obj.List.Items[0].Val.(*ast.LiteralType)
+		var pol string
+		if lit != nil {
+			pol, _ = hclstrconv.Unquote(lit.Token.Text)
+		}
+		switch pol {
+		case "read", "list", "deny":
+		case "write":
+			writes[kind+" "+name] = true
+		default:
+			t.Errorf("%s:%d: %s %q: policy %q", path, item.Pos().Line, kind, name, pol)
+		}
+	}
+	want := map[string]bool{}
+	if strings.Contains(path, "csnapd") {
+		want = map[string]bool{"key_prefix csnap/": true, "session n1": true, "service csnap-iscsi": true, "service csnap-server": true}
+	}
+	if !reflect.DeepEqual(writes, want) {
+		t.Errorf("%s: writes %v, want exactly %v", path, writes, want)
+	}
+}
+
+// The tls block sets the TLS files; flags override it.
+func TestConfigTLSBlock(t *testing.T) {
+	path := writeConfig(t, `
+node_name = "n1"
+tls {
+  ca_file   = "/etc/csnap/csnap-agent-ca.pem"
+  cert_file = "/etc/csnap/csnap-node-n1.pem"
+  key_file  = "/etc/csnap/csnap-node-n1-key.pem"
+}
+`)
+	o, err := parseFlags([]string{"-config", path, "-tls-key", "/k.pem"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.tlsCA != "/etc/csnap/csnap-agent-ca.pem" || o.tlsCert != "/etc/csnap/csnap-node-n1.pem" || o.tlsKey != "/k.pem" {
+		t.Fatalf("tls settings %q %q %q", o.tlsCA, o.tlsCert, o.tlsKey)
+	}
+	for _, bad := range []string{
+		"tls { ca_file = 1 }",
+		"tls { nope = \"x\" }",
+		"tls { inner { ca_file = \"x\" } }",
+		"other { ca_file = \"x\" }",
+	} {
+		if _, err := parseFlags([]string{"-config", writeConfig(t, bad)}, io.Discard); err == nil {
+			t.Errorf("%s: accepted", bad)
+		} else {
+			t.Logf("%s: %v", bad, err)
+		}
 	}
 }

@@ -79,8 +79,15 @@ func (d *fileDev) PunchHole(off, n int64) error {
 }
 
 // createSparse makes a sparse file of size bytes; it reports whether the
-// file was created (false: it existed and is left alone).
+// file was created (false: it existed and is left alone). The file and its
+// directory entry are durable when it returns.
 func createSparse(path string, size int64) (bool, error) {
+	return createSparseWith(path, size, syncDir)
+}
+
+// createSparseWith is createSparse with the directory sync it calls after
+// creating the file (tests watch it).
+func createSparseWith(path string, size int64, syncDir func(dir string) error) (bool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
@@ -92,7 +99,35 @@ func createSparse(path string, size int64) (bool, error) {
 	if err := f.Truncate(size); err != nil {
 		return true, err
 	}
-	return true, f.Sync()
+	if err := f.Sync(); err != nil {
+		return true, err
+	}
+	return true, syncDir(filepath.Dir(path))
+}
+
+// makeDir makes directory dir (and its parents) if missing; the entry of
+// each directory it creates is made durable in its parent.
+func makeDir(dir string, perm os.FileMode) error {
+	return makeDirWith(dir, perm, syncDir)
+}
+
+func makeDirWith(dir string, perm os.FileMode, syncDir func(dir string) error) error {
+	dir = filepath.Clean(dir)
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := makeDirWith(parent, perm, syncDir); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
 }
 
 // createWritten makes a file of size bytes with every block allocated and
@@ -197,10 +232,25 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if dir == "" {
 		dir = devDataDir
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := makeDir(dir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
+	// -dev's volume paths: its data directory, unless -volume-paths says
+	// otherwise (the volume's files are always in the data directory).
+	roots := o.volumePaths
+	if len(roots) == 0 {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("data directory: %w", err)
+		}
+		roots = []string{abs}
+	}
+	absOrigin, _ := filepath.Abs(originPath)
+	absStore, _ := filepath.Abs(storePath)
+	if err := checkVolumePaths(roots, absOrigin, absStore); err != nil {
+		return err
+	}
 	if _, err := createSparse(originPath, devSize); err != nil {
 		return fmt.Errorf("origin %s: %w", originPath, err)
 	}
@@ -255,10 +305,17 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	}
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	defer stopSrv()
+	certs, err := nodeTLS(srvCtx, o, true, dir, node, log)
+	if err != nil {
+		return err
+	}
 	snapSrv, err := server.New(server.Config{
 		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
 		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
-		Log: log.WithField("component", "snapserver"),
+		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
+		// One node: the lock is always ours; shared state holds LU states.
+		LockCheck: server.StillOurs{}, ValidateShared: validateLUState,
+		PersistShared: persistedSCSIState,
 	})
 	if err != nil {
 		return err
@@ -275,7 +332,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	srvWG.Add(1)
 	go func() {
 		defer srvWG.Done()
-		if err := snapSrv.Serve(srvCtx, sl); err != nil && !errors.Is(err, server.ErrServerClosed) {
+		if err := snapSrv.Serve(srvCtx, tlsListener(sl, certs)); err != nil && !errors.Is(err, server.ErrServerClosed) {
 			log.WithError(err).Error("snapshot server stopped")
 		}
 	}()
@@ -289,20 +346,17 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
-	if o.chapDiscovery {
-		if chap == nil {
-			return errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
-		}
-		icfg.DiscoveryCHAP = chap
+	icfg, err := iscsiConfig(o, log, chap)
+	if err != nil {
+		return err
 	}
 	isrv := iscsi.NewServer(icfg)
 
 	var exp *export
 	cl, err := client.New(ctx, client.Config{
 		Volume: devVolume, Node: node, ID: clientID(node, devVolume),
-		Locator: client.StaticLocator(sl.Addr().String()),
-		Origin:  origin, Store: store,
+		Locator: client.StaticServer{Addr: sl.Addr().String(), Node: node}, TLS: clientTLS(certs),
+		Origin: origin, Store: store,
 		Log: log.WithField("component", "snapclient"),
 		OnChange: func(uint64) {
 			if exp != nil {
@@ -318,7 +372,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		return fmt.Errorf("connecting to the snapshot server: %w", err)
 	}
 	defer cl.Close()
-	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, log.WithField("volume", devVolume))
+	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, nil, log.WithField("volume", devVolume))
 	if err := exp.start(ctx); err != nil {
 		return err
 	}
@@ -342,22 +396,32 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		}
 		listeners = append(listeners, l)
 	}
+	token, tokenFile, err := apiToken(o, dir, os.Getenv)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	tlsCfg, err := apiTLS(o)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	initiators, err := loadDevState(dir)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	exp.setInitiators(initiators)
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
 		closeAll()
 		return fmt.Errorf("HTTP API: %w", err)
 	}
-	token := os.Getenv("CSNAP_HTTP_TOKEN")
-	if err := checkAPIExposure(hl.Addr(), token); err != nil {
-		hl.Close()
-		closeAll()
-		return err
-	}
 	svc := &devService{
 		node: node, exp: exp, cl: cl, srv: snapSrv, eng: eng, iscsi: isrv,
-		serverAddr: sl.Addr().String(), origin: originPath, store: storePath,
+		serverAddr: sl.Addr().String(), origin: originPath, store: storePath, dir: dir,
 	}
-	hs := &http.Server{Handler: newAPI(svc, isrv, token), ReadHeaderTimeout: 10 * time.Second}
+	hs := newHTTPServer(newAPI(svc, isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(listeners)+1)
@@ -373,13 +437,18 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := hs.Serve
+		if tlsCfg != nil {
+			serve = func(l net.Listener) error { return hs.ServeTLS(l, "", "") }
+		}
+		if err := serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 		}
 	}()
 
 	p0 := listeners[0].Addr().String()
 	iqn := originIQN(devVolume)
+	admin, tokenNote := devAdminCommand(hl.Addr().String(), tlsCfg != nil, dir, tokenFile)
 	fmt.Fprintf(stdout, `csnapd -dev: volume %q (%d MiB, snapshot store %d MiB) in %s
   iSCSI portal%s %s; origin target %s, LUN 0; snapshots appear as %s:SNAPSHOT
   Log in with open-iscsi:
@@ -388,11 +457,11 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
   Or with libiscsi / qemu:
     iscsi-ls -s iscsi://%s
     qemu-io -f raw iscsi://%s/%s/0
-  Snapshots:
-    csnap-admin -addr %s snapshot create %s snap1
-    csnap-admin -addr %s snapshot list %s
+  Snapshots (%s):
+    %s snapshot create %s snap1
+    %s snapshot list %s
 `, devVolume, eng.OriginSize()>>20, devSize>>20, dir, plural(len(portals)), strings.Join(portals, ", "), iqn, iqn,
-		p0, iqn, p0, p0, p0, iqn, hl.Addr(), devVolume, hl.Addr(), devVolume)
+		p0, iqn, p0, p0, p0, iqn, tokenNote, admin, devVolume, admin, devVolume)
 	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": dir,
 		"snapserver": sl.Addr().String(), "term": snapSrv.Term()}).Info("csnapd -dev serving")
 
@@ -474,4 +543,27 @@ func chapFromEnv(getenv func(string) string) (*iscsi.CHAP, error) {
 		return nil, errors.New("CHAP: the mutual secret must differ from the initiator's secret")
 	}
 	return c, nil
+}
+
+// devAdminCommand is the csnap-admin command line csnapd -dev prints, and
+// a note on where its API token comes from. csnap-admin reads
+// ./csnap-dev/api-token by itself, so with the default data directory the
+// printed lines work as they are from the directory csnapd runs in;
+// otherwise they name the token file.
+func devAdminCommand(httpAddr string, tls bool, dir, tokenFile string) (cmd, note string) {
+	addr := httpAddr
+	if tls {
+		addr = "https://" + httpAddr // the client needs -ca-file too
+	}
+	cmd = "csnap-admin -addr " + addr
+	switch {
+	case tokenFile == "":
+		return cmd, "API token from $CSNAP_HTTP_TOKEN, which csnap-admin reads too"
+	case filepath.Clean(dir) == filepath.Clean(devDataDir) && filepath.Clean(tokenFile) == filepath.Join(devDataDir, tokenFileName):
+		return cmd, "run here: csnap-admin reads the API token from " + tokenFile + "; elsewhere add -token-file"
+	}
+	if abs, err := filepath.Abs(tokenFile); err == nil {
+		tokenFile = abs
+	}
+	return cmd + " -token-file " + tokenFile, "API token in " + tokenFile
 }

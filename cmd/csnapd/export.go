@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 
@@ -34,17 +34,58 @@ type export struct {
 
 	mu    sync.Mutex
 	snaps map[string]uint32 // exported snapshot name -> id
+	// initiators is the volume's initiator allow-list (empty: any), set
+	// on every target; targets holds each exported target's
+	// configuration, to re-register it when the list changes.
+	initiators []string
+	targets    map[string]iscsi.TargetConfig
 }
 
-func newExport(volume string, uuid [16]byte, cl *client.Client, srv *iscsi.Server, chap *iscsi.CHAP, log *logrus.Entry) *export {
+func newExport(volume string, uuid [16]byte, cl *client.Client, srv *iscsi.Server, chap *iscsi.CHAP, initiators []string, log *logrus.Entry) *export {
 	return &export{volume: volume, uuid: uuid, cl: cl, srv: srv, chap: chap, log: log, snaps: map[string]uint32{},
-		store: newSharedStore(cl, log)}
+		store: newSharedStore(cl, log), initiators: slices.Clone(initiators), targets: map[string]iscsi.TargetConfig{}}
+}
+
+// setInitiators replaces the initiator allow-list of every target of the
+// volume (the origin's and each snapshot's): new logins are checked
+// against it at once.
+func (e *export) setInitiators(names []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if slices.Equal(e.initiators, names) {
+		return
+	}
+	e.initiators = slices.Clone(names)
+	for name, tc := range e.targets {
+		tc.Initiators = slices.Clone(names)
+		if err := e.srv.AddTarget(tc); err != nil {
+			e.log.WithError(err).WithField("target", name).Error("updating the target's initiator allow-list")
+			continue
+		}
+		e.targets[name] = tc
+	}
+	e.log.WithField("initiators", names).Info("initiator allow-list updated")
+}
+
+// initiatorList returns the initiator allow-list.
+func (e *export) initiatorList() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.initiators)
+}
+
+// targetConfig returns the configuration exported for target iqn.
+func (e *export) targetConfig(iqn string) (iscsi.TargetConfig, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	tc, ok := e.targets[iqn]
+	return tc, ok
 }
 
 func originIQN(volume string) string         { return iqnPrefix + volume }
 func snapshotIQN(volume, snap string) string { return iqnPrefix + volume + ":" + snap }
 
-// addTarget exports one client volume as LUN 0 of target iqn.
+// addTarget exports one client volume as LUN 0 of target iqn. e.mu is held.
 func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, product string) error {
 	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product)}
 	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, e.store)
@@ -52,12 +93,26 @@ func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, pro
 		return err
 	}
 	t.SetPreemptAbortHandler(e.srv.PreemptAbort)
-	return e.srv.AddTarget(iscsi.TargetConfig{Name: iqn, Alias: alias, Exec: t, CHAP: e.chap})
+	tc := iscsi.TargetConfig{Name: iqn, Alias: alias, Exec: t, CHAP: e.chap, Initiators: slices.Clone(e.initiators)}
+	if err := e.srv.AddTarget(tc); err != nil {
+		return err
+	}
+	e.targets[iqn] = tc
+	return nil
+}
+
+// removeTarget ends target iqn's sessions and unexports it. e.mu is held.
+func (e *export) removeTarget(iqn string) {
+	e.srv.RemoveTarget(iqn)
+	delete(e.targets, iqn)
 }
 
 // start exports the origin and the current snapshots.
 func (e *export) start(ctx context.Context) error {
-	if err := e.addTarget(originIQN(e.volume), "csnap "+e.volume+" origin", e.cl.Origin(), 0, "csnap origin"); err != nil {
+	e.mu.Lock()
+	err := e.addTarget(originIQN(e.volume), "csnap "+e.volume+" origin", e.cl.Origin(), 0, "csnap origin")
+	e.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	return e.refresh(ctx)
@@ -81,7 +136,7 @@ func (e *export) refresh(ctx context.Context) error {
 	}
 	for name, id := range e.snaps {
 		if s, ok := live[name]; !ok || s.ID != id {
-			e.srv.RemoveTarget(snapshotIQN(e.volume, name))
+			e.removeTarget(snapshotIQN(e.volume, name))
 			delete(e.snaps, name)
 			e.log.WithFields(logrus.Fields{"snapshot": name, "id": id}).Info("snapshot target removed")
 		}
@@ -114,15 +169,10 @@ func (e *export) unexport(name string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.snaps[name]; ok {
-		e.srv.RemoveTarget(snapshotIQN(e.volume, name))
+		e.removeTarget(snapshotIQN(e.volume, name))
 		delete(e.snaps, name)
 	}
 }
 
 // clientID is the stable client id of a node for a volume.
-func clientID(node, volume string) wire.ClientID {
-	h := sha256.Sum256([]byte(node + "\x00" + volume))
-	var id wire.ClientID
-	copy(id[:], h[:16])
-	return id
-}
+func clientID(node, volume string) wire.ClientID { return wire.ClientIDFor(node, volume) }

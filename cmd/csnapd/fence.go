@@ -22,6 +22,8 @@ type fencedDev struct {
 
 func (d *fencedDev) fence() { d.fenced.Store(true) }
 
+func (d *fencedDev) isFenced() bool { return d.fenced.Load() }
+
 func (d *fencedDev) WriteAt(p []byte, off int64) (int, error) {
 	if d.fenced.Load() {
 		return 0, errFenced

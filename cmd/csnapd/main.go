@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/iscsi"
 )
 
 // version is set at build time (make build: git describe).
@@ -39,6 +41,18 @@ type options struct {
 	version    bool
 	// chapDiscovery also requires CHAP on discovery sessions.
 	chapDiscovery bool
+	// chapAlgorithms lists the CHAP hashes initiators may use.
+	chapAlgorithms string
+
+	// HTTP API security (SPEC.md "Security"; cmd/csnapd/httpapi.go).
+	httpTokenFile   string     // file holding the API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token)
+	httpHosts       stringList // names accepted in the Host header besides the listen address
+	httpOrigins     stringList // browser origins allowed to call the API
+	httpTLSCertFile string     // serve the API over TLS with this certificate...
+	httpTLSKeyFile  string     // ...and key
+	// volumePaths: a volume's origin and store must lie under one of
+	// these (or be one of them); -dev: its data directory.
+	volumePaths stringList
 
 	// cluster: not -dev and some setting given (-config or flags alone).
 	cluster bool
@@ -52,6 +66,10 @@ type options struct {
 	ioTimeout      time.Duration // how long IO waits for a snapshot server before failing
 	awaitTimeout   time.Duration // how long a new server waits for the old one's clients
 	directIO       bool          // open volumes' origin and store O_DIRECT (coherent across hosts)
+
+	// Mutual TLS of the snapshot-server protocol (tls.go).
+	tlsCA, tlsCert, tlsKey string
+	insecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
 }
 
 // Cluster-mode defaults (docs/CLUSTER.md explains the timings).
@@ -80,6 +98,13 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
+	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", "sha256,sha1,md5", "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
+	fs.StringVar(&o.httpTokenFile, "http-token-file", "", "file holding the HTTP API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token, generated at first start)")
+	fs.Var(&o.httpHosts, "http-hosts", "comma-separated host names the HTTP API answers to besides its listen address (DNS-rebinding protection)")
+	fs.Var(&o.httpOrigins, "http-origins", "comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP API (default: none)")
+	fs.StringVar(&o.httpTLSCertFile, "http-tls-cert-file", "", "serve the HTTP API over TLS with this certificate `file` (PEM)")
+	fs.StringVar(&o.httpTLSKeyFile, "http-tls-key-file", "", "private key `file` of -http-tls-cert-file (PEM)")
+	fs.Var(&o.volumePaths, "volume-paths", "cluster: comma-separated directories or devices volumes' origin and store must lie under (-dev: its data directory)")
 	fs.IntVar(&o.portalGroupTag, "portal-group-tag", 0, "cluster: this node's portal group tag and relative target port id, 1-65535, distinct per node (default: derived from the node name)")
 	fs.StringVar(&o.consulPrefix, "consul-prefix", defaultConsulPrefix, "cluster: Consul KV prefix")
 	fs.DurationVar(&o.lockDelay, "lock-delay", defaultLockDelay, "cluster: Consul lock-delay of the server lock")
@@ -88,6 +113,10 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.ioTimeout, "io-timeout", defaultIOTimeout, "cluster: how long IO waits for an unreachable snapshot server before failing")
 	fs.DurationVar(&o.awaitTimeout, "await-timeout", defaultAwaitTimeout, "cluster: how long a newly elected server waits for the previous server's clients")
 	fs.BoolVar(&o.directIO, "direct-io", true, "cluster: open volumes' origin and store with O_DIRECT, bypassing this host's page cache (needed when nodes run on different hosts)")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "snapshot-server protocol: CA certificate `file` (csnap-admin tls ca create; -dev: made in DATA_DIR/tls)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "snapshot-server protocol: this node's certificate `file` (csnap-admin tls cert create)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "snapshot-server protocol: this node's private key `file`")
+	fs.BoolVar(&o.insecureNoTLS, "insecure-no-tls", false, "cluster: run the snapshot-server protocol without TLS: any process that reaches the port can act as a node (tests only)")
 	return fs
 }
 
@@ -176,4 +205,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// iscsiConfig is the iSCSI target configuration common to -dev and cluster
+// mode: CHAP on discovery sessions and the accepted CHAP algorithms.
+func iscsiConfig(o *options, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
+	if o.chapDiscovery {
+		if chap == nil {
+			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
+		}
+		icfg.DiscoveryCHAP = chap
+	}
+	algs, err := iscsi.ParseCHAPAlgorithms(o.chapAlgorithms)
+	if err != nil {
+		return icfg, fmt.Errorf("-chap-algorithms: %w", err)
+	}
+	icfg.CHAPAlgorithms = algs
+	return icfg, nil
 }

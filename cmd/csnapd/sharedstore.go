@@ -89,3 +89,19 @@ func decodeLUState(b []byte) (*scsi.LUState, error) {
 	}
 	return scsi.UnmarshalLUState(b)
 }
+
+// persistedSCSIState is the snapshot server's Config.PersistShared for the
+// SCSI shared state: of a logical unit's state only the mode parameters
+// outlive a restart of every node, and only when they are not the
+// defaults. Reservations (csnap has no APTPL) and unit attentions do not.
+func persistedSCSIState(key string, value []byte) []byte {
+	st, err := decodeLUState(value)
+	if err != nil || st.Mode == (scsi.ModeParameters{}) {
+		return nil
+	}
+	b, err := (&scsi.LUState{Mode: st.Mode}).MarshalBinary()
+	if err != nil {
+		return nil
+	}
+	return b
+}

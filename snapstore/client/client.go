@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -45,6 +46,24 @@ type StaticLocator string
 
 // Server returns the address.
 func (s StaticLocator) Server(context.Context) (string, error) { return string(s), nil }
+
+// NodeLocator is a Locator that also names the node that serves the
+// volume (the holder of the volume's server lock in Consul). A client with
+// TLS needs one: it accepts only a server whose certificate names that
+// node.
+type NodeLocator interface {
+	Locator
+	ServerNode(ctx context.Context) (addr, node string, err error)
+}
+
+// StaticServer is a NodeLocator that always names the same server.
+type StaticServer struct{ Addr, Node string }
+
+// Server returns the address.
+func (s StaticServer) Server(context.Context) (string, error) { return s.Addr, nil }
+
+// ServerNode returns the address and the node.
+func (s StaticServer) ServerNode(context.Context) (string, string, error) { return s.Addr, s.Node, nil }
 
 // Errors. Every error the client returns wraps one of these or an error
 // of a device; errors from the server also wrap the *wire.Error they came
@@ -98,6 +117,12 @@ type Config struct {
 	// slow OnChange sees only the latest generation.
 	OnChange func(generation uint64)
 
+	// TLS, if set, makes every connection mutual TLS: it returns the
+	// configuration of a connection to the server of node (named by the
+	// Locator, which must be a NodeLocator), and that configuration must
+	// accept only a certificate of that node (pki.Holder.ClientConfig).
+	TLS func(node string) *tls.Config
+
 	// Optional tuning; zero values pick the defaults.
 	Dial         func(ctx context.Context, addr string) (net.Conn, error) // default: TCP
 	DialTimeout  time.Duration                                            // per attempt, default 3 s
@@ -147,7 +172,10 @@ type call struct {
 	done     chan result  // buffered; nil for internal calls
 	cb       func(result) // internal calls: called without c.mu
 	abandon  bool         // the caller gave up; drop the answer
-	snapshot uint32       // kindSnapRead: for the lock record
+	snapshot uint32       // SNAPSHOT_READ: for the lock record; both: for storeReading
+	// answeredOn: the connection a SNAPSHOT_WRITE_OK came on (the client
+	// writes the store only while it is the current one).
+	answeredOn *conn
 }
 
 // Client is one node's client of one volume's snapshot server. It is safe
@@ -209,8 +237,10 @@ type Client struct {
 	// been dropped (RECLAIM, connection lost or made), and an answer is
 	// cached only if the epoch has not changed since its request; storeReading
 	// counts, per snapshot, reads that may be reading store locations (a
-	// cache hit, or an answer received), which RECLAIM waits for; readsC is
-	// signalled when one ends; raWin are read-aheads in flight, by snapshot.
+	// cache hit, or an answer received) and writes of writable snapshots
+	// that may be writing them (SNAPSHOT_WRITE_OK received), which RECLAIM
+	// waits for; readsC is signalled when one ends; raWin are read-aheads
+	// in flight, by snapshot.
 	loc          *locCache
 	locEpoch     uint64
 	storeReading map[uint32]int
@@ -406,7 +436,10 @@ func (c *Client) startLocked(kind callKind, msg wire.Message) (*call, error) {
 		return nil, fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
 	}
 	cl := &call{kind: kind, msg: msg, done: make(chan result, 1)}
-	if r, ok := msg.(*wire.SnapshotRead); ok {
+	switch r := msg.(type) {
+	case *wire.SnapshotRead:
+		cl.snapshot = r.Snapshot
+	case *wire.SnapshotWrite:
 		cl.snapshot = r.Snapshot
 	}
 	c.nextSeq++
@@ -634,6 +667,11 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 			// RECLAIM behind this answer waits for it (storeReadDone).
 			c.storeReading[cl.snapshot]++
 		}
+	} else if _, is := m.(*wire.SnapshotWriteOK); is && !cl.abandon {
+		// The writer writes these store locations from now on: a RECLAIM
+		// behind this answer waits for it (storeReadDone), as for a read.
+		c.storeReading[cl.snapshot]++
+		cl.answeredOn = cn
 	}
 	c.finishLocked(cl, r)
 	c.pumpLocked()
@@ -794,13 +832,21 @@ func (c *Client) checkOutage() {
 func (c *Client) connect() (*conn, *wire.HelloOK, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
 	defer cancel()
-	addr, err := c.cfg.Locator.Server(ctx)
+	addr, node, err := c.locate(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("locating the server: %w", err)
 	}
 	nc, err := c.cfg.Dial(ctx, addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if c.cfg.TLS != nil {
+		tc := tls.Client(nc, c.cfg.TLS(node))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("server %s (node %s): TLS: %w", addr, node, err)
+		}
+		nc = tc
 	}
 	c.mu.Lock()
 	c.nextID++
@@ -827,6 +873,20 @@ func (c *Client) connect() (*conn, *wire.HelloOK, error) {
 		return nil, nil, fmt.Errorf("server %s: %w", addr, err)
 	}
 	return cn, ok, nil
+}
+
+// locate asks the Locator where the server is, and with TLS, which node
+// it is.
+func (c *Client) locate(ctx context.Context) (addr, node string, err error) {
+	if c.cfg.TLS == nil {
+		addr, err = c.cfg.Locator.Server(ctx)
+		return addr, "", err
+	}
+	nl, ok := c.cfg.Locator.(NodeLocator)
+	if !ok {
+		return "", "", fmt.Errorf("TLS needs a locator that names the server's node, %T does not", c.cfg.Locator)
+	}
+	return nl.ServerNode(ctx)
 }
 
 // install makes cn the client's connection: it adopts the server's term

@@ -21,7 +21,10 @@
 // the request was sent, or across a lost connection, are done again.
 // Snapshot writes (writable snapshots) send SNAPSHOT_WRITE, which makes
 // the chunks private to the snapshot, and write the data at the store
-// offsets of the answer. Unmap on the origin is a write (the old data is
+// offsets of the answer; until written they hold back RECLAIM_OK for the
+// snapshot, and a store write that would start later than wire.LockTrust
+// after the request was sent, or after its connection was lost, is asked
+// for again. Unmap on the origin is a write (the old data is
 // copied out first): whole chunks are punched where the device can
 // (PunchHoler), the rest zero-filled.
 //

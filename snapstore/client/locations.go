@@ -111,7 +111,8 @@ func (c *Client) storeReadDone(snap uint32) {
 // reclaim handles RECLAIM{snaps} from cn (request id id): the locations of
 // snaps are forgotten at once (and answers in flight will not be cached:
 // the epoch changes); RECLAIM_OK goes out once no read of snaps that may
-// be reading the store is left. Reads of snaps that start later cannot
+// be reading the store, and no write of snaps that may be writing it
+// (snapWrite), is left. Reads and writes of snaps that start later cannot
 // learn a location: the cache has none and the server answers ERROR.
 func (c *Client) reclaim(cn *conn, id uint64, snaps []uint32) {
 	c.mu.Lock()

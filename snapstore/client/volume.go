@@ -437,6 +437,17 @@ func (v *Volume) readExtents(m wire.Message, handle uint64, r wire.Range, p []by
 // snapWrite writes a writable snapshot: SNAPSHOT_WRITE makes the chunks
 // private to it (copying shared data first, so partial chunk writes are
 // right), then the data goes to the store offsets.
+//
+// The answer's store locations stay the snapshot's only until it is
+// deleted or dropped and its space reclaimed, so from the answer until the
+// data is written the write counts in storeReading, which a RECLAIM of the
+// snapshot waits for (as for a read). A server that gets no RECLAIM_OK
+// reuses the space no earlier than BarrierTimeout (at least
+// wire.LockLease) after it sent the answer, so no store write is started
+// later than wire.LockTrust after the SNAPSHOT_WRITE was sent, nor after
+// the connection it was answered on was lost (a new server does not know
+// the approval): the batch is asked of the server again instead (it
+// answers the same, now private, locations, or that the snapshot is gone).
 func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 	c := v.c
 	if v.gone.Load() {
@@ -445,37 +456,76 @@ func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 	deadline := time.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
-	for b := first; b <= last; b += wire.MaxChunks {
+	for b := first; b <= last; {
 		r := wire.Range{Start: b, Count: uint32(min(last-b+1, wire.MaxChunks))}
-		m, err := c.do(context.Background(), kindIO, &wire.SnapshotWrite{Snapshot: v.snap, Ranges: []wire.Range{r}}, deadline)
+		cl, err := c.start(kindIO, &wire.SnapshotWrite{Snapshot: v.snap, Ranges: []wire.Range{r}})
+		if err != nil {
+			return err
+		}
+		m, err := c.wait(context.Background(), cl, deadline)
 		if err != nil {
 			return err
 		}
 		var ok *wire.SnapshotWriteOK
 		switch m := m.(type) {
 		case *wire.SnapshotWriteOK:
-			ok = m
+			ok = m // counted in storeReading by deliver
 		case *wire.Error:
 			return v.snapError(m)
 		}
-		if err := wire.CheckExtents(ok.Extents, []wire.Range{r}); err != nil {
-			return fmt.Errorf("SNAPSHOT_WRITE_OK: %w: %w", ErrProtocol, err)
+		late, err := v.writeStore(cl, ok, r, p, off, end)
+		c.storeReadDone(v.snap)
+		if err != nil {
+			return err
 		}
-		for _, x := range ok.Extents {
-			xs, xe := int64(x.Start)<<c.chunkShift, int64(x.Start+uint64(x.Count))<<c.chunkShift
-			lo, hi := max(xs, off), min(xe, end)
-			if lo >= hi {
-				continue
+		if late {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("snapshot write of chunk %d: approval not trusted any more, and the IO time limit has passed", r.Start)
 			}
-			if err := writeFull(c.cfg.Store, p[lo-off:hi-off], int64(x.StoreOffset)+(lo-xs)); err != nil {
-				return err
-			}
+			c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
+				Info("a snapshot write approval outlived its trust time (wire.LockTrust) or its connection; asking again")
+			continue // the same batch again
 		}
+		b += uint64(r.Count)
 	}
 	if fua {
 		return c.cfg.Store.Flush()
 	}
 	return nil
+}
+
+// writeStore writes the part of p within the store extents of ok (the
+// answer to SNAPSHOT_WRITE call cl for r). It stops, reporting late, before
+// a store write the approval no longer covers (storeWriteTrusted).
+func (v *Volume) writeStore(cl *call, ok *wire.SnapshotWriteOK, r wire.Range, p []byte, off, end int64) (late bool, err error) {
+	c := v.c
+	if err := wire.CheckExtents(ok.Extents, []wire.Range{r}); err != nil {
+		return false, fmt.Errorf("SNAPSHOT_WRITE_OK: %w: %w", ErrProtocol, err)
+	}
+	for _, x := range ok.Extents {
+		xs, xe := int64(x.Start)<<c.chunkShift, int64(x.Start+uint64(x.Count))<<c.chunkShift
+		lo, hi := max(xs, off), min(xe, end)
+		if lo >= hi {
+			continue
+		}
+		if !c.storeWriteTrusted(cl) {
+			return true, nil
+		}
+		if err := writeFull(c.cfg.Store, p[lo-off:hi-off], int64(x.StoreOffset)+(lo-xs)); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// storeWriteTrusted reports whether the store locations answered to the
+// SNAPSHOT_WRITE call cl may still be written: less than wire.LockTrust
+// since it was sent, and the connection it was answered on still current.
+func (c *Client) storeWriteTrusted(cl *call) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return cl.answeredOn != nil && c.cn == cl.answeredOn && !cl.answeredOn.isDead() &&
+		time.Now().Before(cl.sentAt.Add(wire.LockTrust))
 }
 
 // snapError maps a server ERROR for a snapshot IO.

@@ -29,11 +29,24 @@
 //
 // # Connections
 //
+// On a TLS listener (pki.Holder.ServerConfig) a connection without a
+// client certificate of the cluster's CA fails its TLS handshake and is
+// closed before any frame is read. With Config.PeerNode (TLSPeerNode),
+// before a HELLO touches any state, the server rejects it (reason
+// identity) unless it claims the node the certificate names and that
+// node's client id (wire.ClientIDFor), and rejects it (not a member)
+// unless that node is a cluster member. Whether or not connections are
+// authenticated, a HELLO with a client id the server knows as another
+// node's (connected, awaited, detached, unsettled) is rejected (identity):
+// a node never takes over another's connection, locks or approvals.
+//
 // A client sends HELLO. The server rejects it (HELLO_REJECT, then closes)
 // when it is shutting down, no protocol version is in common, the volume
-// is not ours, the client knows a newer term than ours (we have been
-// deposed: Config.OnDeposed is called), or the client's node is not a
-// cluster member. Otherwise HELLO_OK carries our term, the geometry, the
+// is not ours, the client's node is not a cluster member, or the client
+// claims a newer term than ours. Membership is checked first, and a claim
+// is never taken on the peer's word: the server asks Config.LockCheck
+// (Consul's lock key, read consistently) and calls Config.OnDeposed only
+// when the lock is confirmed lost (lockcheck.go). Otherwise HELLO_OK carries our term, the geometry, the
 // store UUID, the snapshot generation and the limits. The client then
 // re-declares the read locks it holds (UPLOAD_LOCKS notices, then
 // UPLOAD_DONE, answered OK); until then only PING is served. On
@@ -52,6 +65,13 @@
 // disconnected rather than blocking anyone. Malformed frames are answered
 // ERROR bad request; more than a few, or a corrupt stream, close the
 // connection. Nothing a client sends affects other connections.
+//
+// A read or block lock is honoured no longer than Config.LockBound
+// (DefaultLockBound, 4 × wire.LockLease) and then revoked, and one
+// client's read locks cover at most locks.Limits.MaxChunks chunks
+// (DefaultMaxLockedChunks); see lockbound.go. Shared-state values are
+// checked by Config.ValidateShared before they are committed or adopted,
+// and ResetShared is the operator's repair (shared.go).
 //
 // When a connection is lost, the client's parked writes are cancelled.
 // If it holds no read lock it is forgotten (and deleted from the
@@ -182,15 +202,19 @@
 // DELETE_SNAPSHOT never waits for it). Before a pass reuses the space of
 // snapshots W:
 //
-//  1. it waits until every SNAPSHOT_READ whose lookup began before now has
-//     had its answer written: any later lookup of W fails, so from here on
-//     no client can learn a location of W;
+//  1. it waits until every SNAPSHOT_READ (and SNAPSHOT_WRITE) whose
+//     lookup began before now has had its answer written: any later
+//     lookup of W fails, so from here on no client can learn a location
+//     of W;
 //  2. it sends RECLAIM{W} to every live version-4 connection, and to
 //     version-4 clients that finish their UPLOAD_DONE while it waits and
 //     that it waits for (below). A client answers RECLAIM_OK once it has
-//     dropped W's cached locations and every store read of W it began has
-//     finished (answers to SNAPSHOT_READ received before the RECLAIM
-//     included, by step 1 and the order of frames on a connection);
+//     dropped W's cached locations and every store read and write of W
+//     it began has finished (answers to SNAPSHOT_READ and SNAPSHOT_WRITE
+//     received before the RECLAIM included, by step 1 and the order of
+//     frames on a connection; a client writes no store location later
+//     than wire.LockTrust after asking, so BarrierTimeout must be at
+//     least wire.LockLease);
 //  3. it waits for the answer of each client that was connected, or had
 //     lost its connection less than BarrierTimeout ago after being
 //     answered store locations ("away": it may still be reading). A
@@ -215,6 +239,27 @@
 // runs while the server is closed is not drained either (its clients lose
 // their connections and drop their caches; csnapd closes the engine with
 // the server).
+//
+// # Persisted shared state
+//
+// The shared state (SHARED_UPDATE) lives in the server's memory and in
+// every client's replica; a new server rebuilds it from the uploads. What
+// must outlive a restart of every node is picked from each entry by
+// Config.PersistShared (csnapd: an LU's mode parameters, never its
+// reservations or unit attentions) and recorded in the store's volume
+// attributes (snapstore.Engine.SetVolumeAttrs) before the update that
+// changes it commits, so a change acknowledged to a client is durable. New
+// restores the recorded entries at version 1, below every version a server
+// commits, so any client's replica wins over them. The record (format 1,
+// big-endian):
+//
+//	1  format, 1
+//	2  entry count n, then n entries in increasing key order:
+//	     2  key length, then the key
+//	     2  value length, then the kept value
+//
+// No record (empty attributes) means nothing is kept. A record a server
+// cannot read is logged and ignored.
 //
 // # Failover: the client registry and awaited clients
 //

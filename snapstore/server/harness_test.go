@@ -217,6 +217,14 @@ func (c *client) read(r *wire.Reader) {
 			}
 			continue
 		}
+		if _, ok := m.(*wire.SharedState); ok {
+			// Kept with the notices, and acknowledged.
+			c.mu.Lock()
+			c.notices = append(c.notices, m)
+			c.mu.Unlock()
+			_ = c.w.Write(id, &wire.OK{})
+			continue
+		}
 		if m.Type().Kind() == wire.KindNotice {
 			c.mu.Lock()
 			c.notices = append(c.notices, m)

@@ -74,6 +74,10 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 // route reads the HELLO (keeping its bytes) and hands the connection over.
 func (m *Mux) route(ctx context.Context, conn net.Conn) {
 	log := m.log.WithField("remote", conn.RemoteAddr().String())
+	if !tlsHandshake(conn, m.timeout, log) {
+		conn.Close()
+		return
+	}
 	var seen bytes.Buffer
 	_ = conn.SetReadDeadline(time.Now().Add(m.timeout))
 	id, msg, err := wire.NewReader(io.TeeReader(conn, &seen)).Read()
@@ -113,3 +117,7 @@ type replayConn struct {
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// NetConn returns the connection underneath (pki.PeerNode reads its TLS
+// state).
+func (c *replayConn) NetConn() net.Conn { return c.Conn }

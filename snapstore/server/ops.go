@@ -50,11 +50,20 @@ func (s *Server) handle(ss *session, id uint64, m wire.Message) (wire.Message, e
 		ss.send(id, &wire.SnapshotReadOK{Extents: xs})
 		return nil, nil
 	case *wire.SnapshotWrite:
+		// Counted like a read (the client writes the store locations it
+		// is answered): a reclamation pass sends RECLAIM after the answer,
+		// and the client answers RECLAIM_OK once the write has landed.
+		era := s.enterRead()
+		defer s.leaveRead(era)
 		xs, err := s.snapshotWrite(ctx, m.Snapshot, m.Ranges)
 		if err != nil {
 			return nil, err
 		}
-		return &wire.SnapshotWriteOK{Extents: xs}, nil
+		if ss.version >= wire.VersionReclaim && !ss.storeReads.Load() && len(xs) > 0 {
+			ss.storeReads.Store(true)
+		}
+		ss.send(id, &wire.SnapshotWriteOK{Extents: xs})
+		return nil, nil
 	case *wire.CreateSnapshot:
 		si, err := s.CreateSnapshot(ctx, m.Name, snapstore.CreateOptions{Priority: m.Priority, Writable: m.Writable})
 		if err != nil {
@@ -252,6 +261,7 @@ func (s *Server) snapshotRead(ctx context.Context, ss *session, id uint64, snap 
 	err := s.tab.Acquire(key, origin)
 	if err == nil {
 		s.granted[ss.id] = time.Now()
+		s.lockAt[key] = s.granted[ss.id]
 	}
 	s.mu.Unlock()
 	if err != nil {

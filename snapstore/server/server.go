@@ -49,6 +49,12 @@ type Config struct {
 	Registry Registry
 	// Membership says which nodes may connect. Default: AllowAll.
 	Membership Membership
+	// PeerNode, if set, says which node a connection's peer proved to be
+	// (TLSPeerNode: its verified TLS client certificate). A HELLO is then
+	// accepted only if it claims that node and that node's client id
+	// (wire.ClientIDFor). Nil: the HELLO's node is taken on its word
+	// (tests; every csnapd sets it).
+	PeerNode func(net.Conn) (string, error)
 	// Log is the base logger; default logrus.StandardLogger(). The server
 	// adds fields volume, term (and client, node, remote per connection).
 	Log    *logrus.Entry
@@ -72,12 +78,32 @@ type Config struct {
 	// MaxInFlight is the number of requests one connection may have
 	// outstanding (HELLO_OK tells the client). Default 256.
 	MaxInFlight int
-	// OnDeposed, if set, is called (once per occurrence, from a connection
-	// goroutine) when a client knows a newer term than ours: this server
-	// has been replaced and the cluster layer should stop it.
+	// OnDeposed, if set, is called (once, from a connection goroutine)
+	// when a client says it knows a newer term than ours and LockCheck
+	// confirms that the lock is no longer ours: this server has been
+	// replaced and the cluster layer should fence and stop it.
 	OnDeposed func(newerTerm uint64)
+	// ValidateShared, if set, checks a shared-state value (shared.go)
+	// before the server commits it (SHARED_UPDATE) or adopts it (a
+	// client's UPLOAD_SHARED); csnapd checks that it decodes as the SCSI
+	// state of a logical unit. An empty value, the state of an entry never
+	// written, is always valid and is not passed to it. Default: every
+	// value is valid.
+	ValidateShared func(key string, value []byte) error
+	// LockBound is how long the server honours a client's read lock or
+	// block lock (lockbound.go); at least wire.LockLease. Default
+	// DefaultLockBound.
+	LockBound time.Duration
+	// LockCheck confirms a claimed newer term with the lock service (see
+	// lockcheck.go). Default StillOurs (a claim never deposes).
+	LockCheck LockCheck
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
+	// PersistShared, if set, says what of a shared-state entry outlives a
+	// restart of every node: given an entry's key and value, the value to
+	// keep in the store (nil: nothing). It must be a pure function. See
+	// the package doc, "Persisted shared state".
+	PersistShared func(key string, value []byte) []byte
 }
 
 // Server is the snapshot server of one volume.
@@ -88,6 +114,11 @@ type Server struct {
 	mem   Membership
 	log   *logrus.Entry
 	since time.Time
+
+	// lockCheck shares the checks of claimed terms; deposedOnce calls
+	// OnDeposed once.
+	lockCheck   *lockChecker
+	deposedOnce sync.Once
 
 	// create serializes snapshot creations (one barrier at a time).
 	create chan struct{}
@@ -109,18 +140,28 @@ type Server struct {
 	started time.Time
 	// Block locks (blocks.go): the table, when each granted one was
 	// granted, and the requests waiting, woken by closing their channel.
-	blocks    *locks.Blocks
+	blocks *locks.Blocks
+	// lockAt is when each read lock was granted (or uploaded), revoked
+	// the read locks revoked past LockBound (lockbound.go).
+	lockAt    map[locks.Key]time.Time
+	revoked   map[locks.Key]time.Time
 	blockAt   map[locks.Key]time.Time
 	blockWait map[locks.Key]chan struct{}
 	unsettled map[wire.ClientID]unsettled // clients that may still write under an old approval
+	// persisted: what of the shared state the store keeps (persist.go).
+	persisted map[string][]byte
+
 	// shared is the shared state (shared.go); uploadAwait the registry
 	// clients whose upload a newly elected server waits for before it
 	// commits a shared-state update.
-	shared      map[string]*sharedEntry
-	uploadAwait map[wire.ClientID]string
-	parked      map[locks.Key]chan struct{}
-	barrier     *barrier
-	preparing   int // origin-write copy-outs in progress
+	shared map[string]*sharedEntry
+	// refusedShared: the newest version of each entry whose upload was
+	// refused as invalid (ResetShared goes above it).
+	refusedShared map[string]uint64
+	uploadAwait   map[wire.ClientID]string
+	parked        map[locks.Key]chan struct{}
+	barrier       *barrier
+	preparing     int // origin-write copy-outs in progress
 	// Reclamation (reclaim.go): the pass in progress, clients that lost
 	// their connection while they may have been reading the store, and
 	// SNAPSHOT_READs in progress by era (a pass waits for the older ones).
@@ -209,6 +250,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.LockCheck == nil {
+		cfg.LockCheck = StillOurs{}
+	}
+	if cfg.LockBound <= 0 {
+		cfg.LockBound = DefaultLockBound
+	}
+	cfg.LockBound = max(cfg.LockBound, wire.LockLease)
+	if cfg.Limits.MaxChunks <= 0 {
+		cfg.Limits.MaxChunks = DefaultMaxLockedChunks
+	}
 	if cfg.Limits.MaxRanges <= 0 || cfg.Limits.MaxRanges > wire.MaxRanges {
 		cfg.Limits.MaxRanges = wire.MaxRanges
 	}
@@ -230,6 +281,7 @@ func New(cfg Config) (*Server, error) {
 
 	s := &Server{
 		cfg: cfg, eng: eng, reg: cfg.Registry, mem: cfg.Membership, log: log, since: cfg.Now(),
+		lockCheck: &lockChecker{lc: cfg.LockCheck, now: cfg.Now},
 		create:    make(chan struct{}, 1),
 		tab:       locks.New(cfg.Limits),
 		sessions:  map[wire.ClientID]*session{},
@@ -239,10 +291,14 @@ func New(cfg Config) (*Server, error) {
 		granted:   map[wire.ClientID]time.Time{},
 		started:   time.Now(),
 		blocks:    locks.NewBlocks(0),
+		lockAt:    map[locks.Key]time.Time{},
+		revoked:   map[locks.Key]time.Time{},
 		blockAt:   map[locks.Key]time.Time{},
 		blockWait: map[locks.Key]chan struct{}{},
 		unsettled: map[wire.ClientID]unsettled{},
 		shared:    map[string]*sharedEntry{},
+
+		refusedShared: map[string]uint64{},
 
 		uploadAwait: map[wire.ClientID]string{},
 		parked:      map[locks.Key]chan struct{}{},
@@ -254,6 +310,9 @@ func New(cfg Config) (*Server, error) {
 		readsByEra:  map[uint64]int{},
 	}
 
+	if cfg.PersistShared != nil {
+		s.loadPersisted()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
 	defer cancel()
 	entries, err := s.reg.List(ctx)
@@ -291,6 +350,8 @@ func New(cfg Config) (*Server, error) {
 		s.timer = time.AfterFunc(d, s.awaitExpired)
 	}
 	eng.SetBeforeReclaim(s.beforeReclaim)
+	s.wg.Add(1)
+	go s.sweepLocks()
 	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
 	return s, nil
 }

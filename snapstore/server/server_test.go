@@ -19,7 +19,9 @@ func TestHandshake(t *testing.T) {
 	var deposed atomic.Uint64
 	e := start(t, Config{Term: 3,
 		Membership: MembershipFunc(func(n string) bool { return n != "stranger" }),
-		OnDeposed:  func(term uint64) { deposed.Store(term) }})
+		OnDeposed:  func(term uint64) { deposed.Store(term) },
+		// The lock is lost: a newer term's claim is confirmed.
+		LockCheck: LockCheckFunc(func(context.Context) (bool, error) { return false, nil })})
 
 	c, m := dial(t, e.addr, hello(cid(1), "n1"))
 	ok := mustType[*wire.HelloOK](t, m)

@@ -48,8 +48,9 @@ type session struct {
 	blockKeys map[uint64]struct{}
 
 	// storeReads: answered a SNAPSHOT_READ with store extents (version 4:
-	// the client may cache them), so after a disconnect it may still read
-	// the store for its lease (reclaim.go).
+	// the client may cache them) or a SNAPSHOT_WRITE, so after a
+	// disconnect it may still read or write the store for its lease
+	// (reclaim.go).
 	storeReads atomic.Bool
 
 	// guarded by s.regMu
@@ -140,7 +141,7 @@ func (ss *session) run() {
 	defer ss.teardown()
 	r := wire.NewReader(bufio.NewReader(ss.conn))
 	_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if !ss.handshake(r) {
+	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log) || !ss.handshake(r) {
 		return
 	}
 	for {
@@ -212,6 +213,9 @@ func (ss *session) handshake(r *wire.Reader) bool {
 		ss.send(id, &wire.HelloReject{Reason: reason, Term: s.cfg.Term, Message: clip(msg)})
 		return false
 	}
+	if reason, msg := ss.authenticate(h); reason != 0 {
+		return reject(reason, "%s", msg)
+	}
 	version := min(h.MaxVersion, wire.MaxVersion)
 	switch {
 	case version < max(h.MinVersion, wire.MinVersion):
@@ -219,20 +223,22 @@ func (ss *session) handshake(r *wire.Reader) bool {
 			h.MinVersion, h.MaxVersion, wire.MinVersion, wire.MaxVersion)
 	case h.Volume != s.cfg.Volume:
 		return reject(wire.RejectForeignVolume, "this server serves volume %q, not %q", s.cfg.Volume, h.Volume)
-	case h.Term > s.cfg.Term:
-		if s.cfg.OnDeposed != nil {
-			s.cfg.OnDeposed(h.Term)
-		}
-		s.log.WithField("newer_term", h.Term).Error("a client knows a newer term: this server has been deposed")
-		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows", s.cfg.Term, h.Term)
 	case !s.mem.IsMember(h.Node):
 		return reject(wire.RejectNotMember, "node %q is not a cluster member", h.Node)
+	case h.Term > s.cfg.Term:
+		// Never taken on the peer's word: the lock decides (lockcheck.go).
+		why := s.claimedTerm(ss.ctx, ss.log, h.Term)
+		return reject(wire.RejectStaleTerm, "server term %d is older than term %d the client knows (%s)", s.cfg.Term, h.Term, why)
 	}
 	ss.id, ss.node, ss.version = h.Client, h.Node, version
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return reject(wire.RejectShuttingDown, "server is shutting down")
+	}
+	if owner, known := s.clientNodeLocked(ss.id); known && owner != ss.node {
+		s.mu.Unlock()
+		return reject(wire.RejectIdentity, "client id %v belongs to node %q", ss.id, owner)
 	}
 	old := s.sessions[ss.id]
 	if old != nil {
@@ -288,8 +294,16 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 			return false
 		}
 		if err != nil {
-			// A client bug, or a lock dropped with an earlier connection.
-			ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			// A client bug, a lock dropped with an earlier connection, or
+			// one revoked past the bound (lockbound.go).
+			s.mu.Lock()
+			revoked := s.finishRevokedLocked(locks.Key{Client: locks.ClientID(ss.id), ID: m.Handle})
+			s.mu.Unlock()
+			if revoked {
+				ss.log.WithField("handle", m.Handle).Debug("FINISH_SNAPSHOT_READ of a revoked lock")
+			} else {
+				ss.log.WithError(err).Warn("FINISH_SNAPSHOT_READ of an unknown lock")
+			}
 		}
 		return true
 	case *wire.UploadShared:
@@ -419,8 +433,9 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 		s.mu.Unlock()
 		return false
 	}
-	ready, err := s.tab.Upload(locks.ClientID(ss.id), up)
+	ready, err := s.tab.Upload(locks.ClientID(ss.id), s.unrevokedLocked(ss.id, up))
 	s.wakeLocked(ready)
+	s.uploadedLocked(ss.id)
 	s.mu.Unlock()
 	if err != nil {
 		code, msg := errorCode(err)

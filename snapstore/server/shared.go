@@ -47,6 +47,10 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 	if ss.version < wire.VersionShared {
 		return nil, &wire.Error{Code: wire.CodeUnsupported, Message: "SHARED_UPDATE needs protocol version 2"}
 	}
+	if err := s.validShared(m.Key, m.Value); err != nil {
+		ss.log.WithError(err).WithField("key", m.Key).Warn("refused SHARED_UPDATE of an invalid value")
+		return nil, &wire.Error{Code: wire.CodeBadRequest, Message: err.Error()}
+	}
 	s.mu.Lock()
 	if err := s.waitLocked(ctx, func() bool { return len(s.uploadAwait) == 0 }); err != nil {
 		s.mu.Unlock()
@@ -65,8 +69,67 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 		s.mu.Unlock()
 		return &wire.SharedResult{SharedValue: cur}, nil
 	}
+	if err := s.persistLocked(ctx, m.Key, m.Value); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
 	ne := &sharedEntry{version: s.nextSharedVersion(e.version), value: slices.Clone(m.Value)}
-	s.shared[m.Key] = ne
+	if err := s.commitShared(ctx, ss, m.Key, ne); err != nil {
+		return nil, err
+	}
+	return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
+}
+
+// validShared checks a value before it enters the shared state.
+func (s *Server) validShared(key string, value []byte) error {
+	if len(value) == 0 || s.cfg.ValidateShared == nil {
+		return nil
+	}
+	if err := s.cfg.ValidateShared(key, value); err != nil {
+		return fmt.Errorf("invalid shared-state value for %q: %w", key, err)
+	}
+	return nil
+}
+
+// ResetShared puts shared-state entry key back to the state of an entry
+// never written (an empty value, which a logical unit reads as no
+// reservation and no pending unit attention) under a new version, in
+// force on every connected client when it returns. It is the operator's
+// repair for an entry whose value its users cannot decode (csnap-admin
+// volume reset-state). It returns the new version.
+func (s *Server) ResetShared(ctx context.Context, key string) (uint64, error) {
+	if len(key) == 0 || len(key) > wire.MaxSharedKey {
+		return 0, fmt.Errorf("shared state: key of %d bytes (1-%d)", len(key), wire.MaxSharedKey)
+	}
+	s.mu.Lock()
+	if err := s.waitLocked(ctx, func() bool { return len(s.uploadAwait) == 0 }); err != nil {
+		s.mu.Unlock()
+		return 0, err
+	}
+	var cur uint64
+	if e := s.shared[key]; e != nil {
+		cur = e.version
+	} else if len(s.shared) >= maxSharedEntries {
+		s.mu.Unlock()
+		return 0, &wire.Error{Code: wire.CodeLimit, Message: fmt.Sprintf("volume already has %d shared-state entries", maxSharedEntries)}
+	}
+	// Above any refused upload too, so a client holding the refused
+	// value takes the reset.
+	ne := &sharedEntry{version: s.nextSharedVersion(max(cur, s.refusedShared[key]))}
+	delete(s.refusedShared, key)
+	s.log.WithFields(logrus.Fields{"key": key, "old_version": cur, "version": ne.version}).Warn("shared-state entry reset")
+	if err := s.commitShared(ctx, nil, key, ne); err != nil {
+		return 0, err
+	}
+	return ne.version, nil
+}
+
+// commitShared installs ne as entry key (s.mu held; released on return)
+// and pushes it to every connected client but from, waiting until each
+// has acknowledged it, disconnected, or BarrierTimeout passed (then it is
+// disconnected).
+func (s *Server) commitShared(ctx context.Context, from *session, key string, ne *sharedEntry) error {
+	s.shared[key] = ne
 	type push struct {
 		ss  *session
 		rid uint64
@@ -76,13 +139,13 @@ func (s *Server) sharedUpdate(ctx context.Context, ss *session, m *wire.SharedUp
 	// Every accepted connection, live or still uploading (an entry it
 	// uploads later is older, and ignored).
 	for _, o := range s.sessions {
-		if o != ss && !o.closed && o.version >= wire.VersionShared {
+		if o != from && !o.closed && o.version >= wire.VersionShared {
 			rid, ch := o.callLocked()
 			pushes = append(pushes, push{o, rid, ch})
 		}
 	}
 	s.mu.Unlock()
-	val := wire.SharedValue{Key: m.Key, Version: ne.version, Value: ne.value}
+	val := wire.SharedValue{Key: key, Version: ne.version, Value: ne.value}
 	for _, p := range pushes {
 		p.ss.sendAsync(p.rid, &wire.SharedState{SharedValue: val})
 	}
@@ -94,13 +157,13 @@ wait:
 		case <-p.ch:
 		case <-p.ss.ctx.Done(): // gone: it gets the entry when it is back
 		case <-s.closeCh:
-			return nil, ErrServerClosed
+			return ErrServerClosed
 		case <-timer.C:
 			for _, late := range pushes[i:] {
 				select {
 				case <-late.ch:
 				default:
-					late.ss.log.WithFields(logrus.Fields{"key": m.Key, "timeout": s.cfg.BarrierTimeout.String()}).
+					late.ss.log.WithFields(logrus.Fields{"key": key, "timeout": s.cfg.BarrierTimeout.String()}).
 						Error("client did not acknowledge a shared-state change in time; disconnected")
 					late.ss.kill()
 				}
@@ -108,7 +171,7 @@ wait:
 			break wait
 		}
 	}
-	return &wire.SharedResult{Committed: true, SharedValue: wire.SharedValue{Key: m.Key, Version: ne.version}}, nil
+	return nil
 }
 
 // uploadShared takes a client's UPLOAD_SHARED (before its UPLOAD_DONE):
@@ -125,6 +188,21 @@ func (ss *session) uploadShared(m *wire.UploadShared) bool {
 		s.mu.Unlock()
 		ss.fatal(wire.CodeBadRequest, "UPLOAD_SHARED after UPLOAD_DONE")
 		return false
+	}
+	// Not adopted: a value its users could not decode, or a version of a
+	// term after ours (no such server has been; adopting it would put
+	// the entry beyond every update of this term).
+	err := s.validShared(m.Key, m.Value)
+	if err == nil && m.Version>>32 > s.cfg.Term {
+		err = fmt.Errorf("shared-state entry %q at version %#x, of term %d, after this server's term %d", m.Key, m.Version, m.Version>>32, s.cfg.Term)
+	}
+	if err != nil {
+		if m.Version>>32 <= s.cfg.Term && m.Version > s.refusedShared[m.Key] && len(s.refusedShared) < maxSharedEntries {
+			s.refusedShared[m.Key] = m.Version // a reset must go above it
+		}
+		s.mu.Unlock()
+		ss.log.WithError(err).Warn("refused an uploaded shared-state entry")
+		return true
 	}
 	if ss.seen == nil {
 		ss.seen = map[string]uint64{}

@@ -75,6 +75,16 @@
 // writes that could conflict. The client may pipeline further requests
 // right behind UPLOAD_DONE.
 //
+// # Transport
+//
+// Between csnapd nodes the stream runs over mutual TLS 1.3 (package pki):
+// both ends present the certificate of their node, signed by the
+// cluster's CA. A server accepts a HELLO only if it claims the node of the
+// client's certificate and that node's client id, ClientIDFor(node,
+// volume) (reason identity, 7); a client accepts only a server whose
+// certificate names the node holding the volume's server lock. The frames
+// are the same with or without TLS.
+//
 // The server rejects a HELLO with reason stale term (4) when the client
 // already knows a term newer than the server's: that server has been
 // deposed and must stop serving. A client whose known term is older just
@@ -122,7 +132,9 @@
 //	                                flight (>= 1), u32 max read locks held
 //	0x03 HELLO_REJECT        reply  u16 reason (1 version unsupported, 2 foreign
 //	                                volume, 3 not the server, 4 stale term, 5 node
-//	                                not a cluster member, 6 shutting down),
+//	                                not a cluster member, 6 shutting down,
+//	                                7 identity: node or client id not the
+//	                                authenticated node's),
 //	                                u64 server term, text message
 //	0x04 PING                req    empty
 //	0x05 PONG                reply  empty
@@ -217,7 +229,10 @@
 // trusted read finished while the server still kept the lock. Nothing on
 // the wire changes, so there is no new protocol version; the guarantee
 // needs both sides to follow the rule (a peer of an older release behaves
-// as before).
+// as before). Because a client trusts a lock no longer than LockTrust, a
+// server may also revoke a lock once it is LockLease old; csnapd's server
+// does at 4 × LockLease (server.DefaultLockBound), so a connected client
+// cannot hold writers back for longer.
 //
 // Block locks (version 5) make COMPARE AND WRITE atomic across nodes:
 // BLOCK_LOCK asks for an exclusive lock on a byte range of the origin or
@@ -330,6 +345,20 @@
 // client which may have been reading store chunks waits until the client
 // is back and answers, or until its barrier timeout has passed since the
 // connection was lost, before reusing space.
+//
+// Writes of writable snapshots follow the same rules: the server treats a
+// SNAPSHOT_WRITE like a SNAPSHOT_READ (every SNAPSHOT_WRITE_OK it computed
+// before a pass is on the wire before the RECLAIM; a client answered one
+// counts as one that may be using store chunks after a lost connection),
+// and a client answers RECLAIM_OK only once every store write of W it
+// was approved has been written. A client starts no store write later
+// than LockTrust after it sent the SNAPSHOT_WRITE, nor after the
+// connection it was answered on was lost: it asks again (the server
+// answers the same locations, the chunks being private already, or that
+// the snapshot is gone). So a server's barrier timeout must be at least
+// LockLease. Nothing on the wire changes; both sides must follow the rule
+// (a peer of an older release behaves as before: its snapshot writes race
+// a delete or drop of their snapshot).
 //
 // # Versioning
 //

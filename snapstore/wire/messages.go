@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"math/bits"
 	"time"
@@ -67,6 +68,17 @@ const (
 type ClientID [16]byte
 
 func (c ClientID) String() string { return fmt.Sprintf("%x", c[:]) }
+
+// ClientIDFor is the client id of node's attachment to volume: the first
+// 16 bytes of SHA-256(node, 0x00, volume). csnapd uses it, and a server
+// that authenticates its clients' nodes (TLS) accepts no other id from
+// that node, so a node cannot pose as another node's client.
+func ClientIDFor(node, volume string) ClientID {
+	h := sha256.Sum256([]byte(node + "\x00" + volume))
+	var id ClientID
+	copy(id[:], h[:16])
+	return id
+}
 
 // Range is a run of Count origin chunks starting at chunk Start. Its shape
 // matches locks.Range, so one converts to the other with a type conversion.
@@ -444,6 +456,10 @@ const (
 	RejectNotMember RejectReason = 5
 	// RejectShuttingDown: the server is stopping; retry elsewhere later.
 	RejectShuttingDown RejectReason = 6
+	// RejectIdentity: the HELLO claims a node other than the one the
+	// connection authenticated (its TLS certificate), or a client id that
+	// is not that node's (ClientIDFor) or is in use by another node.
+	RejectIdentity RejectReason = 7
 )
 
 func (r RejectReason) String() string {
@@ -460,6 +476,8 @@ func (r RejectReason) String() string {
 		return "node not a cluster member"
 	case RejectShuttingDown:
 		return "server shutting down"
+	case RejectIdentity:
+		return "identity mismatch"
 	}
 	return fmt.Sprintf("reject reason %d", uint16(r))
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -69,7 +70,14 @@ func Open(path string, size int64, readOnly bool, id scsi.Identity) (*File, erro
 }
 
 // Create makes a sparse file of the given size if it does not exist yet.
+// The file and its directory entry are durable when it returns.
 func Create(path string, size int64) error {
+	return create(path, size, syncDir)
+}
+
+// create is Create with the directory sync it calls after creating the
+// file (tests watch it).
+func create(path string, size int64, syncDir func(dir string) error) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return nil
@@ -81,7 +89,23 @@ func Create(path string, size int64) error {
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("fileback: sizing %s: %w", path, err)
 	}
-	return f.Sync()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fileback: %w", err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("fileback: syncing the directory of %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir makes the directory's entries durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // IdentityFor derives a stable identity from a name; see scsi.IdentityFor.

@@ -3,6 +3,7 @@ package fileback
 import (
 	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -90,5 +91,29 @@ func TestOpenErrors(t *testing.T) {
 	}
 	if _, err := Open(p, 0, false, scsi.Identity{}); err == nil {
 		t.Error("empty file opened")
+	}
+}
+
+// TestCreateSyncsDir: Create syncs the directory after making the file
+// (its entry is not durable otherwise), and not when the file existed.
+func TestCreateSyncsDir(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "lun.img")
+	var synced []string
+	rec := func(d string) error {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("directory synced before the file exists: %v", err)
+		}
+		synced = append(synced, d)
+		return syncDir(d)
+	}
+	if err := create(p, 1<<20, rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(synced) != 1 || synced[0] != dir {
+		t.Fatalf("directories synced %q, want %q", synced, dir)
+	}
+	if err := create(p, 1<<20, rec); err != nil || len(synced) != 1 {
+		t.Fatalf("existing file: %v, synced %q", err, synced)
 	}
 }

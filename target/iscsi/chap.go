@@ -26,13 +26,51 @@ type CHAP struct {
 	MutualSecret string
 }
 
-// chapAlgorithms maps the CHAP_A values of RFC 7143 section 12.1.3 and the
-// IANA registry (5 MD5, 6 SHA1, 7 SHA-256) to hash functions, in our order
-// of preference when the initiator offers several.
-var chapAlgorithms = map[string]func() hash.Hash{
-	"7": sha256.New,
-	"6": sha1.New,
-	"5": md5.New,
+// CHAPAlgorithm is a CHAP_A value of RFC 7143 section 12.1.3 and the IANA
+// registry: the hash of the CHAP exchange.
+type CHAPAlgorithm string
+
+// The CHAP algorithms the target knows.
+const (
+	CHAPMD5    CHAPAlgorithm = "5"
+	CHAPSHA1   CHAPAlgorithm = "6"
+	CHAPSHA256 CHAPAlgorithm = "7"
+)
+
+// chapHash is the hash function of a CHAP algorithm, nil if unknown.
+func chapHash(a string) func() hash.Hash {
+	switch CHAPAlgorithm(a) {
+	case CHAPSHA256:
+		return sha256.New
+	case CHAPSHA1:
+		return sha1.New
+	case CHAPMD5:
+		return md5.New
+	}
+	return nil
+}
+
+// ParseCHAPAlgorithms turns a comma-separated list of "sha256", "sha1" and
+// "md5" (any case) into algorithms, in the order given.
+func ParseCHAPAlgorithms(list string) ([]CHAPAlgorithm, error) {
+	var out []CHAPAlgorithm
+	for _, name := range strings.Split(list, ",") {
+		switch strings.ToLower(strings.TrimSpace(name)) {
+		case "sha256", "sha-256":
+			out = append(out, CHAPSHA256)
+		case "sha1", "sha-1":
+			out = append(out, CHAPSHA1)
+		case "md5":
+			out = append(out, CHAPMD5)
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown CHAP algorithm %q (sha256, sha1, md5)", name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CHAP algorithm given")
+	}
+	return out, nil
 }
 
 // chapChallengeLen is the challenge size in bytes. RFC 7143 asks for at
@@ -42,6 +80,7 @@ const chapChallengeLen = 32
 // chapState is one CHAP exchange in the security stage of a login.
 type chapState struct {
 	cfg       *CHAP
+	algs      []CHAPAlgorithm // accepted, in order of preference
 	alg       string
 	id        byte
 	challenge []byte
@@ -59,10 +98,10 @@ func (c *chapState) handle(keys map[string]string) (resp []kv, done bool, err er
 		if !ok {
 			return nil, false, nil // still waiting for the algorithm list
 		}
-		for _, want := range []string{"7", "6", "5"} {
+		for _, want := range c.algs {
 			for _, offered := range strings.Split(a, ",") {
-				if offered == want && c.alg == "" {
-					c.alg = want
+				if offered == string(want) && c.alg == "" {
+					c.alg = offered
 				}
 			}
 		}
@@ -136,7 +175,7 @@ func (c *chapState) handle(keys map[string]string) (resp []kv, done bool, err er
 
 // chapResponse is H(id || secret || challenge) (RFC 1994 section 4.1).
 func chapResponse(alg string, id byte, secret string, challenge []byte) []byte {
-	h := chapAlgorithms[alg]()
+	h := chapHash(alg)()
 	h.Write([]byte{id})
 	h.Write([]byte(secret))
 	h.Write(challenge)

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,9 +27,14 @@ type conn struct {
 	log    *logrus.Entry
 	rd     pduReader
 	in     *bufio.Reader // under rd: what is buffered was received and not yet parsed
-	sess   *session
-	params Params
-	cid    uint16
+	poll   *pollingReader
+	source string // the remote IP address, for per-source limits
+	// loginTarget is the existing target a login named ("" for discovery
+	// or none), for the Observer.
+	loginTarget string
+	sess        *session
+	params      Params
+	cid         uint16
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -100,9 +106,11 @@ func newConn(s *Server, nc net.Conn) *conn {
 		abortedTags: map[uint64]struct{}{},
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
-	c.wr.w = bufio.NewWriterSize(nc, 256*1024)
 	idle := func() bool { return c.executing.Load() == 0 }
-	c.in = bufio.NewReaderSize(newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle), 64*1024)
+	c.poll = newPollingReader(nc, s.cfg.PollBudget, &s.pollers, idle)
+	// Small buffers until the login succeeds: a connection that never
+	// logs in costs a few KiB, not the full-feature buffers.
+	c.in = bufio.NewReaderSize(c.poll, loginBufSize)
 	c.rd.r = c.in
 	c.readErr = make(chan error, 1)
 	c.watch = time.AfterFunc(time.Hour, c.watchInline)
@@ -123,12 +131,14 @@ func (c *conn) serve(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { c.shutdown(errors.New("server stopping")) })
 	defer stop()
 	defer c.shutdown(errors.New("connection done"))
-	if err := c.login(); err != nil {
-		if !errors.Is(err, io.EOF) {
-			c.log.WithError(err).Warn("iSCSI login failed")
-		}
+	err := c.login()
+	c.srv.loginEnded(c.source)
+	c.srv.cfg.Observer.LoginDone(c.loginTarget, loginResult(err))
+	if err != nil {
+		c.loginFailed(err)
 		return
 	}
+	c.growBuffers()
 	sess := c.sess
 	c.log.WithField("discovery", sess.discovery).Info("iSCSI login")
 	c.rd.headerDigest = c.params.HeaderDigest
@@ -138,7 +148,7 @@ func (c *conn) serve(ctx context.Context) {
 	c.pingerWG.Add(1)
 	go c.pinger()
 	go c.reader()
-	err := <-c.readErr
+	err = <-c.readErr
 	c.shutdown(err)
 	// Let running commands finish (their results are dropped) so the
 	// backend is quiet before the nexus is declared lost.
@@ -156,6 +166,46 @@ func (c *conn) serve(ctx context.Context) {
 	} else {
 		c.log.WithField("reason", context.Cause(c.ctx)).Debug("iSCSI connection closed")
 	}
+}
+
+// Buffer sizes: during login, and in full feature phase.
+const (
+	loginBufSize = 4 << 10
+	readBufSize  = 64 << 10
+	writeBufSize = 256 << 10
+)
+
+// growBuffers replaces the login's small read buffer (keeping what it
+// holds) and adds the write buffer, once the login has succeeded.
+func (c *conn) growBuffers() {
+	var r io.Reader = c.poll
+	if n := c.in.Buffered(); n > 0 {
+		rest, _ := c.in.Peek(n)
+		r = io.MultiReader(bytes.NewReader(append([]byte(nil), rest...)), c.poll)
+	}
+	c.in = bufio.NewReaderSize(r, readBufSize)
+	c.rd.r = c.in
+	c.wr.w = bufio.NewWriterSize(c.nc, writeBufSize)
+}
+
+// loginFailed logs a failed login and counts authentication failures
+// against the source address.
+func (c *conn) loginFailed(err error) {
+	if errors.Is(err, io.EOF) {
+		return
+	}
+	var le *loginError
+	if errors.As(err, &le) && (le.status == loginAuthFailed || le.status == loginForbidden) {
+		if c.srv.authFails.failed(c.source, c.srv.now()) {
+			c.log.WithFields(logrus.Fields{"source": c.source, "failures": c.srv.cfg.MaxAuthFailures, "window": c.srv.cfg.AuthFailureWindow}).
+				Warn("too many failed iSCSI logins; refusing this source's logins for the rest of the window")
+		}
+	}
+	if errors.As(err, &le) && le.status == loginServiceUnavail && c.srv.authFails.blocked(c.source, c.srv.now()) {
+		c.log.WithError(err).Debug("iSCSI login refused")
+		return
+	}
+	c.log.WithError(err).Warn("iSCSI login failed")
 }
 
 // reader runs readLoop and reports how it ended, unless it handed reading
@@ -260,7 +310,7 @@ func (c *conn) acceptCmdSN(p *PDU) bool {
 		return true
 	}
 	s := c.sess
-	sn := p.u32(24)
+	sn := p.get(fieldCmdSN)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.inWindow(sn) {
@@ -282,7 +332,7 @@ func (c *conn) acceptCmdSN(p *PDU) bool {
 func (c *conn) handleNopOut(p *PDU) error {
 	if p.ITT() == reservedTag {
 		// Answer to our ping (or a bare keepalive): nothing to send.
-		if ttt := p.u32(20); ttt != reservedTag && ttt == c.pingTTT.Load() {
+		if ttt := p.get(fieldTTT); ttt != reservedTag && ttt == c.pingTTT.Load() {
 			c.pingTTT.Store(0)
 		}
 		return nil
@@ -293,8 +343,8 @@ func (c *conn) handleNopOut(p *PDU) error {
 	r := new(PDU)
 	r.setOpcode(opNopIn, flagFinal)
 	copy(r.BHS[8:16], p.BHS[8:16])
-	r.setU32(16, p.ITT())
-	r.setU32(20, reservedTag)
+	r.set(fieldITT, p.ITT())
+	r.set(fieldTTT, reservedTag)
 	r.Data = p.Data
 	c.send(outMsg{pdu: r, advance: true})
 	return nil
@@ -314,6 +364,7 @@ func (c *conn) pinger() {
 		case <-c.ctx.Done():
 			return
 		case now := <-t.C:
+			c.expireWrites(now)
 			last := time.Unix(0, c.lastRecv.Load())
 			if c.pingTTT.Load() != 0 {
 				if last.After(sent) {
@@ -337,8 +388,8 @@ func (c *conn) pinger() {
 			sent = now
 			p := new(PDU)
 			p.setOpcode(opNopIn, flagFinal)
-			p.setU32(16, reservedTag)
-			p.setU32(20, ttt)
+			p.set(fieldITT, reservedTag)
+			p.set(fieldTTT, ttt)
 			c.send(outMsg{pdu: p})
 		}
 	}
@@ -388,7 +439,7 @@ func (c *conn) reject(p *PDU, reason byte) {
 	r := new(PDU)
 	r.setOpcode(opReject, flagFinal)
 	r.BHS[2] = reason
-	r.setU32(16, reservedTag)
+	r.set(fieldITT, reservedTag)
 	r.Data = append([]byte(nil), p.BHS[:]...)
 	c.send(outMsg{pdu: r, advance: true})
 }
@@ -400,12 +451,12 @@ func (c *conn) write(w *bufio.Writer, hdr []byte, m outMsg) ([]byte, error) {
 	}
 	if m.pdu != nil {
 		s := c.sess
-		m.pdu.setU32(24, c.statSN)
+		m.pdu.set(fieldStatSN, c.statSN)
 		if m.advance {
 			c.statSN++
 		}
-		m.pdu.setU32(28, s.expCmdSN.Load())
-		m.pdu.setU32(32, s.maxCmdSN())
+		m.pdu.set(fieldExpCmdSN, s.expCmdSN.Load())
+		m.pdu.set(fieldMaxCmdSN, s.maxCmdSN())
 		var err error
 		hdr, err = c.writePDU(w, hdr[:0], m.pdu)
 		if err != nil {

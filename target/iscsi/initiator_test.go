@@ -609,3 +609,9 @@ func TestCHAPTransitEarly(t *testing.T) {
 		t.Fatalf("after CHAP_R: status %#x, flags %#x (want transit)", st, r.Flags())
 	}
 }
+
+// u32 and setU32 read and write a header field by raw offset: test
+// initiators build and pick apart PDUs byte by byte (the target's code uses
+// the named fields of pdu.go).
+func (p *PDU) u32(off int) uint32       { return p.get(field(off)) }
+func (p *PDU) setU32(off int, v uint32) { p.set(field(off), v) }

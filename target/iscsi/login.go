@@ -44,11 +44,15 @@ type loginState struct {
 	itt        uint32
 	cmdSN      uint32
 	statSN     uint32
-	first      bool
+	first      bool // no PDU of this login seen yet
 	stage      int
 	initiator  string
 	targetName string
 	discovery  bool
+	// named is set once the first complete login request (which may span
+	// several PDUs) fixed InitiatorName, SessionType and TargetName: later
+	// requests may repeat them but never change them.
+	named      bool
 	tgt        *target
 	authDone   bool
 	authMethod string // "", "None" or "CHAP"
@@ -124,11 +128,14 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 	copy(isid[:], p.BHS[8:14])
 	tsih := binary.BigEndian.Uint16(p.BHS[14:])
 	if ls.first {
+		if ls.c.source != "" && ls.c.srv.authFails.blocked(ls.c.source, ls.c.srv.now()) {
+			return false, loginFail(loginServiceUnavail, "too many failed logins from %s; try again later", ls.c.source)
+		}
 		ls.isid, ls.tsih = isid, tsih
 		ls.cid = binary.BigEndian.Uint16(p.BHS[20:])
 		ls.itt = p.ITT()
-		ls.cmdSN = p.u32(24)
-		ls.statSN = p.u32(28) // ExpStatSN: where our StatSN starts
+		ls.cmdSN = p.get(fieldCmdSN)
+		ls.statSN = p.get(fieldExpStatSN) // ExpStatSN: where our StatSN starts
 		ls.stage = csg
 	} else if isid != ls.isid || tsih != ls.tsih || p.ITT() != ls.itt {
 		return false, loginFail(loginInitiatorError, "ISID, TSIH or ITT changed during login")
@@ -145,10 +152,10 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 	if len(ls.pending) > maxTextBytes {
 		return false, loginFail(loginOutOfResources, "login text exceeds %d bytes", maxTextBytes)
 	}
+	ls.first = false
 	if cont {
 		// More text follows: acknowledge with an empty response.
 		ls.respond(p, nil, false, nsg, loginSuccess)
-		ls.first = false
 		return false, nil
 	}
 	pairs, err := parseText(ls.pending, false)
@@ -160,13 +167,10 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if ls.first {
-		if !ls.discovery && !ls.sentTPGT {
-			resp = append(resp, kv{"TargetPortalGroupTag", strconv.Itoa(int(ls.c.srv.cfg.PortalGroupTag))})
-			ls.sentTPGT = true
-		}
+	if !ls.discovery && !ls.sentTPGT {
+		resp = append(resp, kv{"TargetPortalGroupTag", strconv.Itoa(int(ls.c.srv.cfg.PortalGroupTag))})
+		ls.sentTPGT = true
 	}
-	ls.first = false
 
 	if csg == stageSecurity {
 		if ls.authMethod == "" && ls.needAuth() {
@@ -225,23 +229,95 @@ func (ls *loginState) chapConfig() *CHAP {
 	return nil
 }
 
-// checkFirst validates the keys that must come in the first request.
-func (ls *loginState) checkFirst() error {
+// identify takes InitiatorName, SessionType and TargetName from the first
+// complete login request and refuses any later request that changes them.
+func (ls *loginState) identify(m map[string]string) error {
+	if ls.named {
+		sessionType := "Normal"
+		if ls.discovery {
+			sessionType = "Discovery"
+		}
+		for key, fixed := range map[string]string{"InitiatorName": ls.initiator, "SessionType": sessionType, "TargetName": ls.targetName} {
+			if v, ok := m[key]; ok && v != fixed {
+				return loginFail(loginInitiatorError, "%s changed during login (first %q, now %q)", key, fixed, v)
+			}
+		}
+		return nil
+	}
+	ls.named = true
+	ls.initiator = m["InitiatorName"]
+	switch v := m["SessionType"]; v {
+	case "Discovery":
+		ls.discovery = true
+	case "Normal", "":
+	default:
+		return loginFail(loginSessionTypeUnsup, "unknown SessionType %q", v)
+	}
+	ls.targetName = m["TargetName"]
 	if ls.initiator == "" {
 		return loginFail(loginMissingParam, "InitiatorName missing")
 	}
+	if err := validInitiatorName(ls.initiator); err != nil {
+		return loginFail(loginInitiatorError, "%v", err)
+	}
 	if ls.discovery {
+		if ls.targetName != "" {
+			return loginFail(loginInitiatorError, "TargetName in a discovery session")
+		}
 		return nil
 	}
 	if ls.targetName == "" {
 		return loginFail(loginMissingParam, "TargetName missing in a normal session")
 	}
+	// The target decides whether authentication is needed, so it must be
+	// known before AuthMethod is answered.
 	t := ls.c.srv.lookupTarget(ls.targetName)
 	if t == nil {
 		return loginFail(loginNotFound, "target %s not found", ls.targetName)
 	}
+	ls.c.loginTarget = t.cfg.Name
+	if !t.allows(ls.initiator) {
+		return loginFail(loginForbidden, "initiator %s is not on the allow-list of %s", ls.initiator, ls.targetName)
+	}
 	ls.tgt = t
 	return nil
+}
+
+// authorize decides, as the login enters full feature phase, whether it
+// may: against the target's configuration at this moment (which may have
+// changed during the login), the initiator must be allowed and, where CHAP
+// is required, must have completed CHAP with exactly these credentials. It
+// returns the identity the session was authenticated as ("" without CHAP).
+func (ls *loginState) authorize(tgt *target) (identity string, err error) {
+	need := ls.c.srv.cfg.DiscoveryCHAP
+	if !ls.discovery {
+		if tgt == nil {
+			return "", loginFail(loginTargetRemoved, "target %s was removed during login", ls.targetName)
+		}
+		if !tgt.allows(ls.initiator) {
+			return "", loginFail(loginForbidden, "initiator %s is not on the allow-list of %s", ls.initiator, ls.targetName)
+		}
+		need = tgt.cfg.CHAP
+	}
+	authed := ls.chap != nil && ls.chap.step == 2 && ls.chap.cfg != nil
+	if need == nil {
+		if authed {
+			return ls.chap.cfg.User, nil
+		}
+		return "", nil
+	}
+	if !authed || ls.chap.cfg.User != need.User || ls.chap.cfg.Secret != need.Secret {
+		return "", loginFail(loginAuthFailed, "not authenticated for %s", ls.sessionName())
+	}
+	return need.User, nil
+}
+
+// sessionName names what the login is for, in messages.
+func (ls *loginState) sessionName() string {
+	if ls.discovery {
+		return "discovery"
+	}
+	return ls.targetName
 }
 
 // keys handles the text keys of one (complete) login request.
@@ -252,31 +328,12 @@ func (ls *loginState) keys(pairs []kv, csg int) ([]kv, error) {
 		m[p.Key] = p.Value
 	}
 	// Session-identifying keys first: they decide what the rest mean.
-	if v, ok := m["InitiatorName"]; ok {
-		if !ls.first && ls.initiator != "" && v != ls.initiator {
-			return nil, loginFail(loginInitiatorError, "InitiatorName changed during login")
-		}
-		ls.initiator = v
-	}
-	if v, ok := m["SessionType"]; ok {
-		switch v {
-		case "Discovery":
-			ls.discovery = true
-		case "Normal":
-			ls.discovery = false
-		default:
-			return nil, loginFail(loginSessionTypeUnsup, "unknown SessionType %q", v)
-		}
-	}
-	if v, ok := m["TargetName"]; ok {
-		ls.targetName = v
-	}
-	if ls.first {
-		// The target decides whether authentication is needed, so it
-		// must be known before AuthMethod is answered.
-		if err := ls.checkFirst(); err != nil {
-			return nil, err
-		}
+	// They are taken from the first request only (RFC 7143 section
+	// 6.3): a later request that changes one would otherwise switch the
+	// session to a target (or from discovery to normal) that the
+	// authentication was not decided for.
+	if err := ls.identify(m); err != nil {
+		return nil, err
 	}
 	for _, p := range pairs {
 		k, v := p.Key, p.Value
@@ -304,7 +361,7 @@ func (ls *loginState) keys(pairs []kv, csg int) ([]kv, error) {
 			}
 			ls.authMethod = choice
 			if choice == "CHAP" {
-				ls.chap = &chapState{cfg: ls.chapConfig()}
+				ls.chap = &chapState{cfg: ls.chapConfig(), algs: ls.c.srv.cfg.CHAPAlgorithms}
 			} else {
 				ls.authDone = true
 			}
@@ -373,13 +430,13 @@ func (ls *loginState) respond(req *PDU, data []byte, transit bool, nsg int, stat
 	p.BHS[3] = 0 // VersionActive
 	copy(p.BHS[8:14], ls.isid[:])
 	binary.BigEndian.PutUint16(p.BHS[14:], ls.tsih)
-	p.setU32(16, req.ITT())
-	p.setU32(24, ls.statSN)
+	p.set(fieldITT, req.ITT())
+	p.set(fieldStatSN, ls.statSN)
 	if status == loginSuccess {
 		ls.statSN++
 	}
-	p.setU32(28, ls.cmdSN)
-	p.setU32(32, ls.cmdSN+ls.c.srv.cfg.QueueDepth-1)
+	p.set(fieldExpCmdSN, ls.cmdSN)
+	p.set(fieldMaxCmdSN, ls.cmdSN+ls.c.srv.cfg.QueueDepth-1)
 	p.BHS[36] = byte(status >> 8)
 	p.BHS[37] = byte(status)
 	p.Data = data

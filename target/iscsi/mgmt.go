@@ -15,8 +15,8 @@ import (
 func (c *conn) handleTMF(p *PDU) {
 	fn := scsi.TMF(p.Flags() & 0x7f)
 	lun := decodeLUN(p.LUNField())
-	ref := p.u32(20)
-	refCmdSN := p.u32(32)
+	ref := p.get(fieldRefTaskTag)
+	refCmdSN := p.get(fieldRefCmdSN)
 	var resp scsi.TMFResponse
 	exec := c.sess.tgt.cfg.Exec
 	switch fn {
@@ -36,7 +36,7 @@ func (c *conn) handleTMF(p *PDU) {
 		case t != nil:
 			// Its response is already on the way: the task completed.
 			resp = scsi.TMFTaskNotExist
-		case int32(refCmdSN-p.u32(24)) < 0 && c.cancelCmdSN(refCmdSN):
+		case int32(refCmdSN-p.get(fieldCmdSN)) < 0 && c.cancelCmdSN(refCmdSN):
 			resp = scsi.TMFComplete
 		default:
 			resp = scsi.TMFTaskNotExist
@@ -61,7 +61,7 @@ func (c *conn) handleTMF(p *PDU) {
 	r := new(PDU)
 	r.setOpcode(opTaskMgmtRsp, flagFinal)
 	r.BHS[2] = byte(resp)
-	r.setU32(16, p.ITT())
+	r.set(fieldITT, p.ITT())
 	// send returns once the response is flushed when it has an after
 	// function; a cold reset then ends the connection (RFC 7143 section
 	// 11.5.1: the target drops all connections after answering).
@@ -195,7 +195,7 @@ func (c *conn) handleLogout(p *PDU) {
 	r := new(PDU)
 	r.setOpcode(opLogoutResp, flagFinal)
 	r.BHS[2] = resp
-	r.setU32(16, p.ITT())
+	r.set(fieldITT, p.ITT())
 	r.BHS[40], r.BHS[41] = 0, byte(c.sess.params.DefaultTime2Wait)
 	r.BHS[42], r.BHS[43] = 0, byte(c.sess.params.DefaultTime2Retain)
 	c.send(outMsg{pdu: r, advance: true, after: func() {}})
@@ -216,7 +216,7 @@ func (c *conn) handleText(p *PDU) error {
 		return &protoError{rejectNotSupported, "continued text requests are not supported"}
 	}
 	var out []byte
-	ttt := p.u32(20)
+	ttt := p.get(fieldTTT)
 	if ttt != reservedTag {
 		c.mu.Lock()
 		if ttt != c.textTTT || c.textRem == nil {
@@ -261,8 +261,8 @@ func (c *conn) handleText(p *PDU) error {
 	}
 	r.setOpcode(opTextResp, f)
 	copy(r.BHS[8:16], p.BHS[8:16])
-	r.setU32(16, p.ITT())
-	r.setU32(20, nextTTT)
+	r.set(fieldITT, p.ITT())
+	r.set(fieldTTT, nextTTT)
 	r.Data = out
 	c.send(outMsg{pdu: r, advance: true})
 	return nil
@@ -287,6 +287,11 @@ func (c *conn) sendTargets(v string) []kv {
 	}
 	var out []kv
 	for _, n := range names {
+		// Targets whose allow-list leaves this initiator out are not
+		// shown to it.
+		if t := c.srv.lookupTarget(n); t == nil || !t.allows(c.sess.key.initiator) {
+			continue
+		}
 		out = append(out, kv{"TargetName", n}, kv{"TargetAddress", addr})
 	}
 	return out

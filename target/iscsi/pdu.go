@@ -84,15 +84,49 @@ type PDU struct {
 	Data []byte
 }
 
-func (p *PDU) Opcode() uint8      { return p.BHS[0] & 0x3f }
-func (p *PDU) Immediate() bool    { return p.BHS[0]&0x40 != 0 }
-func (p *PDU) Flags() uint8       { return p.BHS[1] }
-func (p *PDU) Final() bool        { return p.BHS[1]&flagFinal != 0 }
-func (p *PDU) ITT() uint32        { return binary.BigEndian.Uint32(p.BHS[16:]) }
-func (p *PDU) u32(off int) uint32 { return binary.BigEndian.Uint32(p.BHS[off:]) }
-func (p *PDU) LUNField() uint64   { return binary.BigEndian.Uint64(p.BHS[8:]) }
+// field is a 4-byte big-endian header field, named by its byte offset in
+// the BHS. The opcode-specific part of the BHS (bytes 20-47) holds
+// different fields in different PDUs; each name below says which PDUs it
+// belongs to and the RFC 7143 section that defines the PDU, so that code
+// reads p.get(fieldCmdSN), not p.u32(24).
+type field int
 
-func (p *PDU) setU32(off int, v uint32) { binary.BigEndian.PutUint32(p.BHS[off:], v) }
+const (
+	// Initiator Task Tag: every PDU (11.2.1.8).
+	fieldITT field = 16
+
+	// Bytes 20-23.
+	fieldEDTL       field = 20 // Expected Data Transfer Length: SCSI Command (11.3)
+	fieldTTT        field = 20 // Target Transfer Tag: Data-Out/In (11.7), R2T (11.8), Text (11.10, 11.11), NOP-Out/In (11.18, 11.19)
+	fieldRefTaskTag field = 20 // Referenced Task Tag: Task Management Request (11.5)
+
+	// Bytes 24-31: sequence numbers.
+	fieldCmdSN     field = 24 // CmdSN: initiator requests (SCSI Command 11.3, TMF 11.5, Text 11.10, Login 11.12, Logout 11.14, NOP-Out 11.18)
+	fieldStatSN    field = 24 // StatSN: target responses (SCSI Response 11.4, Data-In 11.7, Login 11.13, R2T 11.8 carries the next one)
+	fieldExpStatSN field = 28 // ExpStatSN: initiator requests
+	fieldExpCmdSN  field = 28 // ExpCmdSN: target responses
+	fieldMaxCmdSN  field = 32 // MaxCmdSN: target responses
+	fieldRefCmdSN  field = 32 // RefCmdSN: Task Management Request (11.5)
+
+	// Bytes 36-47: data transfer.
+	fieldDataSN       field = 36 // DataSN: Data-Out/In (11.7)
+	fieldR2TSN        field = 36 // R2TSN: R2T (11.8)
+	fieldExpDataSN    field = 36 // ExpDataSN: SCSI Response (11.4)
+	fieldBufferOffset field = 40 // Buffer Offset: Data-Out/In (11.7), R2T (11.8)
+	fieldDesiredLen   field = 44 // Desired Data Transfer Length: R2T (11.8)
+	fieldResidual     field = 44 // Residual Count: SCSI Response (11.4), Data-In with status (11.7)
+)
+
+func (p *PDU) Opcode() uint8    { return p.BHS[0] & 0x3f }
+func (p *PDU) Immediate() bool  { return p.BHS[0]&0x40 != 0 }
+func (p *PDU) Flags() uint8     { return p.BHS[1] }
+func (p *PDU) Final() bool      { return p.BHS[1]&flagFinal != 0 }
+func (p *PDU) ITT() uint32      { return p.get(fieldITT) }
+func (p *PDU) LUNField() uint64 { return binary.BigEndian.Uint64(p.BHS[8:]) }
+
+// get reads a header field; set writes one.
+func (p *PDU) get(f field) uint32    { return binary.BigEndian.Uint32(p.BHS[f:]) }
+func (p *PDU) set(f field, v uint32) { binary.BigEndian.PutUint32(p.BHS[f:], v) }
 
 // dataLen is the DataSegmentLength field.
 func (p *PDU) dataLen() int {

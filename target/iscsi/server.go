@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,41 @@ type Config struct {
 	// polls. At most half the Go scheduler's processors (at least one)
 	// poll at a time, so polling never takes every CPU from execution.
 	PollBudget time.Duration
+
+	// Limits that keep one initiator (or many) from exhausting the node.
+	// Zero means the default in parentheses.
+	//
+	// MaxConnections bounds open connections in total (1024), and
+	// MaxConnectionsPerSource those from one IP address (64).
+	// MaxPendingLogins bounds connections still in their login phase
+	// (64), MaxPendingLoginsPerSource those from one address (8). A
+	// connection beyond a limit is closed at once.
+	MaxConnections            int
+	MaxConnectionsPerSource   int
+	MaxPendingLogins          int
+	MaxPendingLoginsPerSource int
+	// MaxAuthFailures failed logins (wrong CHAP, not allowed) from one
+	// address within AuthFailureWindow (10 in 1 minute) make the target
+	// refuse that address's logins until the window has passed.
+	MaxAuthFailures   int
+	AuthFailureWindow time.Duration
+	// CHAPAlgorithms lists the CHAP hash algorithms initiators may use,
+	// in order of preference (default SHA-256, SHA-1, MD5). Leaving MD5
+	// out refuses initiators that offer nothing else.
+	CHAPAlgorithms []CHAPAlgorithm
+	// WriteBufferBytes bounds the write data buffered at once on the node
+	// (256 MiB), SessionWriteBufferBytes in one session (64 MiB, at
+	// least MaxTransferLength). A write beyond either ends at once with
+	// TASK SET FULL (the initiator retries it later) and its data is
+	// discarded. DataOutTimeout (30 s) fails a write whose initiator
+	// sends none of the data it owes for that long, and frees its buffer.
+	WriteBufferBytes        int64
+	SessionWriteBufferBytes int64
+	DataOutTimeout          time.Duration
+
+	// Observer, if set, is told of logins, sessions and refused
+	// connections (for metrics).
+	Observer Observer
 }
 
 func (c *Config) setDefaults() {
@@ -90,6 +126,36 @@ func (c *Config) setDefaults() {
 	if c.PollBudget == 0 {
 		c.PollBudget = 50 * time.Microsecond
 	}
+	setInt := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setInt(&c.MaxConnections, 1024)
+	setInt(&c.MaxConnectionsPerSource, 64)
+	setInt(&c.MaxPendingLogins, 64)
+	setInt(&c.MaxPendingLoginsPerSource, 8)
+	setInt(&c.MaxAuthFailures, 10)
+	if c.AuthFailureWindow <= 0 {
+		c.AuthFailureWindow = time.Minute
+	}
+	if c.WriteBufferBytes <= 0 {
+		c.WriteBufferBytes = 256 << 20
+	}
+	if c.SessionWriteBufferBytes <= 0 {
+		c.SessionWriteBufferBytes = 64 << 20
+	}
+	c.SessionWriteBufferBytes = max(c.SessionWriteBufferBytes, int64(c.MaxTransferLength))
+	c.WriteBufferBytes = max(c.WriteBufferBytes, c.SessionWriteBufferBytes)
+	if c.DataOutTimeout <= 0 {
+		c.DataOutTimeout = 30 * time.Second
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
+	if len(c.CHAPAlgorithms) == 0 {
+		c.CHAPAlgorithms = []CHAPAlgorithm{CHAPSHA256, CHAPSHA1, CHAPMD5}
+	}
 }
 
 // Server is an iSCSI target server: it accepts connections on any number of
@@ -108,6 +174,12 @@ type Server struct {
 	wg        sync.WaitGroup
 	bufs      bufPool
 	pollers   pollSlots
+	// Connections open and still logging in, per source address.
+	perSource map[string]*sourceCount
+	pending   int
+	authFails failureLimiter
+	writeBuf  byteBudget // write data buffered on the node
+	now       func() time.Time
 	// inlineRuns counts commands a reader ran itself (see conn.start).
 	inlineRuns atomic.Uint64
 }
@@ -115,6 +187,19 @@ type Server struct {
 type target struct {
 	cfg  TargetConfig
 	port scsi.Port
+}
+
+// allows reports whether the initiator may log in to the target.
+func (t *target) allows(initiator string) bool {
+	if len(t.cfg.Initiators) == 0 {
+		return true
+	}
+	for _, n := range t.cfg.Initiators {
+		if n == initiator {
+			return true
+		}
+	}
+	return false
 }
 
 type sessionKey struct {
@@ -134,6 +219,80 @@ func NewServer(cfg Config) *Server {
 		sessions:  map[sessionKey]*session{},
 		conns:     map[*conn]struct{}{},
 		listeners: map[net.Listener]struct{}{},
+		perSource: map[string]*sourceCount{},
+		authFails: failureLimiter{max: cfg.MaxAuthFailures, window: cfg.AuthFailureWindow, bySource: map[string]*failures{}},
+		writeBuf:  byteBudget{max: cfg.WriteBufferBytes},
+		now:       time.Now,
+	}
+}
+
+// sourceCount is what one source address has open.
+type sourceCount struct{ conns, pending int }
+
+// sourceOf is the address (without port) a connection comes from.
+func sourceOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// admitConnLocked counts a new connection from src in its login phase, or
+// says which limit refuses it. Called with s.mu held.
+func (s *Server) admitConnLocked(src string) *refusal {
+	sc := s.perSource[src]
+	if sc == nil {
+		sc = &sourceCount{}
+	}
+	switch {
+	case len(s.conns) >= s.cfg.MaxConnections:
+		return &refusal{RefusedConnections, fmt.Sprintf("%d connections open (limit %d)", len(s.conns), s.cfg.MaxConnections)}
+	case sc.conns >= s.cfg.MaxConnectionsPerSource:
+		return &refusal{RefusedConnections, fmt.Sprintf("%d connections open from %s (limit %d)", sc.conns, src, s.cfg.MaxConnectionsPerSource)}
+	case s.pending >= s.cfg.MaxPendingLogins:
+		return &refusal{RefusedLogins, fmt.Sprintf("%d logins pending (limit %d)", s.pending, s.cfg.MaxPendingLogins)}
+	case sc.pending >= s.cfg.MaxPendingLoginsPerSource:
+		return &refusal{RefusedLogins, fmt.Sprintf("%d logins pending from %s (limit %d)", sc.pending, src, s.cfg.MaxPendingLoginsPerSource)}
+	}
+	sc.conns++
+	sc.pending++
+	s.pending++
+	s.perSource[src] = sc
+	return nil
+}
+
+// refusal is why a connection was refused at accept.
+type refusal struct {
+	reason RefusalReason
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+// loginEnded is called once per connection when its login phase ends,
+// successfully or not.
+func (s *Server) loginEnded(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc := s.perSource[src]; sc != nil && sc.pending > 0 {
+		sc.pending--
+		s.pending--
+	}
+}
+
+// connEnded is called once per admitted connection when it closes.
+func (s *Server) connEnded(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc := s.perSource[src]; sc != nil {
+		sc.conns--
+		if sc.conns <= 0 {
+			delete(s.perSource, src)
+		}
 	}
 }
 
@@ -211,30 +370,51 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
+	var backoff time.Duration
+	var refusedLog, acceptLog rateLog
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			// Out of descriptors (EMFILE, ENFILE), a connection aborted
+			// before it was accepted, a transient network error: none
+			// of them may stop the node. Log, wait, try again.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if acceptLog.allow(s.now()) {
+				s.log.WithError(err).WithFields(logrus.Fields{"portal": l.Addr().String(), "retry_in": backoff}).Warn("iSCSI accept failed; retrying")
 			}
-			return fmt.Errorf("iscsi: accept on %s: %w", l.Addr(), err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			tc.SetKeepAlive(true)
-		}
-		c := newConn(s, nc)
+		backoff = 0
+		src := sourceOf(nc.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			nc.Close()
 			return nil
 		}
+		if err := s.admitConnLocked(src); err != nil {
+			s.mu.Unlock()
+			nc.Close()
+			s.cfg.Observer.ConnectionRefused(err.reason)
+			if refusedLog.allow(s.now()) {
+				s.log.WithField("remote", nc.RemoteAddr().String()).WithError(err).Warn("iSCSI connection refused (limit)")
+			}
+			continue
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		c := newConn(s, nc)
+		c.source = src
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -244,8 +424,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
+			s.connEnded(src)
 		}()
 	}
+}
+
+// rateLog lets a repeated log line through at most once a second.
+type rateLog struct{ last time.Time }
+
+func (r *rateLog) allow(now time.Time) bool {
+	if now.Sub(r.last) < time.Second {
+		return false
+	}
+	r.last = now
+	return true
 }
 
 func (s *Server) isClosed() bool {
@@ -271,6 +463,61 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
+}
+
+// maxNameLen is the longest iSCSI name (RFC 7143 section 4.2.7.1).
+const maxNameLen = 223
+
+// validInitiatorName checks an InitiatorName against the iSCSI name forms
+// of RFC 7143 section 4.2.7 (and RFC 3722's character set): "iqn." with a
+// date and naming authority, "eui." with 16 hex digits, "naa." with 16 or
+// 32 hex digits; at most 223 bytes.
+func validInitiatorName(n string) error {
+	if len(n) > maxNameLen {
+		return fmt.Errorf("InitiatorName of %d bytes (at most %d)", len(n), maxNameLen)
+	}
+	hexDigits := func(s string, counts ...int) bool {
+		for _, c := range s {
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+		for _, k := range counts {
+			if len(s) == k {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case strings.HasPrefix(n, "eui."):
+		if hexDigits(n[4:], 16) {
+			return nil
+		}
+	case strings.HasPrefix(n, "naa."):
+		if hexDigits(n[4:], 16, 32) {
+			return nil
+		}
+	case strings.HasPrefix(n, "iqn."):
+		// iqn.yyyy-mm.reversed.domain[:anything]
+		if len(n) >= 12 && isDate(n[4:11]) && n[11] == '.' && validIQN(n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("InitiatorName %q is not an iSCSI name (iqn.yyyy-mm.domain..., eui. or naa.)", truncate([]byte(n)))
+}
+
+// isDate checks "yyyy-mm".
+func isDate(s string) bool {
+	if len(s) != 7 || s[4] != '-' {
+		return false
+	}
+	for i, c := range s {
+		if i != 4 && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return s[5:] >= "01" && s[5:] <= "12"
 }
 
 // validIQN accepts iqn., eui. and naa. names with the characters RFC 3722

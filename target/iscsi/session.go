@@ -16,9 +16,12 @@ type session struct {
 	key       sessionKey
 	tsih      uint16
 	discovery bool
-	tgt       *target
-	nexus     scsi.Nexus
-	params    Params
+	// identity is the CHAP user the session authenticated as, "" without
+	// CHAP; only a login with the same identity may reinstate it.
+	identity string
+	tgt      *target
+	nexus    scsi.Nexus
+	params   Params
 
 	// CmdSN window (RFC 7143 section 4.2.2.1). expCmdSN is the next
 	// CmdSN to deliver; inflight counts delivered-or-waiting commands
@@ -26,6 +29,8 @@ type session struct {
 	// QueueDepth commands are in flight.
 	expCmdSN atomic.Uint32
 	inflight atomic.Int32
+	// writeBuf bounds the session's buffered write data.
+	writeBuf byteBudget
 
 	mu      sync.Mutex
 	conn    *conn
@@ -77,6 +82,7 @@ func (s *session) close(reason error) {
 		delete(s.srv.sessions, s.key)
 	}
 	s.srv.mu.Unlock()
+	s.srv.cfg.Observer.SessionEnded(s.key.target)
 	s.nexusLost()
 }
 
@@ -85,11 +91,14 @@ func (s *session) close(reason error) {
 func (c *conn) enterFullFeature(ls *loginState) error {
 	srv := c.srv
 	key := sessionKey{initiator: ls.initiator, isid: ls.isid}
+	var tgt *target
 	if !ls.discovery {
 		key.target = ls.targetName
-		if srv.lookupTarget(ls.targetName) == nil {
-			return loginFail(loginTargetRemoved, "target %s was removed during login", ls.targetName)
-		}
+		tgt = srv.lookupTarget(ls.targetName)
+	}
+	identity, err := ls.authorize(tgt)
+	if err != nil {
+		return err
 	}
 	params := ls.neg.finish()
 	srv.mu.Lock()
@@ -99,6 +108,12 @@ func (c *conn) enterFullFeature(ls *loginState) error {
 		return loginFail(loginNoSession, "no session with TSIH %d to add a connection to", ls.tsih)
 	}
 	srv.mu.Unlock()
+	if old != nil && old.identity != identity {
+		// Knowing an initiator's name and ISID must not be enough to end
+		// its session: only the identity it authenticated as may.
+		return loginFail(loginForbidden, "session of %s authenticated as %q; a login as %q may not reinstate it",
+			ls.initiator, old.identity, identity)
+	}
 	if old != nil {
 		// Session reinstatement (TSIH 0) or connection reinstatement
 		// (same TSIH, MaxConnections=1): either way the old connection
@@ -124,12 +139,14 @@ func (c *conn) enterFullFeature(ls *loginState) error {
 		key:       key,
 		tsih:      tsih,
 		discovery: ls.discovery,
+		identity:  identity,
 		params:    params,
 		conn:      c,
 		waiting:   map[uint32]*task{},
+		writeBuf:  byteBudget{max: srv.cfg.SessionWriteBufferBytes},
 	}
 	if !ls.discovery {
-		s.tgt = srv.targets[ls.targetName]
+		s.tgt = tgt
 		s.nexus = scsi.Nexus{
 			InitiatorPort: fmt.Sprintf("%s,i,0x%02x%02x%02x%02x%02x%02x", ls.initiator,
 				ls.isid[0], ls.isid[1], ls.isid[2], ls.isid[3], ls.isid[4], ls.isid[5]),

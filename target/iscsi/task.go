@@ -26,11 +26,18 @@ type task struct {
 	cmd       scsi.Command
 
 	// Data-out state, owned by the reader goroutine.
+	// Every byte of buf is received before the command runs: Data-Out
+	// must come in order (DataPDUInOrder and DataSequenceInOrder are
+	// always Yes here), each PDU at the next offset of its sequence, so
+	// received bytes are always exactly buf[:received] of the unsolicited
+	// burst plus the completed R2T bursts, and a recycled buffer never
+	// reaches the backend with another command's bytes in it.
 	buf         []byte // write data, edtl bytes
 	received    uint32 // bytes of data received so far
 	unsolicited uint32 // bytes the initiator may send without R2T
 	unsolDone   bool   // the unsolicited sequence has ended
 	unsolDataSN uint32
+	unsolNext   uint32 // offset the next unsolicited Data-Out must carry
 	nextOffset  uint32 // next offset to solicit with an R2T
 	outstanding int    // R2Ts not yet satisfied
 	r2tSN       uint32
@@ -41,10 +48,22 @@ type task struct {
 	// the command arrived (or while it waited behind a CmdSN gap): it only
 	// holds the CmdSN's place in order and never runs.
 	placeholder bool
-	dataSNByTTT map[uint32]uint32
-	remainByTTT map[uint32]uint32
-	aborted     atomic.Bool
-	done        chan struct{} // closed once the task is finished
+	bursts      map[uint32]*burst // outstanding R2T bursts by TTT
+	// reserved is the write budget this task holds (see byteBudget),
+	// given back once by releaseBuffer.
+	reserved atomic.Int64
+	// lastData is when the task last received data or was created (unix
+	// nanos, under conn.mu): DataOutTimeout counts from it.
+	lastData int64
+	aborted  atomic.Bool
+	done     chan struct{} // closed once the task is finished
+}
+
+// burst is the state of one R2T's data sequence.
+type burst struct {
+	dataSN uint32 // DataSN the next Data-Out must carry
+	next   uint32 // buffer offset the next Data-Out must carry
+	remain uint32 // bytes still to come
 }
 
 // maxCDB bounds the CDB length we accept (16 bytes in the BHS plus an
@@ -56,12 +75,12 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	flags := p.Flags()
 	t := &task{
 		itt:       p.ITT(),
-		cmdSN:     p.u32(24),
+		cmdSN:     p.get(fieldCmdSN),
 		immediate: p.Immediate(),
 		lun:       decodeLUN(p.LUNField()),
 		read:      flags&flagRead != 0,
 		write:     flags&flagWrite != 0,
-		edtl:      p.u32(20),
+		edtl:      p.get(fieldEDTL),
 		done:      make(chan struct{}),
 	}
 	cdb := append([]byte(nil), p.BHS[32:48]...)
@@ -77,6 +96,14 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	if s.discovery {
 		c.rd.readData(p, nil)
 		return &protoError{rejectProtocolError, "SCSI command in a discovery session"}
+	}
+	if t.immediate && s.inflight.Load() >= int32(c.srv.cfg.QueueDepth) {
+		// Immediate commands skip the CmdSN order, not the window:
+		// otherwise an initiator could have any number in flight (and
+		// buffers allocated for them). Only this reader adds to
+		// inflight, so the check cannot be overtaken.
+		c.rd.readData(p, nil)
+		return &protoError{rejectImmCmd, fmt.Sprintf("immediate command with %d commands in flight (window %d)", s.inflight.Load(), c.srv.cfg.QueueDepth)}
 	}
 	if t.edtl > c.srv.cfg.MaxTransferLength {
 		// Too large to buffer: swallow its immediate data and fail it
@@ -106,7 +133,24 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		c.rd.readData(p, nil)
 		return &protoError{rejectTaskInProgress, fmt.Sprintf("ITT %#x already in use", t.itt)}
 	}
+	if t.write && t.edtl > 0 && !c.reserveWrite(t) {
+		// Over the write budget: take the immediate data off the wire,
+		// discard what else comes, and ask the initiator to retry.
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
+		}
+		if !c.admit(t, p) {
+			return nil
+		}
+		t.write = false
+		c.mu.Lock()
+		c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
+		c.mu.Unlock()
+		c.finishEarly(t, scsi.Result{Status: scsi.StatusTaskSetFull})
+		return nil
+	}
 	if t.write && t.edtl > 0 {
+		t.lastData = time.Now().UnixNano()
 		t.buf = c.srv.bufs.get(int(t.edtl))
 		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
 			if isDigest(err) {
@@ -116,6 +160,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 			return err
 		}
 		t.received = uint32(dlen)
+		t.unsolNext = t.received
 		t.unsolicited = min(c.params.FirstBurstLength, t.edtl)
 		if c.params.InitialR2T || t.received >= t.unsolicited {
 			t.unsolDone = true
@@ -135,12 +180,55 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		ExpectedLen: t.edtl,
 	}
 	if !c.admit(t, p) {
+		c.releaseBuffer(t)
 		return nil
 	}
 	c.mu.Lock()
 	c.tasks[t.itt] = t
 	c.mu.Unlock()
 	return c.progress(t, true)
+}
+
+// reserveWrite takes a write command's data length from the session's and
+// the node's write budgets.
+func (c *conn) reserveWrite(t *task) bool {
+	n := int64(t.edtl)
+	if !c.sess.writeBuf.take(n) {
+		return false
+	}
+	if !c.srv.writeBuf.take(n) {
+		c.sess.writeBuf.give(n)
+		return false
+	}
+	t.reserved.Store(n)
+	return true
+}
+
+// releaseBuffer gives a task's write budget back (once).
+func (c *conn) releaseBuffer(t *task) {
+	if n := t.reserved.Swap(0); n > 0 {
+		c.sess.writeBuf.give(n)
+		c.srv.writeBuf.give(n)
+	}
+}
+
+// expireWrites fails write commands whose initiator has sent none of the
+// data they still need for DataOutTimeout, freeing their buffers.
+func (c *conn) expireWrites(now time.Time) {
+	limit := now.Add(-c.srv.cfg.DataOutTimeout).UnixNano()
+	var stale []*task
+	c.mu.Lock()
+	for _, t := range c.tasks {
+		if t.write && !t.started && t.buf != nil && t.lastData < limit {
+			stale = append(stale, t)
+		}
+	}
+	c.mu.Unlock()
+	for _, t := range stale {
+		c.log.WithFields(logrus.Fields{"itt": t.itt, "timeout": c.srv.cfg.DataOutTimeout}).Warn("write command got no data in time; failed")
+		// ABORTED COMMAND, DATA PHASE ERROR: the initiator may retry.
+		c.failTask(t, senseResult(scsi.SenseAbortedCommand, 0x4b, 0x00))
+	}
 }
 
 // admit places a new command in the CmdSN order. It returns false if the
@@ -150,6 +238,7 @@ func (c *conn) admit(t *task, p *PDU) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t.immediate {
+		s.inflight.Add(1)
 		t.delivered.Store(true)
 		return true
 	}
@@ -328,21 +417,19 @@ func (c *conn) solicitLocked(t *task) []*PDU {
 			c.nextTTT = 1
 		}
 		ttt := c.nextTTT
-		if t.dataSNByTTT == nil {
-			t.dataSNByTTT = map[uint32]uint32{}
-			t.remainByTTT = map[uint32]uint32{}
+		if t.bursts == nil {
+			t.bursts = map[uint32]*burst{}
 		}
-		t.dataSNByTTT[ttt] = 0
-		t.remainByTTT[ttt] = n
+		t.bursts[ttt] = &burst{next: t.nextOffset, remain: n}
 		c.byTTT[ttt] = t
 		p := new(PDU)
 		p.setOpcode(opR2T, flagFinal)
 		binary.BigEndian.PutUint64(p.BHS[8:], encodeLUN(t.lun))
-		p.setU32(16, t.itt)
-		p.setU32(20, ttt)
-		p.setU32(36, t.r2tSN)
-		p.setU32(40, t.nextOffset)
-		p.setU32(44, n)
+		p.set(fieldITT, t.itt)
+		p.set(fieldTTT, ttt)
+		p.set(fieldR2TSN, t.r2tSN)
+		p.set(fieldBufferOffset, t.nextOffset)
+		p.set(fieldDesiredLen, n)
 		t.r2tSN++
 		t.outstanding++
 		t.nextOffset += n
@@ -352,9 +439,9 @@ func (c *conn) solicitLocked(t *task) []*PDU {
 }
 
 func (c *conn) handleDataOut(p *PDU) error {
-	itt, ttt := p.ITT(), p.u32(20)
-	off, n := p.u32(40), uint32(p.dataLen())
-	dataSN := p.u32(36)
+	itt, ttt := p.ITT(), p.get(fieldTTT)
+	off, n := p.get(fieldBufferOffset), uint32(p.dataLen())
+	dataSN := p.get(fieldDataSN)
 	// Validate under the lock (abort and delivery change task state from
 	// other goroutines), then read the data without it.
 	c.mu.Lock()
@@ -365,12 +452,14 @@ func (c *conn) handleDataOut(p *PDU) error {
 		t = c.byTTT[ttt]
 	}
 	var verr error
+	var fail *scsi.Result // the PDU is well formed but the task must end
 	var want uint32
+	var b *burst
 	_, tomb := c.abortedTags[uint64(itt)<<32|uint64(ttt)]
 	switch {
 	case tomb || (t != nil && t.aborted.Load()):
 		c.mu.Unlock()
-		// Data of an aborted task: discard it quietly.
+		// Data of an aborted (or failed) task: discard it quietly.
 		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
 			return err
 		}
@@ -381,16 +470,40 @@ func (c *conn) handleDataOut(p *PDU) error {
 		verr = &protoError{rejectProtocolError, fmt.Sprintf("Data-Out offset %d+%d beyond expected length %d", off, n, t.edtl)}
 	case ttt == reservedTag && (t.unsolDone || off+n > t.unsolicited):
 		verr = &protoError{rejectProtocolError, "unsolicited Data-Out beyond FirstBurstLength"}
-	case ttt != reservedTag && n > t.remainByTTT[ttt]:
-		verr = &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+	case ttt == reservedTag && off != t.unsolNext:
+		r := dataOffsetError()
+		fail = &r
 	case ttt == reservedTag:
 		want = t.unsolDataSN
 	default:
-		want = t.dataSNByTTT[ttt]
+		b = t.bursts[ttt]
+		switch {
+		case b == nil:
+			verr = &protoError{rejectInvalidField, fmt.Sprintf("Data-Out for finished burst TTT %#x", ttt)}
+		case n > b.remain:
+			verr = &protoError{rejectProtocolError, "Data-Out longer than the R2T asked for"}
+		case off != b.next:
+			r := dataOffsetError()
+			fail = &r
+		case p.Final() && n != b.remain:
+			// The sequence ends short of what the R2T asked for: the
+			// rest of the buffer would never be filled.
+			r := senseResult(scsi.SenseAbortedCommand, 0x4b, 0x00) // DATA PHASE ERROR
+			fail = &r
+		default:
+			want = b.dataSN
+		}
 	}
 	c.mu.Unlock()
-	if verr != nil {
-		c.rd.readData(p, nil)
+	if verr != nil || fail != nil {
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
+		}
+		if fail != nil {
+			c.log.WithFields(logrus.Fields{"itt": itt, "offset": off, "length": n}).Warn("Data-Out not at the next offset of its sequence; command failed, nothing written")
+			c.failTask(t, *fail)
+			return nil
+		}
 		return verr
 	}
 	if err := c.rd.readData(p, t.buf[off:off+n]); err != nil {
@@ -409,23 +522,24 @@ func (c *conn) handleDataOut(p *PDU) error {
 	}
 	c.mu.Lock()
 	t.received += n
+	t.lastData = time.Now().UnixNano()
 	if ttt == reservedTag {
 		t.unsolDataSN++
-		if p.Final() || off+n >= t.unsolicited {
+		t.unsolNext += n
+		if p.Final() || t.unsolNext >= t.unsolicited {
 			t.unsolDone = true
+			// Solicit the rest from where the unsolicited data ended.
+			t.nextOffset = t.unsolNext
 		}
-	} else if _, ok := t.remainByTTT[ttt]; ok {
-		t.dataSNByTTT[ttt]++
-		t.remainByTTT[ttt] -= n
-		if p.Final() || t.remainByTTT[ttt] == 0 {
+	} else if b != nil {
+		b.dataSN++
+		b.next += n
+		b.remain -= n
+		if b.remain == 0 {
 			delete(c.byTTT, ttt)
-			delete(t.dataSNByTTT, ttt)
-			delete(t.remainByTTT, ttt)
+			delete(t.bursts, ttt)
 			t.outstanding--
 		}
-	}
-	if t.received > t.edtl {
-		t.received = t.edtl
 	}
 	r2ts, ready := c.progressLocked(t)
 	c.mu.Unlock()
@@ -438,6 +552,12 @@ func (c *conn) handleDataOut(p *PDU) error {
 	return nil
 }
 
+// dataOffsetError is the result of a task whose Data-Out came at the wrong
+// buffer offset: CHECK CONDITION, ABORTED COMMAND, DATA OFFSET ERROR.
+func dataOffsetError() scsi.Result {
+	return senseResult(scsi.SenseAbortedCommand, 0x4b, 0x05)
+}
+
 // failTask ends a task that is still collecting data with the given result.
 func (c *conn) failTask(t *task, res scsi.Result) {
 	c.mu.Lock()
@@ -446,10 +566,11 @@ func (c *conn) failTask(t *task, res scsi.Result) {
 		return
 	}
 	t.started = true
-	for ttt, tt := range c.byTTT {
-		if tt == t {
-			delete(c.byTTT, ttt)
-		}
+	// Data-Out still on its way for this task is discarded quietly.
+	c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
+	for ttt := range t.bursts {
+		delete(c.byTTT, ttt)
+		c.tombstoneLocked(uint64(t.itt)<<32 | uint64(ttt))
 	}
 	c.mu.Unlock()
 	c.send(outMsg{task: t, res: res})
@@ -498,9 +619,8 @@ func (c *conn) finish(t *task) {
 		delete(c.tasks, t.itt)
 	}
 	c.mu.Unlock()
-	if !t.immediate {
-		c.sess.inflight.Add(-1)
-	}
+	c.releaseBuffer(t)
+	c.sess.inflight.Add(-1)
 	select {
 	case <-t.done:
 	default:
@@ -564,17 +684,17 @@ func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result
 		if last && collapse {
 			f |= flagStatus | flags
 			p.BHS[3] = res.Status
-			p.setU32(24, c.statSN)
+			p.set(fieldStatSN, c.statSN)
 			c.statSN++
-			p.setU32(44, resid)
+			p.set(fieldResidual, resid)
 		}
 		p.setOpcode(opDataIn, f)
-		p.setU32(16, t.itt)
-		p.setU32(20, reservedTag)
-		p.setU32(28, s.expCmdSN.Load())
-		p.setU32(32, s.maxCmdSN())
-		p.setU32(36, dataSN)
-		p.setU32(40, uint32(off))
+		p.set(fieldITT, t.itt)
+		p.set(fieldTTT, reservedTag)
+		p.set(fieldExpCmdSN, s.expCmdSN.Load())
+		p.set(fieldMaxCmdSN, s.maxCmdSN())
+		p.set(fieldDataSN, dataSN)
+		p.set(fieldBufferOffset, uint32(off))
 		p.Data = data[off : off+n]
 		dataSN++
 		if hdr, err = c.writePDU(w, hdr, p); err != nil {
@@ -589,13 +709,13 @@ func (c *conn) writeResult(w *bufio.Writer, hdr []byte, t *task, res scsi.Result
 	p.setOpcode(opSCSIResp, flagFinal|flags)
 	p.BHS[2] = 0 // command completed at target
 	p.BHS[3] = res.Status
-	p.setU32(16, t.itt)
-	p.setU32(24, c.statSN)
+	p.set(fieldITT, t.itt)
+	p.set(fieldStatSN, c.statSN)
 	c.statSN++
-	p.setU32(28, s.expCmdSN.Load())
-	p.setU32(32, s.maxCmdSN())
-	p.setU32(36, dataSN)
-	p.setU32(44, resid)
+	p.set(fieldExpCmdSN, s.expCmdSN.Load())
+	p.set(fieldMaxCmdSN, s.maxCmdSN())
+	p.set(fieldExpDataSN, dataSN)
+	p.set(fieldResidual, resid)
 	if len(res.Sense) > 0 {
 		sd := make([]byte, 2+len(res.Sense))
 		binary.BigEndian.PutUint16(sd, uint16(len(res.Sense)))
@@ -623,6 +743,7 @@ func (c *conn) releaseTasks() {
 	}
 	s.mu.Unlock()
 	for _, t := range tasks {
+		c.releaseBuffer(t)
 		t.aborted.Store(true)
 		select {
 		case <-t.done:

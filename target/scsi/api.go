@@ -19,7 +19,10 @@ const BlockSize = 512
 // Backend is the storage behind one logical unit. Implementations must be
 // safe for concurrent use: the transport executes many commands at once.
 type Backend interface {
-	// ReadAt fills all of p from byte offset off.
+	// ReadAt fills all of p from byte offset off, or returns an error.
+	// p may come from a pool and hold another command's bytes: a nil
+	// error promises that every byte of p was written (holes as zeros),
+	// since all of p goes to the initiator.
 	ReadAt(p []byte, off int64) error
 	// WriteAt writes all of p at off. With fua set the data is durable
 	// (survives a crash) when WriteAt returns.

@@ -58,7 +58,7 @@ func (lu *LU) doOrWrite(r *request, br blockRange) Result {
 	for i, b := range data {
 		buf[i] |= b
 	}
-	fua := br.flags&0x08 != 0 || !lu.writeCache()
+	fua := br.flags&0x08 != 0 || !r.writeCache()
 	if err := lu.be.WriteAt(buf, off, fua); err != nil {
 		return backendError(err, true)
 	}
@@ -107,7 +107,7 @@ func (lu *LU) doWriteAtomic(r *request, lba uint64, blocks uint32) Result {
 	// writes (see the top of this file); the backend sees one WriteAt.
 	unlock := lu.locks.lock(lba, uint64(blocks), true)
 	defer unlock()
-	fua := cdb[1]&0x08 != 0 || !lu.writeCache()
+	fua := cdb[1]&0x08 != 0 || !r.writeCache()
 	if err := lu.be.WriteAt(r.cmd.DataOut[:n], int64(lba)*BlockSize, fua); err != nil {
 		return backendError(err, true)
 	}

@@ -68,7 +68,7 @@ func (lu *LU) doCompareAndWrite(r *request, n uint64) Result {
 	if err := check(); err != nil {
 		return abortedCommand(err)
 	}
-	fua := cdb[1]&0x08 != 0 || !lu.writeCache()
+	fua := cdb[1]&0x08 != 0 || !r.writeCache()
 	if err := lu.be.WriteAt(data, off, fua); err != nil {
 		return backendError(err, true)
 	}

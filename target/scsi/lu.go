@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"sync"
 )
 
 // Limits a csnap logical unit reports in the Block Limits VPD page and
@@ -61,9 +60,6 @@ type LU struct {
 	// locks makes COMPARE AND WRITE atomic with respect to other writes.
 	locks rangeLocks
 
-	mu   sync.Mutex // guards mode
-	mode modeParams
-
 	// Set when the logical unit is added to a Target.
 	store ReservationStore
 	lun   uint64
@@ -73,7 +69,7 @@ type LU struct {
 // attentions) is kept under a key derived from b's identity, so every node
 // exporting the same identity shares it.
 func NewLU(b Backend) *LU {
-	lu := &LU{be: b, cmds: newCommandSet(), mode: defaultModeParams()}
+	lu := &LU{be: b, cmds: newCommandSet()}
 	idy := b.Identity()
 	if idy.NAA != ([16]byte{}) {
 		lu.id = "naa." + hex.EncodeToString(idy.NAA[:])

@@ -3,7 +3,10 @@ package scsi
 // Mode parameters (SPC-4 7.5, SBC-3 6.4). A csnap logical unit has three
 // pages: Caching, Control and Informational Exceptions Control. Only WCE is
 // changeable; nothing can be saved. The parameters are kept per logical
-// unit and shared by all I_T nexuses (SPC-4 7.5.1 allows either).
+// unit and shared by all I_T nexuses (SPC-4 7.5.1 allows either), in the
+// logical unit's shared state (LUState.Mode), so they are the same through
+// every node exporting it and last as long as that state does (a cluster
+// keeps it with the volume, across restarts of every node).
 
 // Mode page codes.
 const (
@@ -28,7 +31,15 @@ type modeParams struct {
 	wce bool
 }
 
-func defaultModeParams() modeParams { return modeParams{wce: true} }
+// modeParamsOf returns the mode parameters of shared state s.
+func modeParamsOf(s *LUState) modeParams {
+	return modeParams{wce: !s.Mode.WriteCacheDisabled}
+}
+
+// set stores mp in shared state s.
+func (mp modeParams) set(s *LUState) {
+	s.Mode.WriteCacheDisabled = !mp.wce
+}
 
 // modePage returns page code as reported with page control pc, or nil if
 // the page is not supported.
@@ -85,9 +96,7 @@ func (lu *LU) modeSense(r *request) Result {
 	if sub != 0 && !(sub == 0xff && code == pageAllPages) {
 		return invalidCDB(3, -1)
 	}
-	lu.mu.Lock()
-	mp := lu.mode
-	lu.mu.Unlock()
+	mp := modeParamsOf(r.state)
 	var pages []byte
 	if code == pageAllPages {
 		// Ascending page code order (SPC-4 6.11.1).
@@ -194,9 +203,8 @@ func (lu *LU) doModeSelect(r *request, ten bool, n, hdrLen int) Result {
 		return res
 	}
 
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	next := lu.mode
+	cur0 := modeParamsOf(r.state)
+	next := cur0
 	for off := hdrLen + bdLen; off < n; {
 		if n-off < 2 {
 			return paramListLengthError()
@@ -227,11 +235,14 @@ func (lu *LU) doModeSelect(r *request, ten bool, n, hdrLen int) Result {
 		}
 		off += len(cur)
 	}
-	if next == lu.mode {
+	if next == cur0 {
 		return Result{Status: StatusGood}
 	}
-	lu.mode = next
 	if _, err := lu.update(func(s *LUState) error {
+		if modeParamsOf(s) == next {
+			return nil // changed to the same through another node meanwhile
+		}
+		next.set(s)
 		s.postUAAll(uaModeChanged, func(n NexusID) bool { return n == r.nexus })
 		return nil
 	}); err != nil {
@@ -268,9 +279,6 @@ func (lu *LU) checkBlockDescriptor(bd []byte, off int) (Result, bool) {
 // writeProtected reports whether medium writes are refused.
 func (lu *LU) writeProtected() bool { return lu.be.ReadOnly() }
 
-// writeCache reports whether the write cache is enabled (WCE).
-func (lu *LU) writeCache() bool {
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	return lu.mode.wce
-}
+// writeCache reports whether the write cache is enabled (WCE) in the
+// shared state the command started with.
+func (r *request) writeCache() bool { return !r.state.Mode.WriteCacheDisabled }

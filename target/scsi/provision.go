@@ -71,10 +71,10 @@ func (lu *LU) doWriteSame(r *request, ndob bool) Result {
 		if err := lu.be.Unmap(off, end-off); err != nil {
 			return backendError(err, true)
 		}
-		return Result{Status: StatusGood}
+		return lu.unmapDone(r)
 	}
 	chunk := bytes.Repeat(block, int(min(blocks, writeSameChunk/BlockSize)))
-	fua := !lu.writeCache()
+	fua := !r.writeCache()
 	for off < end {
 		n := min(int64(len(chunk)), end-off)
 		if err := lu.be.WriteAt(chunk[:n], off, fua); err != nil {
@@ -156,6 +156,19 @@ func (lu *LU) doUnmap(r *request, n int) Result {
 		err := lu.be.Unmap(int64(e.lba)*BlockSize, int64(e.blocks)*BlockSize)
 		unlock()
 		if err != nil {
+			return backendError(err, true)
+		}
+	}
+	return lu.unmapDone(r)
+}
+
+// unmapDone ends a deallocation: with the write cache disabled (WCE=0)
+// every write is durable when it completes, and a deallocation is a write
+// (the blocks read zeros afterwards), so the backend is flushed first.
+// Backend.Unmap has no FUA of its own.
+func (lu *LU) unmapDone(r *request) Result {
+	if !r.writeCache() {
+		if err := lu.be.Flush(); err != nil {
 			return backendError(err, true)
 		}
 	}

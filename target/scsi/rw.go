@@ -100,7 +100,7 @@ func (lu *LU) writeBlocks(r *request, br blockRange, fua bool) Result {
 	}
 	unlock := lu.locks.lock(br.lba, uint64(n), false)
 	defer unlock()
-	err := lu.be.WriteAt(r.cmd.DataOut[:n*BlockSize], int64(br.lba)*BlockSize, fua || !lu.writeCache())
+	err := lu.be.WriteAt(r.cmd.DataOut[:n*BlockSize], int64(br.lba)*BlockSize, fua || !r.writeCache())
 	if err != nil {
 		return backendError(err, true)
 	}

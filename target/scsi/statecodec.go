@@ -31,7 +31,16 @@ package scsi
 //	                1    number of pending unit attentions (0..maxPendingUA)
 //	                2    each unit attention (ASC<<8 | ASCQ), oldest first
 //
-// Nothing follows the last nexus. The encoding is canonical: MarshalBinary
+// After the last nexus come optional sections, each a u8 tag and its body,
+// at most one of each, in increasing tag order (an extension of format 1:
+// a state without them encodes exactly as before, and a decoder that
+// predates a section refuses a state that has it as "trailing bytes"):
+//
+//	tag 1   mode parameters, present only when they are not the defaults:
+//	          1  flags: bit 0 write cache disabled (WCE clear); the other
+//	             bits are 0, and not every bit is 0
+//
+// Nothing else follows. The encoding is canonical: MarshalBinary
 // writes the only encoding UnmarshalLUState accepts for a state, so
 // re-encoding a decoded state gives back the same bytes. Empty Registrations
 // and Nexuses decode as nil, and so does a nexus's empty unit attention
@@ -54,6 +63,10 @@ const (
 
 	flagReservation = 1 << 0
 	flagLegacy      = 1 << 1
+
+	// Optional sections after the nexuses, and the mode section's flags.
+	codecSectionMode = 1
+	modeFlagWCD      = 1 << 0
 
 	// The smallest encodings of a registration (Key, two empty strings,
 	// AllTargetPorts, RelativeTargetPort) and of a nexus (two empty
@@ -127,6 +140,13 @@ func (s *LUState) MarshalBinary() ([]byte, error) {
 		for _, ua := range uas {
 			e.b = binary.BigEndian.AppendUint16(e.b, uint16(ua))
 		}
+	}
+	if s.Mode != (ModeParameters{}) {
+		var mf byte
+		if s.Mode.WriteCacheDisabled {
+			mf |= modeFlagWCD
+		}
+		e.b = append(e.b, codecSectionMode, mf)
 	}
 	if e.err != nil {
 		return nil, e.err
@@ -246,6 +266,17 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 		}
 	}
 
+	d.item = ""
+	if d.err == nil && d.off < len(d.b) && d.b[d.off] == codecSectionMode {
+		d.off++
+		switch mf := d.u8("mode flags"); {
+		case d.err != nil:
+		case mf == 0 || mf&^modeFlagWCD != 0:
+			d.fail("mode flags 0x%02x: unknown bits, or the defaults (which are not encoded)", mf)
+		default:
+			s.Mode.WriteCacheDisabled = mf&modeFlagWCD != 0
+		}
+	}
 	if d.err == nil && d.off != len(d.b) {
 		d.fail("%d trailing bytes after the last field", len(d.b)-d.off)
 	}

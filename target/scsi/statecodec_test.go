@@ -172,7 +172,7 @@ func TestStateCodecRejects(t *testing.T) {
 		want string
 	}{
 		"trailing byte":      {append(bytes.Clone(valid), 0), "1 trailing bytes"},
-		"trailing bytes":     {append(bytes.Clone(zero), 1, 2, 3), "3 trailing bytes"},
+		"trailing bytes":     {append(bytes.Clone(zero), 9, 2, 3), "3 trailing bytes"},
 		"version 0":          {with(zero, 0, 0), "format version 0"},
 		"version 2":          {with(valid, 0, 2), "format version 2"},
 		"unknown flag":       {with(zero, 13, 4), "unknown bits"},

@@ -7,8 +7,8 @@ import (
 )
 
 // ReservationStore keeps the state of logical units that must be shared by
-// every node exporting them: persistent reservations, the SPC-2 reservation
-// and the pending unit attentions of each I_T nexus.
+// every node exporting them: persistent reservations, the SPC-2 reservation,
+// the pending unit attentions of each I_T nexus and the mode parameters.
 //
 // The state of one logical unit is a value (LUState) read as a whole and
 // changed by an update function, so that a cluster-wide implementation can be
@@ -104,6 +104,17 @@ type LUState struct {
 	// Capacity is the capacity (bytes) last reported to initiators; a
 	// change posts CAPACITY DATA HAS CHANGED.
 	Capacity int64
+	// Mode holds the changeable mode parameters, the same through every
+	// node (MODE SELECT through any node changes them for all).
+	Mode ModeParameters
+}
+
+// ModeParameters are the changeable mode parameters of a logical unit. The
+// zero value is the default.
+type ModeParameters struct {
+	// WriteCacheDisabled: the Caching page's WCE is clear, so every write
+	// is done with FUA (write-through).
+	WriteCacheDisabled bool
 }
 
 // Clone returns a deep copy of s.
@@ -112,6 +123,7 @@ func (s *LUState) Clone() *LUState {
 		Generation:    s.Generation,
 		Registrations: slices.Clone(s.Registrations),
 		Capacity:      s.Capacity,
+		Mode:          s.Mode,
 		Nexuses:       make(map[NexusID][]UnitAttention, len(s.Nexuses)),
 	}
 	if s.Reservation != nil {

@@ -309,11 +309,9 @@ func (t *Target) TaskManagement(fn TMF, lun uint64, n Nexus) TMFResponse {
 // that asked for the reset included, gets unit attention ua (multipath
 // initiators check each path for it). Persistent reservations are kept.
 func (lu *LU) reset(ua UnitAttention) error {
-	lu.mu.Lock()
-	lu.mode = defaultModeParams()
-	lu.mu.Unlock()
 	_, err := lu.update(func(s *LUState) error {
 		s.Legacy = nil
+		s.Mode = ModeParameters{}
 		s.postUAAll(ua, nil)
 		return nil
 	})

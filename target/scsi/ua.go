@@ -67,16 +67,44 @@ func (s *LUState) takeUA(n NexusID) (UnitAttention, bool) {
 	return q[0], true
 }
 
+// maxNexuses bounds the nexuses an LU's shared state remembers across the
+// cluster, so that the state stays well within the 512 KiB a shared-state
+// value may take (a nexus id is at most about 360 bytes with InitiatorName
+// bounded to 223) however many sessions log in, and nexuses of nodes that
+// crashed (NexusLost never ran for them) cannot pile up without end.
+const maxNexuses = 1024
+
 // admitNexus records n as a nexus of the logical unit. The first command of
 // a new I_T nexus reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
-// (SAM-5 6.3.2).
+// (SAM-5 6.3.2). At maxNexuses, a nexus with nothing pending that holds no
+// reservation is forgotten to make room (if it is still alive, its next
+// command admits it again, with a POWER ON unit attention); if there is
+// none, n is not remembered (it gets no unit attentions).
 func (s *LUState) admitNexus(n NexusID) {
 	if s.Nexuses == nil {
 		s.Nexuses = make(map[NexusID][]UnitAttention)
 	}
-	if _, ok := s.Nexuses[n]; !ok {
-		s.Nexuses[n] = []UnitAttention{uaPowerOnReset}
+	if _, ok := s.Nexuses[n]; ok {
+		return
 	}
+	if len(s.Nexuses) >= maxNexuses && !s.evictNexus() {
+		return
+	}
+	s.Nexuses[n] = []UnitAttention{uaPowerOnReset}
+}
+
+// evictNexus forgets one idle nexus (no pending unit attention, holding no
+// reservation) and reports whether it found one.
+func (s *LUState) evictNexus() bool {
+	for id, q := range s.Nexuses {
+		if len(q) > 0 || (s.Legacy != nil && *s.Legacy == id) ||
+			(s.Reservation != nil && s.Reservation.Holder == id) {
+			continue
+		}
+		delete(s.Nexuses, id)
+		return true
+	}
+	return false
 }
 
 // uaResult is the CHECK CONDITION that reports ua.

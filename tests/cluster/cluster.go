@@ -46,6 +46,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/csnap/csnap/pki"
 )
 
 // Port numbers, the same on every node's address.
@@ -85,11 +87,28 @@ type Options struct {
 	// inside node i's namespace; reach them with Command, HTTPClient,
 	// HTTPGet and Consul.
 	Netns bool
+	// NoTLS runs csnapd's snapshot-server protocol without TLS
+	// (-insecure-no-tls). By default the harness makes a CA and a
+	// certificate per node in Dir/tls (package pki, as `csnap-admin tls`
+	// does) and gives them to each csnapd (Node.TLSCA etc.).
+	NoTLS bool
 	// StampLogs prefixes every line a process writes to its log with the
 	// time the harness read it (LogStampLayout, UTC, then a space), so
 	// events in different processes' logs can be ordered to well below
 	// csnapd's own 1 s timestamps. See SplitStamp.
 	StampLogs bool
+
+	// ConsulACL runs Consul with ACLs (default deny) and gossip
+	// encryption (acl.go); each csnapd gets a token of its own holding
+	// only CsnapdPolicy, as CONSUL_HTTP_TOKEN.
+	ConsulACL bool
+	// CsnapdPolicy is csnapd's ACL policy (HCL rules; every "n1" in it
+	// stands for the node's name), e.g. configs/consul-policy-csnapd.hcl.
+	CsnapdPolicy string
+
+	// Set by newCluster with ConsulACL: the management token and the
+	// gossip key.
+	aclManagement, gossipKey string
 }
 
 // Node describes node i: its addresses, files, and current PIDs.
@@ -108,8 +127,10 @@ type Node struct {
 	ConsulConfig  string // the agent's HCL file
 	CsnapdLogPath string
 	ConsulLogPath string
-	CsnapdPID     int // 0 when not running
-	ConsulPID     int // 0 when not running
+	// The node's TLS files (-tls-ca, -tls-cert, -tls-key); "" with NoTLS.
+	TLSCA, TLSCert, TLSKey string
+	CsnapdPID              int // 0 when not running
+	ConsulPID              int // 0 when not running
 }
 
 // Cluster is a running cluster. Nodes are numbered from 1.
@@ -137,6 +158,8 @@ type member struct {
 	http       *http.Client // for csnapd's API; bounds every request
 	agent      *proc
 	csnapd     *proc
+	// consulToken is csnapd's Consul token (ConsulACL), set once.
+	consulToken string
 }
 
 // Start starts the Consul agents, waits until they have a leader and every
@@ -186,19 +209,58 @@ func newCluster(o Options) (*Cluster, error) {
 	if err := checkBinaries(o); err != nil {
 		return nil, err
 	}
+	if o.ConsulACL {
+		if err := aclSecrets(&o); err != nil {
+			return nil, err
+		}
+	}
 	c := &Cluster{opts: o}
 	if o.Netns {
 		c.netnsPrefix = netnsPrefix()
 		c.switchNetns = c.netnsPrefix + "-sw"
+	}
+	var ca *pki.CA
+	tlsDir := filepath.Join(o.Dir, "tls")
+	if !o.NoTLS {
+		if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if ca, err = pki.NewCA("csnap test cluster CA", 0); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if err := ca.Write(tlsDir, true); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 	}
 	for i := 1; i <= o.Nodes; i++ {
 		m, err := newMember(o, i, c.netnsPrefix)
 		if err != nil {
 			return nil, err
 		}
+		if ca != nil {
+			p, err := MakeNodeCert(ca, tlsDir, m.info.Name)
+			if err != nil {
+				return nil, err
+			}
+			m.info.TLSCA, m.info.TLSCert, m.info.TLSKey = p.CA, p.Cert, p.Key
+		}
 		c.nodes = append(c.nodes, m)
 	}
 	return c, nil
+}
+
+// MakeNodeCert signs a certificate for node with ca and writes it into dir
+// (pki.NodePaths; the CA certificate is expected there too).
+func MakeNodeCert(ca *pki.CA, dir, node string) (pki.Paths, error) {
+	p := pki.NodePaths(dir, node)
+	nc, err := ca.Sign(node, 0)
+	if err != nil {
+		return p, fmt.Errorf("cluster: %w", err)
+	}
+	if err := nc.Write(p, true); err != nil {
+		return p, fmt.Errorf("cluster: %w", err)
+	}
+	return p, nil
 }
 
 func checkBinaries(o Options) error {
@@ -250,7 +312,7 @@ func newMember(o Options, i int, nsPrefix string) (*member, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	consulHTTP := newHTTPClient(ns)
-	client, err := consulClient(n.ConsulAddr, consulHTTP)
+	client, err := consulClient(n.ConsulAddr, consulHTTP, o.aclManagement)
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +335,11 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 	if err := c.waitConsul(ctx); err != nil {
 		return err
+	}
+	if c.opts.ConsulACL {
+		if err := c.csnapdTokens(ctx); err != nil {
+			return err
+		}
 	}
 	if c.opts.NoCsnapd {
 		return nil

@@ -61,13 +61,13 @@ connect   { enabled = false }
 ui_config { enabled = true }
 peering   { enabled = false }
 `, n.Name, n.ConsulDataDir, o.Nodes, n.IP, n.IP, clientAddr, strings.Join(join, ", "),
-		ConsulHTTPPort, ConsulSerfLANPort, ConsulServerPort)
+		ConsulHTTPPort, ConsulSerfLANPort, ConsulServerPort) + aclConfig(o)
 }
 
 // consulClient is an API client for the agent at addr, through hc (whose
 // requests are bounded), whatever CONSUL_HTTP_* the environment holds.
-func consulClient(addr string, hc *http.Client) (*api.Client, error) {
-	c, err := api.NewClient(&api.Config{Address: addr, Scheme: "http", HttpClient: hc})
+func consulClient(addr string, hc *http.Client, token string) (*api.Client, error) {
+	c, err := api.NewClient(&api.Config{Address: addr, Scheme: "http", HttpClient: hc, Token: token})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: Consul client for %s: %w", addr, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -23,6 +24,14 @@ func (c *Cluster) csnapdArgs(n Node) []string {
 		"-consul-addr", n.ConsulAddr,
 		"-portal-group-tag", strconv.Itoa(n.Index),
 		"-log-level", "debug",
+		// Volumes live in the cluster's directory (HTTP API token:
+		// generated in DataDir, see TokenFile).
+		"-volume-paths", absPath(c.opts.Dir),
+	}
+	if c.opts.NoTLS {
+		args = append(args, "-insecure-no-tls")
+	} else {
+		args = append(args, "-tls-ca", n.TLSCA, "-tls-cert", n.TLSCert, "-tls-key", n.TLSKey)
 	}
 	args = append(args, c.opts.CsnapdArgs...)
 	if c.opts.CsnapdArgsFor != nil {
@@ -42,7 +51,11 @@ func (c *Cluster) spawnCsnapd(i int) (*proc, error) {
 	if pid := m.csnapd.pid(); pid != 0 {
 		return nil, fmt.Errorf("n%d: csnapd already running (pid %d)", i, pid)
 	}
-	p, err := c.startProc(m, m.info.Name+" csnapd", m.info.CsnapdLogPath, c.opts.Env,
+	env := c.opts.Env
+	if m.consulToken != "" {
+		env = append(slices.Clone(env), "CONSUL_HTTP_TOKEN="+m.consulToken)
+	}
+	p, err := c.startProc(m, m.info.Name+" csnapd", m.info.CsnapdLogPath, env,
 		filepath.Join(c.opts.BinDir, "csnapd"), c.csnapdArgs(m.info)...)
 	if err != nil {
 		return nil, err
@@ -144,4 +157,12 @@ func (c *Cluster) dropCsnapd(i int, p *proc, what string, end func(*proc) error)
 	}
 	c.logf("%s %s (pid %d)", what, cur.name, cur.pid())
 	return end(cur)
+}
+
+// absPath is p made absolute (csnapd's -volume-paths needs it).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -239,6 +240,19 @@ func (c *Cluster) Command(ctx context.Context, i int, name string, args ...strin
 // network-namespace mode. Its requests are bounded (2 s).
 func (c *Cluster) HTTPClient(i int) *http.Client { return c.member(i).http }
 
+// TokenFile is node i's HTTP API token file, which its csnapd generates
+// in its data directory at the first start (every API request but GET
+// /v1/health needs it: csnap-admin -token-file FILE).
+func (c *Cluster) TokenFile(i int) string {
+	return filepath.Join(c.member(i).info.DataDir, "api-token")
+}
+
+// AdminArgs are csnap-admin's global flags to reach node i's API:
+// -addr and -token-file.
+func (c *Cluster) AdminArgs(i int) []string {
+	return []string{"-addr", c.member(i).info.HTTPAddr, "-token-file", c.TokenFile(i)}
+}
+
 // HTTPGet sends GET path (e.g. "/v1/health") to node i's csnapd API and
 // returns the status code and body.
 func (c *Cluster) HTTPGet(ctx context.Context, i int, path string) (int, []byte, error) {
@@ -246,6 +260,9 @@ func (c *Cluster) HTTPGet(ctx context.Context, i int, path string) (int, []byte,
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.info.HTTPAddr+path, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if tok, err := os.ReadFile(c.TokenFile(i)); err == nil {
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	}
 	resp, err := m.http.Do(req)
 	if err != nil {

@@ -241,3 +241,22 @@ func MultipathStatus(id string, active, failed int) Step {
 
 // MultipathRemove removes the dm-multipath device id (not mounted).
 func MultipathRemove(id string) Step { return step("mpremove", "id", id) }
+
+// SetWriteCache turns the write cache of disk id on (WCE=1, "write back")
+// or off (WCE=0, "write through") through the kernel: writing sd's
+// cache_type makes it send MODE SELECT with the Caching page, and read the
+// page back. It fails unless the page then says what was set.
+func SetWriteCache(id string, on bool) Step { return step("wcache", "id", id, "set", onOff(on)) }
+
+// WantWriteCache has the kernel read the mode pages of disk id again (a
+// device rescan: MODE SENSE of the Caching page) and fails unless its
+// write cache is on (WCE=1) or off, as asked. A MODE SENSE that fails (sd
+// then assumes write through) fails the step too.
+func WantWriteCache(id string, on bool) Step { return step("wcache", "id", id, "want", onOff(on)) }
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
+}

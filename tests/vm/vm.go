@@ -347,7 +347,9 @@ func Start(ctx context.Context, o Options) (*Guest, error) {
 		cpus = 1
 	}
 	args := []string{}
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+	// CSNAP_VM_NO_KVM=1 keeps to TCG: on some hosts (nested virtualization)
+	// KVM with -cpu max aborts ("failed to set MSR 0x10a").
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil && os.Getenv("CSNAP_VM_NO_KVM") == "" {
 		f.Close()
 		args = append(args, "-accel", "kvm") // qemu falls back to the next -accel
 	}

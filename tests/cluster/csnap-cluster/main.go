@@ -166,16 +166,15 @@ func printUsage(w io.Writer, c *cluster.Cluster, cfg config) {
 	admin := filepath.Join(cfg.bin, "csnap-admin")
 	fmt.Fprintf(w, "\ncsnap cluster: %d nodes; state and logs in %s (nI/consul.log, nI/csnapd.log)\n", c.Nodes(), dir)
 	if !cfg.noCsnapd {
-		n1 := c.Node(1)
 		fmt.Fprintf(w, `
 Create a volume (origin and store: files every node opens), then snapshot it, through any node:
-  %[2]s -addr %[3]s volume create vol1 --origin %[1]s/vol1.origin --store %[1]s/vol1.store --size 1GiB
-  %[2]s -addr %[3]s snapshot create vol1 snap1
-  %[2]s -addr %[3]s server vol1
-`, dir, admin, n1.HTTPAddr)
+  %[2]s %[3]s volume create vol1 --origin %[1]s/vol1.origin --store %[1]s/vol1.store --size 1GiB
+  %[2]s %[3]s snapshot create vol1 snap1
+  %[2]s %[3]s server vol1
+`, dir, admin, strings.Join(c.AdminArgs(1), " "))
 	}
 	for i := 1; i <= c.Nodes(); i++ {
-		printNode(w, c.Node(i), admin, cfg.noCsnapd)
+		printNode(w, c.Node(i), admin+" -token-file "+c.TokenFile(i), cfg.noCsnapd)
 	}
 	fmt.Fprintf(w, "\nConsul: CONSUL_HTTP_ADDR=%s %s members\n", c.ConsulAddr(1), filepath.Join(cfg.bin, "consul"))
 	fmt.Fprintf(w, "\nCtrl-C (or kill -TERM %d) stops every process; %s stays as it is.\n", os.Getpid(), dir)

@@ -61,7 +61,7 @@ func TestMakeCluster(t *testing.T) {
 		admin := filepath.Join(bin, "csnap-admin")
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			out, err := exec.Command(admin, "-addr", "127.0.0.1:7862", "snapshot", "list", "vol1").CombinedOutput()
+			out, err := exec.Command(admin, "-addr", "127.0.0.1:7862", "-token-file", filepath.Join(dir, "n1", "csnapd", "api-token"), "snapshot", "list", "vol1").CombinedOutput()
 			if err == nil && strings.Contains(string(out), "snap1") {
 				return
 			}

@@ -537,6 +537,33 @@ op_mpremove() {
 	mark "MPREMOVED id=$a_id"
 }
 
+op_wcache() { # wcache,id=,set=on|off (MODE SELECT WCE) or wcache,id=,want=on|off (rescan: MODE SENSE)
+	need id
+	dev=$(disk_of "$a_id")
+	f=$(ls /sys/block/$dev/device/scsi_disk/*/cache_type 2>/dev/null | head -n 1)
+	[ -n "$f" ] || fail "id=$a_id: no scsi_disk cache_type in sysfs"
+	n0=$(dmesg | wc -l)
+	if [ -n "${a_set:-}" ]; then
+		case $a_set in on) v="write back" ;; off) v="write through" ;; *) fail "wcache set=on|off" ;; esac
+		echo "$v" >"$f" || fail "id=$a_id: writing '$v' to cache_type (MODE SELECT refused?)"
+		want=$a_set
+	else
+		need want
+		echo 1 >"/sys/block/$dev/device/rescan" || fail "id=$a_id: rescan"
+		want=$a_want
+	fi
+	# A MODE SENSE that failed makes sd assume write through: not an answer.
+	dmesg | tail -n +$((n0 + 1)) | grep -qiE "cache data failed|assuming drive cache" &&
+		fail "id=$a_id: the kernel could not read the Caching mode page"
+	case $(cat "$f") in
+	"write back"*) got=on ;;
+	"write through"* | none*) got=off ;;
+	*) fail "id=$a_id: cache_type '$(cat "$f")'" ;;
+	esac
+	mark "WCACHE id=$a_id wce=$got"
+	[ "$got" = "$want" ] || fail "id=$a_id: write cache $got, want $want"
+}
+
 op_kerr() { # kerr,mode=warn|strict: switch the kernel log policy
 	case ${a_mode:-} in warn) STRICT=0 ;; strict) STRICT=1 ;; *) fail "kerr mode=warn|strict" ;; esac
 	mark "KERR mode=$a_mode"

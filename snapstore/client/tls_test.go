@@ -1,0 +1,114 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/csnap/csnap/pki"
+	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/snapstore/server"
+	"github.com/csnap/csnap/snapstore/wire"
+)
+
+// holders makes a CA and the certificates of nodes.
+func holders(t *testing.T, nodes ...string) map[string]*pki.Holder {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Write(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*pki.Holder{}
+	for _, n := range nodes {
+		nc, err := ca.Sign(n, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := pki.NodePaths(dir, n)
+		if err := nc.Write(p, false); err != nil {
+			t.Fatal(err)
+		}
+		if out[n], err = pki.NewHolder(p, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// tlsServer serves a volume over TLS as node srvNode, with certificate h.
+func tlsServer(t *testing.T, h *pki.Holder, srvNode string) (string, *snapstore.MemDevice, *snapstore.MemDevice) {
+	t.Helper()
+	origin, store := snapstore.NewMemDevice(1<<20), snapstore.NewMemDevice(8<<20)
+	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := snapstore.Open(origin, store, snapstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: srvNode, Log: testLog(),
+		PeerNode: server.TLSPeerNode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, tls.NewListener(ln, h.ServerConfig())) }()
+	t.Cleanup(func() {
+		cancel()
+		srv.Close()
+		<-done
+		eng.Close()
+	})
+	return ln.Addr().String(), origin, store
+}
+
+// The client talks to the server over mutual TLS, and only to the node
+// the locator names: a server whose certificate names another node is
+// refused.
+func TestTLSServerNode(t *testing.T) {
+	hs := holders(t, "n1", "n2", "c1")
+	addr, origin, store := tlsServer(t, hs["n1"], "n1")
+	cfg := func(node string) Config {
+		return Config{Volume: "vol", Node: "c1", ID: wire.ClientIDFor("c1", "vol"),
+			Locator: StaticServer{Addr: addr, Node: node}, TLS: hs["c1"].ClientConfig,
+			Origin: origin, Store: store, Log: testLog(), IOTimeout: 5 * time.Second, DialTimeout: time.Second}
+	}
+	c, err := New(ctx5(t), cfg("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSnapshot(ctx5(t), "s1", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	// The lock key names n2, but the address answers with n1's certificate.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = New(ctx, cfg("n2"))
+	if err == nil || !strings.Contains(err.Error(), pki.ErrWrongNode.Error()) {
+		t.Fatalf("client connected to n1 as n2: %v", err)
+	}
+	t.Logf("as expected: %v", err)
+
+	// TLS needs a locator that names the node.
+	bad := cfg("n1")
+	bad.Locator = StaticLocator(addr)
+	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := New(ctx, bad); err == nil {
+		t.Fatal("TLS client without the server's node connected")
+	}
+}

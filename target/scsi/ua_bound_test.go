@@ -1,0 +1,42 @@
+package scsi
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestNexusesBounded: however many nexuses with the longest initiator names
+// use a logical unit, its shared state keeps at most maxNexuses of them and
+// encodes within a shared-state value (512 KiB); reservation holders and
+// nexuses with pending unit attentions are never the ones forgotten.
+func TestNexusesBounded(t *testing.T) {
+	s := &LUState{}
+	long := "iqn.2026-11.io.csnap:" + strings.Repeat("x", 223-len("iqn.2026-11.io.csnap:"))
+	id := func(i int) NexusID {
+		return NexusID{InitiatorPort: fmt.Sprintf("%s,i,0x%012x", long, i), TargetPort: "iqn.2026-11.io.csnap:volume-name-of-63-characters-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa,t,0x0001"}
+	}
+	holder := id(0)
+	s.admitNexus(holder)
+	s.Reservation = &PersistentReservation{Holder: holder}
+	for i := 1; i < 5000; i++ {
+		s.admitNexus(id(i))
+		if i%2 == 0 {
+			s.takeUA(id(i)) // half of them ran a command and took their POWER ON
+		}
+	}
+	if len(s.Nexuses) > maxNexuses {
+		t.Fatalf("%d nexuses kept, at most %d", len(s.Nexuses), maxNexuses)
+	}
+	if _, ok := s.Nexuses[holder]; !ok {
+		t.Fatal("the reservation holder's nexus was forgotten")
+	}
+	b, err := s.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 512<<10 {
+		t.Fatalf("LU state of %d bytes exceeds a shared-state value", len(b))
+	}
+	t.Logf("%d nexuses, %d bytes encoded", len(s.Nexuses), len(b))
+}
