@@ -61,7 +61,9 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	svc := &devService{node: "n1", cl: cl, srv: srv, eng: eng, iscsi: iscsi.NewServer(iscsi.Config{Log: log})}
+	isrv := iscsi.NewServer(iscsi.Config{Log: log})
+	svc := &devService{node: "n1", cl: cl, srv: srv, eng: eng, iscsi: isrv,
+		exp: newExport(devVolume, eng.UUID(), cl, isrv, nil, nil, log)}
 	hs := httptest.NewServer(api.Handler(svc))
 	defer hs.Close()
 	get := func(path string, out any) int {
