@@ -95,6 +95,8 @@ type Server struct {
 	log   *logrus.Entry
 	since time.Time
 
+	tlsLog logLimiter // failed TLS handshakes (auth.go)
+
 	// create serializes snapshot creations (one barrier at a time).
 	create chan struct{}
 
