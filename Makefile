@@ -30,7 +30,7 @@ deps:
 test: deps build consul lint unit integration
 
 unit:
-	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./api/... ./cmd/...
+	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./pki/... ./api/... ./cmd/...
 
 # -p 1: the cluster tests (tests/ and tests/cluster/) use the same fixed
 # loopback ports, so test packages run one after another.
