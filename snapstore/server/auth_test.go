@@ -254,7 +254,7 @@ func TestLogLimiter(t *testing.T) {
 		t.Fatal("one per source per interval")
 	}
 	var nl *logLimiter
-	if !nl.allow("a", t0) || !nl.allow("a", t0) {
+	if !nl.allow("a", t0) || !nl.allow("a", t0.Add(time.Second)) {
 		t.Fatal("nil limiter limits")
 	}
 }
