@@ -119,7 +119,7 @@ type Server struct {
 	// OnDeposed once.
 	lockCheck   *lockChecker
 	deposedOnce sync.Once
-	tlsLog logLimiter // failed TLS handshakes (auth.go)
+	tlsLog      logLimiter // failed TLS handshakes (auth.go)
 
 	// create serializes snapshot creations (one barrier at a time).
 	create chan struct{}
