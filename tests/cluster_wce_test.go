@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,4 +80,44 @@ func TestClusterVMWriteCache(t *testing.T) {
 		t.Fatalf("kernel errors: %v", res.KernelErrors)
 	}
 	t.Logf("PASS in %v", res.Duration.Round(time.Millisecond))
+}
+
+// TestVMDevWriteCache: with csnapd -dev, the write cache turned off by the
+// Linux initiator (MODE SELECT) stays off after csnapd restarts.
+func TestVMDevWriteCache(t *testing.T) {
+	vm.Require(t)
+	dir := t.TempDir()
+	n := startDevEnv(t, dir, nil)
+	var port int
+	fmt.Sscan(n.iscsiAddr[strings.LastIndex(n.iscsiAddr, ":")+1:], &port)
+	p := vm.Portal(port)
+	res, err := vm.Run(ctxFor(t, 6*time.Minute), vm.Options{
+		Steps: []vm.Step{
+			vm.Discover(p, devIQN),
+			vm.Login("o", devIQN, p),
+			vm.WantWriteCache("o", true),
+			vm.SetWriteCache("o", false),
+			vm.Logout("o"),
+			vm.Pause("restart", 2*time.Minute),
+			vm.Login("o2", devIQN, p),
+			vm.WantWriteCache("o2", false),
+			vm.Logout("o2"),
+		},
+		OnPause: func(ctx context.Context, name string) error {
+			if name != "restart" {
+				return fmt.Errorf("unexpected pause %q", name)
+			}
+			n.proc.stop(10 * time.Second)
+			n = startDevEnv(t, dir, nil, "-iscsi-addr", n.iscsiAddr, "-http-addr", n.httpAddr)
+			return nil
+		},
+		LogPath: filepath.Join(t.TempDir(), "console.log"),
+		Logf:    t.Logf,
+	})
+	if err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	if len(res.KernelErrors) > 0 {
+		t.Fatalf("kernel errors: %v", res.KernelErrors)
+	}
 }

@@ -69,6 +69,9 @@ func (e *export) setInitiators(names []string) {
 
 // initiatorList returns the initiator allow-list.
 func (e *export) initiatorList() []string {
+	if e == nil {
+		return nil // not exported (yet)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.initiators)

@@ -72,6 +72,10 @@ type options struct {
 	insecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
 }
 
+// defaultCHAPAlgorithms are the CHAP hashes accepted unless
+// -chap-algorithms says otherwise, in order of preference.
+const defaultCHAPAlgorithms = "sha256,sha1,md5"
+
 // Cluster-mode defaults (docs/CLUSTER.md explains the timings).
 const (
 	defaultConsulPrefix  = "csnap/"
@@ -98,7 +102,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
-	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", "sha256,sha1,md5", "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
+	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", defaultCHAPAlgorithms, "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
 	fs.StringVar(&o.httpTokenFile, "http-token-file", "", "file holding the HTTP API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token, generated at first start)")
 	fs.Var(&o.httpHosts, "http-hosts", "comma-separated host names the HTTP API answers to besides its listen address (DNS-rebinding protection)")
 	fs.Var(&o.httpOrigins, "http-origins", "comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP API (default: none)")
@@ -217,7 +221,11 @@ func iscsiConfig(o *options, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config,
 		}
 		icfg.DiscoveryCHAP = chap
 	}
-	algs, err := iscsi.ParseCHAPAlgorithms(o.chapAlgorithms)
+	list := o.chapAlgorithms
+	if list == "" {
+		list = defaultCHAPAlgorithms
+	}
+	algs, err := iscsi.ParseCHAPAlgorithms(list)
 	if err != nil {
 		return icfg, fmt.Errorf("-chap-algorithms: %w", err)
 	}

@@ -88,7 +88,9 @@ func btoi(b bool) int {
 	return 0
 }
 
-// devTLS makes, in dir, a CA and node's certificate, unless they exist.
+// devTLS makes, in dir, a CA and node's certificate, unless they exist;
+// a certificate that does not load with the CA or expires within a day is
+// made anew.
 func devTLS(dir, node string, log *logrus.Entry) (pki.Paths, error) {
 	p := pki.NodePaths(dir, node)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -105,7 +107,13 @@ func devTLS(dir, node string, log *logrus.Entry) (pki.Paths, error) {
 		log.WithField("dir", dir).Info("TLS: made a CA for -dev")
 	}
 	if _, err := os.Stat(p.Cert); err == nil {
-		return p, nil
+		m, err := pki.Load(p)
+		if err == nil && m.Node == node && time.Until(m.Leaf.NotAfter) > 24*time.Hour {
+			return p, nil
+		}
+		// Expired (or about to), of another node, or not of this CA: -dev
+		// holds its CA's key, so it makes a new one.
+		log.WithError(err).WithField("cert", p.Cert).Warn("TLS: this node's -dev certificate is not usable; making a new one")
 	}
 	if ca == nil {
 		var err error

@@ -181,3 +181,41 @@ func TestNodeTLSReloadsOnSIGHUP(t *testing.T) {
 		t.Fatal("reloaded something else")
 	}
 }
+
+// -dev replaces a node certificate that is expiring (or not of its CA).
+func TestDevTLSRenews(t *testing.T) {
+	dir := t.TempDir()
+	p, err := devTLS(dir, "n1", quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, err := ca.Sign("n1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := short.Write(p, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := devTLS(dir, "n1", quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pki.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Leaf.Equal(short.Cert) || time.Until(m.Leaf.NotAfter) < 300*24*time.Hour {
+		t.Fatalf("expiring certificate kept (until %v)", m.Leaf.NotAfter)
+	}
+	// Unchanged when usable.
+	if _, err := devTLS(dir, "n1", quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := pki.Load(p)
+	if err != nil || !m2.Leaf.Equal(m.Leaf) {
+		t.Fatalf("usable certificate replaced: %v", err)
+	}
+}

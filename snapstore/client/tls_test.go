@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ import (
 )
 
 // holders makes a CA and the certificates of nodes.
-func holders(t *testing.T, nodes ...string) map[string]*pki.Holder {
+func holders(t testing.TB, nodes ...string) map[string]*pki.Holder {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test", 0)
@@ -42,10 +43,11 @@ func holders(t *testing.T, nodes ...string) map[string]*pki.Holder {
 	return out
 }
 
-// tlsServer serves a volume over TLS as node srvNode, with certificate h.
-func tlsServer(t *testing.T, h *pki.Holder, srvNode string) (string, *snapstore.MemDevice, *snapstore.MemDevice) {
+// tlsServer serves a volume over TLS as node srvNode, with certificate h
+// (nil: without TLS).
+func tlsServer(t testing.TB, h *pki.Holder, srvNode string) (string, *snapstore.MemDevice, *snapstore.MemDevice) {
 	t.Helper()
-	origin, store := snapstore.NewMemDevice(1<<20), snapstore.NewMemDevice(8<<20)
+	origin, store := snapstore.NewMemDevice(1<<20), snapstore.NewMemDevice(32<<20)
 	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: e2eChunk, JournalBlocks: 256}); err != nil {
 		t.Fatal(err)
 	}
@@ -53,8 +55,11 @@ func tlsServer(t *testing.T, h *pki.Holder, srvNode string) (string, *snapstore.
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: srvNode, Log: testLog(),
-		PeerNode: server.TLSPeerNode})
+	cfg := server.Config{Engine: eng, Volume: "vol", Term: 1, Node: srvNode, Log: testLog()}
+	if h != nil {
+		cfg.PeerNode = server.TLSPeerNode
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +69,11 @@ func tlsServer(t *testing.T, h *pki.Holder, srvNode string) (string, *snapstore.
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, tls.NewListener(ln, h.ServerConfig())) }()
+	var l net.Listener = ln
+	if h != nil {
+		l = tls.NewListener(ln, h.ServerConfig())
+	}
+	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()
 		srv.Close()
@@ -110,5 +119,69 @@ func TestTLSServerNode(t *testing.T) {
 	defer cancel()
 	if _, err := New(ctx, bad); err == nil {
 		t.Fatal("TLS client without the server's node connected")
+	}
+}
+
+// BenchmarkRoundTrip measures one request and its reply (STATUS) and the
+// first write of a chunk after a snapshot (approval round trip and
+// copy-out), with and without TLS.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, secure := range []bool{false, true} {
+		name := "plain"
+		if secure {
+			name = "tls"
+		}
+		b.Run(name, func(b *testing.B) {
+			hs := holders(b, "n1", "c1")
+			var h *pki.Holder
+			if secure {
+				h = hs["n1"]
+			}
+			addr, origin, store := tlsServer(b, h, "n1")
+			cfg := Config{Volume: "vol", Node: "c1", ID: wire.ClientIDFor("c1", "vol"),
+				Locator: StaticServer{Addr: addr, Node: "n1"}, Origin: origin, Store: store, Log: testLog()}
+			if secure {
+				cfg.TLS = hs["c1"].ClientConfig
+			}
+			ctx := context.Background()
+			c, err := New(ctx, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.Run("status", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := c.Status(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			k := 0 // snapshots made (the function may be run more than once)
+			b.Run("first-write", func(b *testing.B) {
+				buf := make([]byte, e2eChunk)
+				n := int64(1<<20) / e2eChunk
+				i := n
+				for b.Loop() {
+					if i == n { // every chunk written: a new snapshot
+						b.StopTimer()
+						if k > 0 {
+							if err := c.DeleteSnapshot(ctx, fmt.Sprint("s", k)); err != nil {
+								b.Fatal(err)
+							}
+						}
+						k++
+						if _, err := c.CreateSnapshot(ctx, fmt.Sprint("s", k), 0, false); err != nil {
+							b.Fatal(err)
+						}
+						i = 0
+						b.StartTimer()
+					}
+					if err := c.Origin().WriteAt(buf, i*e2eChunk, false); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		})
 	}
 }

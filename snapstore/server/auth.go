@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -20,9 +21,9 @@ func TLSPeerNode(conn net.Conn) (string, error) { return pki.PeerNode(conn) }
 
 // tlsHandshake completes the TLS handshake of conn (a *tls.Conn, or a
 // connection wrapping one, see pki.PeerNode) within timeout, so that a
-// peer without a valid certificate is logged as such. Other connections
-// pass untouched.
-func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry) bool {
+// peer without a valid certificate is logged as such (through lim). Other
+// connections pass untouched.
+func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry, lim *logLimiter) bool {
 	tc := tlsConn(conn)
 	if tc == nil {
 		return true
@@ -30,9 +31,39 @@ func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry) bool 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		log.WithError(err).Warn("TLS handshake failed; connection closed")
+		lvl := logrus.WarnLevel
+		if host, _, _ := net.SplitHostPort(conn.RemoteAddr().String()); !lim.allow(host, time.Now()) {
+			lvl = logrus.DebugLevel
+		}
+		log.WithError(err).Log(lvl, "TLS handshake failed; connection closed")
 		return false
 	}
+	return true
+}
+
+// logLimiter lets one warning per source through per tlsLogEvery (a peer
+// with a bad certificate retries several times a second); the others are
+// logged at debug level. The zero value is ready; a nil one allows all.
+type logLimiter struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+const tlsLogEvery = time.Minute
+
+func (l *logLimiter) allow(key string, now time.Time) bool {
+	if l == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[key]; ok && now.Sub(t) < tlsLogEvery {
+		return false
+	}
+	if l.last == nil || len(l.last) > 1024 {
+		l.last = map[string]time.Time{}
+	}
+	l.last[key] = now
 	return true
 }
 

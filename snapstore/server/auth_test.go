@@ -245,3 +245,16 @@ func TestStolenClientID(t *testing.T) {
 	// Its own node may reconnect with it.
 	connect(t, e.addr, cid(1), "n1")
 }
+
+func TestLogLimiter(t *testing.T) {
+	var l logLimiter
+	t0 := time.Now()
+	if !l.allow("a", t0) || l.allow("a", t0.Add(time.Second)) || !l.allow("b", t0.Add(time.Second)) ||
+		!l.allow("a", t0.Add(tlsLogEvery)) {
+		t.Fatal("one per source per interval")
+	}
+	var nl *logLimiter
+	if !nl.allow("a", t0) || !nl.allow("a", t0.Add(time.Second)) {
+		t.Fatal("nil limiter limits")
+	}
+}

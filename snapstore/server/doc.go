@@ -259,7 +259,11 @@
 //	     2  value length, then the kept value
 //
 // No record (empty attributes) means nothing is kept. A record a server
-// cannot read is logged and ignored.
+// cannot read is logged and ignored. A replica a client uploads wins over
+// the record even when it is older than the record's last change (a client
+// that missed that change while disconnected, and is the only one left to
+// upload): the change is then lost, as any shared-state change is whose
+// only surviving replica is stale.
 //
 // # Failover: the client registry and awaited clients
 //

@@ -25,6 +25,7 @@ type Mux struct {
 
 	mu      sync.Mutex
 	servers map[string]*Server
+	tlsLog  logLimiter // failed TLS handshakes
 }
 
 // NewMux returns a Mux serving no volume yet. HELLOs must arrive within
@@ -74,7 +75,7 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 // route reads the HELLO (keeping its bytes) and hands the connection over.
 func (m *Mux) route(ctx context.Context, conn net.Conn) {
 	log := m.log.WithField("remote", conn.RemoteAddr().String())
-	if !tlsHandshake(conn, m.timeout, log) {
+	if !tlsHandshake(conn, m.timeout, log, &m.tlsLog) {
 		conn.Close()
 		return
 	}

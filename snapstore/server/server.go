@@ -53,7 +53,7 @@ type Config struct {
 	// (TLSPeerNode: its verified TLS client certificate). A HELLO is then
 	// accepted only if it claims that node and that node's client id
 	// (wire.ClientIDFor). Nil: the HELLO's node is taken on its word
-	// (tests; every csnapd sets it).
+	// (tests, and csnapd -insecure-no-tls).
 	PeerNode func(net.Conn) (string, error)
 	// Log is the base logger; default logrus.StandardLogger(). The server
 	// adds fields volume, term (and client, node, remote per connection).
@@ -119,6 +119,7 @@ type Server struct {
 	// OnDeposed once.
 	lockCheck   *lockChecker
 	deposedOnce sync.Once
+	tlsLog      logLimiter // failed TLS handshakes (auth.go)
 
 	// create serializes snapshot creations (one barrier at a time).
 	create chan struct{}

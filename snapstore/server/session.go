@@ -141,7 +141,7 @@ func (ss *session) run() {
 	defer ss.teardown()
 	r := wire.NewReader(bufio.NewReader(ss.conn))
 	_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log) || !ss.handshake(r) {
+	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log, &s.tlsLog) || !ss.handshake(r) {
 		return
 	}
 	for {
