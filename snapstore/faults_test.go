@@ -297,3 +297,24 @@ func TestForeignFlushErrorFailsEngine(t *testing.T) {
 		t.Fatal("snapshot lost data after a power cut")
 	}
 }
+
+// TestErrSeesForeignFlushError: Err (what csnapd's health check and engine
+// watch read) reports a store flush another user saw fail, before any
+// commit of the engine runs into it.
+func TestErrSeesForeignFlushError(t *testing.T) {
+	p, _, sd, e, _ := faultEngine(t, 1<<20, 8<<20, Options{RecoverBackoff: -1})
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.FailAt(1, faultdev.Fault{Err: syscall.EIO, FlushOnly: true})
+	sd.Flush()
+	if err := e.Err(); !errors.Is(err, ErrLostWrites) {
+		t.Fatalf("Err after another user's failed flush: %v", err)
+	}
+	if err := e.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Err(); err != nil {
+		t.Fatalf("Err after Recover: %v", err)
+	}
+}
