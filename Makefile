@@ -33,10 +33,12 @@ unit:
 	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./pki/... ./api/... ./cmd/...
 
 # Every crash and fault point of the store engine (power cuts, IO errors,
-# ENOSPC, failed flushes: TestCrash, TestCrashConcurrent, TestFaults; over
-# 3000 points). make unit runs a deterministic sample of each.
+# ENOSPC, failed flushes: TestCrash, TestCrashConcurrent, TestFaults), and
+# power cuts under a running server and client (TestPowerCutServerClient);
+# about 4000 points. make unit runs a deterministic sample of each.
 crash:
 	CSNAP_CRASH_STRIDE=1 $(GO) test -count=1 -timeout 60m -run 'TestCrash|TestFaults' -v ./snapstore/
+	CSNAP_CRASH_STRIDE=1 $(GO) test -count=1 -timeout 30m -run TestPowerCutServerClient -v ./snapstore/client/
 
 # -p 1: the cluster tests (tests/ and tests/cluster/) use the same fixed
 # loopback ports, so test packages run one after another.
