@@ -163,11 +163,13 @@
 // of several workloads (over 1500 crash points) and verifies recovery
 // against the oracle; TestCrashConcurrent does so with concurrent,
 // group-committed writers. TestFaults (crash_fault_test.go) adds a
-// workload of origin writes made durable only by later flushes, and
-// injects an IO error, ENOSPC or a failed flush at every device operation
-// in turn: the engine recovers in place, reads exactly what was written,
-// and a power cut afterwards loses no acknowledged write (about 2000
-// points with CSNAP_CRASH_STRIDE=1; every 11th by default). Fuzz targets cover every on-disk decoder and
+// workload of origin writes made durable only by later flushes, cuts the
+// power at every device operation of it (also on a thin store that runs
+// out of space), and injects an IO error, ENOSPC or a failed flush at
+// every device operation in turn: the engine recovers in place, reads
+// exactly what was written, and a power cut afterwards loses no
+// acknowledged write (about 2400 points with CSNAP_CRASH_STRIDE=1; every
+// 11th by default). Fuzz targets cover every on-disk decoder and
 // opening a store with corrupted bytes.
 //
 // # Known limits
