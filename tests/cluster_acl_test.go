@@ -39,9 +39,18 @@ func TestClusterConsulACL(t *testing.T) {
 	clusterAdmin(t, c, surv[0], "snapshot", "create", clusterVolume, "acl1")
 	waitTarget(t, c, surv[1], clusterIQN+":acl1", true)
 	must(t, c.KillCsnapd(s))
-	ns, nterm := serverOf(t, c, surv[0])
-	if ns == s || nterm <= term {
-		t.Fatalf("after killing n%d (term %d): server n%d term %d", s, term, ns, nterm)
+	// The lock moves once Consul sees the killed csnapd's check fail.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ns, nterm := serverOf(t, c, surv[0])
+		if ns != s && nterm > term {
+			t.Logf("n%d serves under term %d after n%d was killed", ns, nterm, s)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after killing n%d (term %d): server n%d term %d", s, term, ns, nterm)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	out := clusterAdmin(t, c, surv[1], "snapshot", "list", clusterVolume)
 	if !strings.Contains(out, "acl1") {
