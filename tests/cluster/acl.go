@@ -98,4 +98,3 @@ func (c *Cluster) csnapdTokens(ctx context.Context) error {
 // ConsulManagementToken is the management token of a ConsulACL cluster
 // ("" otherwise).
 func (c *Cluster) ConsulManagementToken() string { return c.opts.aclManagement }
-
