@@ -59,6 +59,15 @@ func startClusterWith(t *testing.T, o cluster.Options) *cluster.Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	o.Dir, o.BinDir, o.Log = dir, binDir(t), testWriterLog{t}
+	if os.Getenv("CSNAP_TEST_CONSUL_ACL") == "1" && !o.ConsulACL {
+		// Every cluster test under Consul ACLs (default deny) and
+		// gossip encryption, csnapd holding only the shipped policy.
+		policy, err := os.ReadFile("../configs/consul-policy-csnapd.hcl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.ConsulACL, o.CsnapdPolicy = true, string(policy)
+	}
 	c, err := cluster.Start(ctx, o)
 	if err != nil {
 		t.Fatalf("starting the cluster: %v", err)

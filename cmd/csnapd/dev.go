@@ -560,7 +560,11 @@ func devAdminCommand(httpAddr string, tls bool, dir, tokenFile string) (cmd, not
 	case tokenFile == "":
 		return cmd, "API token from $CSNAP_HTTP_TOKEN, which csnap-admin reads too"
 	case filepath.Clean(dir) == filepath.Clean(devDataDir) && filepath.Clean(tokenFile) == filepath.Join(devDataDir, tokenFileName):
-		return cmd, "run here: csnap-admin reads the API token from " + tokenFile + "; elsewhere add -token-file"
+		abs := tokenFile
+		if a, err := filepath.Abs(tokenFile); err == nil {
+			abs = a
+		}
+		return cmd, "run here, csnap-admin reads the API token from ./" + filepath.ToSlash(filepath.Clean(tokenFile)) + "; elsewhere add -token-file " + abs
 	}
 	if abs, err := filepath.Abs(tokenFile); err == nil {
 		tokenFile = abs

@@ -430,3 +430,24 @@ func TestAuthRecheckedAtFullFeature(t *testing.T) {
 		}
 	}
 }
+
+// TestAllowListChangeClosesSessions: an initiator taken off a target's
+// allow-list loses its session at once; others keep theirs.
+func TestAllowListChangeClosesSessions(t *testing.T) {
+	srv, addr, _ := startServer(t, Config{}, nil)
+	good, bad := dialInitiator(t, addr), dialInitiator(t, addr)
+	if st := good.loginAs("iqn.2026-11.io.csnap:good", testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	if st := bad.loginAs("iqn.2026-11.io.csnap:bad", testIQN); st != 0 {
+		t.Fatalf("login %#x", st)
+	}
+	srv.AddTarget(TargetConfig{Name: testIQN, Exec: &memExec{data: make([]byte, 1<<20)}, Initiators: []string{"iqn.2026-11.io.csnap:good"}})
+	var p PDU
+	if err := bad.rd.readPDU(&p); err == nil {
+		t.Fatalf("removed initiator's session still open (got opcode %#x)", p.Opcode())
+	}
+	if st, _ := good.scsiCmd(rw10(0x28, 0, 1), 512, true, nil, 0); st != 0 {
+		t.Fatalf("allowed initiator's session broken: %#x", st)
+	}
+}

@@ -298,7 +298,8 @@ func (s *Server) connEnded(src string) {
 
 // AddTarget registers a target; it is visible to discovery and logins at
 // once. Adding a name that exists replaces its configuration for new
-// sessions.
+// sessions, and closes the sessions of initiators its new allow-list
+// leaves out.
 func (s *Server) AddTarget(tc TargetConfig) error {
 	if tc.Name == "" || tc.Exec == nil {
 		return errors.New("iscsi: target needs a name and an executor")
@@ -307,14 +308,25 @@ func (s *Server) AddTarget(tc TargetConfig) error {
 		return fmt.Errorf("iscsi: %q is not a valid iSCSI name", tc.Name)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	tpgt := s.cfg.PortalGroupTag
-	s.targets[tc.Name] = &target{cfg: tc, port: scsi.Port{
+	t := &target{cfg: tc, port: scsi.Port{
 		Name:       fmt.Sprintf("%s,t,0x%04x", tc.Name, tpgt),
 		TargetName: tc.Name,
 		RelativeID: tpgt,
 		GroupID:    tpgt,
 	}}
+	s.targets[tc.Name] = t
+	var banned []*session
+	for k, sess := range s.sessions {
+		if k.target == tc.Name && !t.allows(k.initiator) {
+			banned = append(banned, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range banned {
+		s.log.WithFields(logrus.Fields{"target": tc.Name, "initiator": sess.key.initiator}).Warn("initiator no longer on the target's allow-list; closing its session")
+		sess.close(errors.New("initiator removed from the allow-list"))
+	}
 	return nil
 }
 

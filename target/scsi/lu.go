@@ -63,6 +63,9 @@ type LU struct {
 	// Set when the logical unit is added to a Target.
 	store ReservationStore
 	lun   uint64
+
+	// local holds the nexuses this process admitted and has not lost.
+	local nexusSet
 }
 
 // NewLU returns a logical unit over b. Its shared state (reservations, unit
@@ -144,7 +147,9 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 	// and admission or delivery is tried again by the next command. Only
 	// reservation changes need the store (they fail with NOT READY).
 	size := lu.be.Size()
-	if _, known := st.Nexuses[id]; !known || st.Capacity != size {
+	_, known := st.Nexuses[id]
+	fresh := !lu.local.has(id)
+	if !known || fresh || st.Capacity != size {
 		if nst, err := lu.update(func(s *LUState) error {
 			if s.Capacity != size {
 				if s.Capacity != 0 {
@@ -152,10 +157,20 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 				}
 				s.Capacity = size
 			}
+			if fresh {
+				// New to this process: any nexus of this node's port
+				// that this process did not admit is left from an
+				// earlier run of the node (it crashed, so NexusLost
+				// never ran), and a nexus id seen before starts again
+				// with POWER ON (SAM-5 6.3.2).
+				s.forgetStale(id.TargetPort, lu.local.has)
+				delete(s.Nexuses, id)
+			}
 			s.admitNexus(id)
 			return nil
 		}); err == nil {
 			st = nst
+			lu.local.add(id)
 		}
 	}
 

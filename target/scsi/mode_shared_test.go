@@ -54,19 +54,19 @@ func TestModeSharedAcrossNodes(t *testing.T) {
 	store := NewMemStore()
 	a, b := node(t, be, store), node(t, be, store)
 	a.ready(nexA)
-	b.ready(nexB)
-	if !wceOf(t, b, nexB) {
+	b.ready(nexC)
+	if !wceOf(t, b, nexC) {
 		t.Fatal("WCE clear by default")
 	}
 	selectWCE(t, a, nexA, false)
 	// Node B's initiator is told, and sees the change.
-	wantSense(t, b.run(nexB, tur(), nil), SenseUnitAttention, 0x2a, 0x01)
-	if wceOf(t, b, nexB) {
+	wantSense(t, b.run(nexC, tur(), nil), SenseUnitAttention, 0x2a, 0x01)
+	if wceOf(t, b, nexC) {
 		t.Fatal("MODE SELECT WCE=0 through node A: node B still reports WCE=1")
 	}
 	// And honours it: writes through B are write-through.
 	_, fua0 := be.Stats()
-	wantGood(t, b.run(nexB, rw10(opWrite10, 0, 1, 0), make([]byte, BlockSize)))
+	wantGood(t, b.run(nexC, rw10(opWrite10, 0, 1, 0), make([]byte, BlockSize)))
 	if _, fua := be.Stats(); fua != fua0+1 {
 		t.Fatal("a write through node B with WCE=0 was not FUA")
 	}
@@ -78,15 +78,15 @@ func TestModeSharedAcrossNodes(t *testing.T) {
 	}
 	// Setting it back through B holds on A; a LUN reset through A
 	// restores the default everywhere.
-	selectWCE(t, b, nexB, true)
+	selectWCE(t, b, nexC, true)
 	a.ready(nexA)
 	if !wceOf(t, a, nexA) {
 		t.Fatal("WCE=1 through node B not seen through node A")
 	}
-	selectWCE(t, b, nexB, false)
+	selectWCE(t, b, nexC, false)
 	a.tgt.TaskManagement(TMFLogicalUnitReset, 0, nexA)
-	b.ready(nexB)
-	if !wceOf(t, b, nexB) {
+	b.ready(nexC)
+	if !wceOf(t, b, nexC) {
 		t.Fatal("a LUN reset through node A did not restore WCE on node B")
 	}
 }

@@ -256,6 +256,7 @@ func (lu *LU) reportLUNs(r *request) Result {
 func (t *Target) NexusLost(n Nexus) {
 	id := nexusID(n)
 	for _, lu := range t.allLUs() {
+		lu.local.remove(id)
 		_, _ = lu.update(func(s *LUState) error {
 			if s.Legacy != nil && *s.Legacy == id {
 				s.Legacy = nil

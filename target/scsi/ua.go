@@ -1,5 +1,7 @@
 package scsi
 
+import "sync"
+
 // Unit attention conditions (SAM-5 5.14, SPC-4 5.8.7). They are kept per
 // I_T nexus in the shared LUState, so that an event on one node (say a
 // PREEMPT) reaches the initiators connected to the others.
@@ -91,6 +93,44 @@ func (s *LUState) admitNexus(n NexusID) {
 		return
 	}
 	s.Nexuses[n] = []UnitAttention{uaPowerOnReset}
+}
+
+// forgetStale forgets the nexuses of target port port for which live
+// returns false.
+func (s *LUState) forgetStale(port string, live func(NexusID) bool) {
+	for id := range s.Nexuses {
+		if id.TargetPort == port && !live(id) {
+			delete(s.Nexuses, id)
+		}
+	}
+}
+
+// nexusSet is a set of nexus ids safe for concurrent use.
+type nexusSet struct {
+	mu  sync.Mutex
+	ids map[NexusID]struct{}
+}
+
+func (n *nexusSet) has(id NexusID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.ids[id]
+	return ok
+}
+
+func (n *nexusSet) add(id NexusID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ids == nil {
+		n.ids = map[NexusID]struct{}{}
+	}
+	n.ids[id] = struct{}{}
+}
+
+func (n *nexusSet) remove(id NexusID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.ids, id)
 }
 
 // evictNexus forgets one idle nexus (no pending unit attention, holding no

@@ -40,3 +40,30 @@ func TestNexusesBounded(t *testing.T) {
 	}
 	t.Logf("%d nexuses, %d bytes encoded", len(s.Nexuses), len(b))
 }
+
+// TestStaleNexusesOfARestartedNode: nexuses a node admitted before it
+// crashed (NexusLost never ran for them) are forgotten when the node's next
+// run admits its first nexus, and an initiator that logs in again with the
+// same ISID gets POWER ON again; another node's nexuses are kept.
+func TestStaleNexusesOfARestartedNode(t *testing.T) {
+	be := NewMemBackend(1000*BlockSize, testIdentity())
+	store := NewMemStore()
+	first, other := node(t, be, store), node(t, be, store)
+	first.ready(nexA)
+	other.ready(nexC)
+	// The first node crashes; its next run shares the store.
+	again := node(t, be, store)
+	again.ready(nexB)
+	st, err := store.Get(again.lu.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Nexuses[nexusID(nexA)]; ok {
+		t.Error("nexus of the crashed run still remembered")
+	}
+	if _, ok := st.Nexuses[nexusID(nexC)]; !ok {
+		t.Error("another node's nexus forgotten")
+	}
+	// nexA logs in again: a new nexus for this run, so POWER ON.
+	wantSense(t, again.run(nexA, tur(), nil), SenseUnitAttention, 0x29, 0x00)
+}
