@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -45,7 +45,7 @@ const (
 // volume published in Consul, a snapshot client of each volume's server,
 // and a candidate in each volume's election.
 type clusterNode struct {
-	o          *options
+	o          *Config
 	log        *logrus.Entry
 	consul     *capi.Client
 	keys       consul.Keys
@@ -67,16 +67,16 @@ type clusterNode struct {
 // consulConfig is the Consul client's configuration: Consul's own
 // environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL and the
 // other TLS variables), with -consul-addr overriding the address.
-func consulConfig(o *options) *capi.Config {
+func consulConfig(o *Config) *capi.Config {
 	ccfg := capi.DefaultConfig()
-	if o.consulAddr != "" {
-		ccfg.Address = o.consulAddr
+	if o.ConsulAddr != "" {
+		ccfg.Address = o.ConsulAddr
 	}
 	return ccfg
 }
 
 // runCluster runs csnapd in cluster mode until ctx ends.
-func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) error {
+func runCluster(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer) error {
 	ccfg := consulConfig(o)
 	cc, err := capi.NewClient(ccfg)
 	if err != nil {
@@ -86,7 +86,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	node := o.nodeName
+	node := o.NodeName
 	switch {
 	case node == "":
 		node = agentNode
@@ -99,11 +99,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err := checkTimings(o); err != nil {
 		return err
 	}
-	if len(o.volumePaths) == 0 {
+	if len(o.VolumePaths) == 0 {
 		log.Warn("no volume_paths (-volume-paths) configured: this node creates and exports no volume")
 	}
-	if o.dataDir != "" {
-		if err := makeDir(o.dataDir, 0o700); err != nil {
+	if o.DataDir != "" {
+		if err := makeDir(o.DataDir, 0o700); err != nil {
 			return fmt.Errorf("data directory: %w", err)
 		}
 	}
@@ -113,11 +113,11 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	}
 	tlsCtx, stopTLS := context.WithCancel(context.Background())
 	defer stopTLS()
-	certs, err := nodeTLS(tlsCtx, o, false, o.dataDir, node, log)
+	certs, err := nodeTLS(tlsCtx, o, false, o.DataDir, node, log)
 	if err != nil {
 		return err
 	}
-	pgt := o.portalGroupTag
+	pgt := o.PortalGroupTag
 	if pgt == 0 {
 		pgt = derivedPortalGroupTag(node)
 	}
@@ -147,7 +147,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		listeners = append(listeners, l)
 		return l, nil
 	}
-	portals := splitAddrs(o.iscsiAddr, defaultISCSIAddr)
+	portals := splitAddrs(o.ISCSIAddr, defaultISCSIAddr)
 	var portalLns []net.Listener
 	for _, a := range portals {
 		l, err := listen("iSCSI portal", a)
@@ -156,7 +156,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		}
 		portalLns = append(portalLns, l)
 	}
-	httpAddr := o.httpAddr
+	httpAddr := o.HTTPAddr
 	if httpAddr == "" {
 		httpAddr = defaultHTTPAddr
 	}
@@ -164,7 +164,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	token, tokenFile, err := apiToken(o, o.dataDir, os.Getenv)
+	token, tokenFile, err := apiToken(o, o.DataDir, os.Getenv)
 	if err != nil {
 		closeAll()
 		return err
@@ -174,7 +174,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		closeAll()
 		return err
 	}
-	srvAddr := o.serverAddr
+	srvAddr := o.ServerAddr
 	if srvAddr == "" {
 		srvAddr = defaultServerAddr
 	}
@@ -190,7 +190,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 	volCtx, stopVols := context.WithCancel(context.Background())
 	defer stopVols()
 	n := &clusterNode{
-		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.consulPrefix}, node: node,
+		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.ConsulPrefix}, node: node,
 		serverAddr: sl.Addr().String(), isrv: iscsi.NewServer(icfg), chap: chap,
 		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
 		vols: map[string]*clusterVolume{}, refused: map[string]string{}, ctx: volCtx, certs: certs,
@@ -243,7 +243,7 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
 		Portal: portalLns[0].Addr().String(), HealthURL: scheme + hl.Addr().String() + api.HealthPath,
 		// The health answer is public: the check need not verify
 		// the certificate (Consul's agent does not know csnap's CA).
-		TLSSkipVerify: tlsCfg != nil, Interval: o.checkInterval,
+		TLSSkipVerify: tlsCfg != nil, Interval: o.CheckInterval,
 		Meta: map[string]string{"node": node, "http": hl.Addr().String(), "server": n.serverAddr},
 	}
 	err = consul.RegisterISCSI(regCtx, cc, reg)
@@ -280,8 +280,8 @@ func runCluster(ctx context.Context, o *options, log *logrus.Entry, stdout io.Wr
   Volumes published in Consul are exported as %sVOLUME and %sVOLUME:SNAPSHOT.
   Volume paths allowed on this node: %s
   %s volume create NAME --origin PATH --store PATH --size 1GiB
-`, node, ccfg.Address, o.consulPrefix, plural(len(portals)), strings.Join(portals, ", "), pgt,
-		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, orNone(o.volumePaths), clusterAdminCommand(hl.Addr().String(), tlsCfg != nil, tokenFile))
+`, node, ccfg.Address, o.ConsulPrefix, plural(len(portals)), strings.Join(portals, ", "), pgt,
+		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, orNone(o.VolumePaths), clusterAdminCommand(hl.Addr().String(), tlsCfg != nil, tokenFile))
 	log.WithFields(logrus.Fields{"node": node, "portals": portals, "http": hl.Addr().String(),
 		"snapserver": n.serverAddr, "portal_group_tag": pgt}).Info("csnapd serving in cluster mode")
 
@@ -395,15 +395,15 @@ func waitAgent(ctx context.Context, c *capi.Client, log *logrus.Entry) (string, 
 }
 
 // checkTimings refuses settings under which the election cannot work.
-func checkTimings(o *options) error {
+func checkTimings(o *Config) error {
 	switch {
-	case o.lease < 500*time.Millisecond:
-		return fmt.Errorf("-lease %v is too short (at least 500ms)", o.lease)
-	case o.lockDelay <= 0:
+	case o.Lease < 500*time.Millisecond:
+		return fmt.Errorf("-lease %v is too short (at least 500ms)", o.Lease)
+	case o.LockDelay <= 0:
 		return fmt.Errorf("-lock-delay must be positive")
-	case o.checkInterval <= 0:
+	case o.CheckInterval <= 0:
 		return fmt.Errorf("-check-interval must be positive")
-	case o.ioTimeout <= 0 || o.awaitTimeout <= 0:
+	case o.IOTimeout <= 0 || o.AwaitTimeout <= 0:
 		return fmt.Errorf("-io-timeout and -await-timeout must be positive")
 	}
 	return nil
@@ -547,13 +547,13 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 	if err != nil || len(uuid) != 16 {
 		return nil, fmt.Errorf("volume %s: bad uuid %q in its definition", d.Name, d.UUID)
 	}
-	if err := checkVolumePaths(n.o.volumePaths, d.Origin, d.Store); err != nil {
+	if err := checkVolumePaths(n.o.VolumePaths, d.Origin, d.Store); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", d.Name, err)
 	}
 	if err := api.ValidInitiators(d.Initiators); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", d.Name, err)
 	}
-	origin, err := openFileDev(d.Origin, n.o.directIO)
+	origin, err := openFileDev(d.Origin, n.o.DirectIO)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: origin: %w", d.Name, err)
 	}
@@ -561,7 +561,7 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: origin %s holds a csnap snapshot store: refusing to export it as an origin", d.Name, d.Origin)
 	}
-	store, err := openFileDev(d.Store, n.o.directIO)
+	store, err := openFileDev(d.Store, n.o.DirectIO)
 	if err != nil {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
@@ -630,7 +630,7 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 		var err error
 		cl, err = client.New(ctx, client.Config{
 			Volume: v.def.Name, Node: n.node, ID: clientID(n.node, v.def.Name),
-			Locator: v.watch, TLS: clientTLS(n.certs), Origin: v.origin, Store: v.store, IOTimeout: n.o.ioTimeout,
+			Locator: v.watch, TLS: clientTLS(n.certs), Origin: v.origin, Store: v.store, IOTimeout: n.o.IOTimeout,
 			// A failover takes seconds: retry often (the locator reads
 			// Consul on every attempt) rather than back off to 1 s.
 			MaxBackoff: 250 * time.Millisecond,
@@ -704,7 +704,7 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 	n := v.n
 	lock, err := consul.NewAPILock(n.consul, consul.SessionConfig{
 		Node: n.node, Name: "csnap server " + v.def.Name,
-		ServiceCheckID: consul.ISCSICheckID, LockDelay: n.o.lockDelay,
+		ServiceCheckID: consul.ISCSICheckID, LockDelay: n.o.LockDelay,
 	})
 	if err != nil {
 		v.log.WithError(err).Error("cannot take part in the election")
@@ -722,7 +722,7 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 	v.mu.Lock()
 	v.lock = lock
 	v.mu.Unlock()
-	lease := n.o.lease
+	lease := n.o.Lease
 	err = consul.RunElection(ctx, lock, consul.ElectionConfig{
 		Key:   n.keys.ServerLock(v.def.Name),
 		Value: consul.ServerInfo{Node: n.node, Addr: n.serverAddr}.Encode(),
@@ -759,7 +759,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	srv, err := server.New(server.Config{
 		Engine: eng, Volume: v.def.Name, Term: term, Node: n.node,
 		Registry: registryAdapter{kv}, Membership: n.members,
-		AwaitTimeout: n.o.awaitTimeout,
+		AwaitTimeout: n.o.AwaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
 		OnDeposed:    func(newer uint64) { go v.fence(term, newer) },
 		PeerNode:     peerNode(n.certs),

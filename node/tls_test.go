@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bytes"
@@ -29,15 +29,15 @@ func TestNodeTLSChoices(t *testing.T) {
 	defer cancel()
 	log := quietLog()
 	// Cluster mode: no files, no -insecure-no-tls: refused.
-	if _, err := nodeTLS(ctx, &options{}, false, "", "n1", log); !errors.Is(err, errNoTLS) {
+	if _, err := nodeTLS(ctx, &Config{}, false, "", "n1", log); !errors.Is(err, errNoTLS) {
 		t.Fatalf("cluster without TLS: %v", err)
 	}
 	// -insecure-no-tls: no TLS.
-	if h, err := nodeTLS(ctx, &options{insecureNoTLS: true}, false, "", "n1", log); h != nil || err != nil {
+	if h, err := nodeTLS(ctx, &Config{InsecureNoTLS: true}, false, "", "n1", log); h != nil || err != nil {
 		t.Fatalf("insecure: %v %v", h, err)
 	}
 	// Some files only: refused.
-	if _, err := nodeTLS(ctx, &options{tlsCA: "x"}, false, "", "n1", log); err == nil {
+	if _, err := nodeTLS(ctx, &Config{TLSCA: "x"}, false, "", "n1", log); err == nil {
 		t.Fatal("-tls-ca alone accepted")
 	}
 	// Files of another node: refused.
@@ -46,7 +46,7 @@ func TestNodeTLSChoices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &options{tlsCA: p.CA, tlsCert: p.Cert, tlsKey: p.Key}
+	o := &Config{TLSCA: p.CA, TLSCert: p.Cert, TLSKey: p.Key}
 	if _, err := nodeTLS(ctx, o, false, "", "n1", log); err == nil || !strings.Contains(err.Error(), `node "n2"`) {
 		t.Fatalf("n2's certificate on n1: %v", err)
 	}
@@ -78,11 +78,8 @@ func (s *syncBuf) String() string {
 // stops it.
 func runDevOnce(t *testing.T, dir string) {
 	t.Helper()
-	o, err := parseFlags([]string{"-dev", "-data-dir", dir, "-node-name", "devnode",
-		"-iscsi-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-server-addr", "127.0.0.1:0"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := &Config{DataDir: dir, NodeName: "devnode",
+		ISCSIAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ServerAddr: "127.0.0.1:0"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out syncBuf
@@ -140,7 +137,7 @@ func TestNodeTLSReloadsOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := nodeTLS(ctx, &options{tlsCA: p.CA, tlsCert: p.Cert, tlsKey: p.Key}, false, "", "n1", quietLog())
+	h, err := nodeTLS(ctx, &Config{TLSCA: p.CA, TLSCert: p.Cert, TLSKey: p.Key}, false, "", "n1", quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

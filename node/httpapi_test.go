@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"crypto/ecdsa"
@@ -25,7 +25,7 @@ import (
 func TestAPIToken(t *testing.T) {
 	dir := t.TempDir()
 	noenv := func(string) string { return "" }
-	tok, path, err := apiToken(&options{}, dir, noenv)
+	tok, path, err := apiToken(&Config{}, dir, noenv)
 	if err != nil || len(tok) != 64 || path != filepath.Join(dir, "api-token") {
 		t.Fatalf("generated: %q %q %v", tok, path, err)
 	}
@@ -33,10 +33,10 @@ func TestAPIToken(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("token file mode %v", fi.Mode().Perm())
 	}
-	if again, _, err := apiToken(&options{}, dir, noenv); err != nil || again != tok {
+	if again, _, err := apiToken(&Config{}, dir, noenv); err != nil || again != tok {
 		t.Errorf("second start: %q %v, want the same token", again, err)
 	}
-	if other, _, _ := apiToken(&options{}, t.TempDir(), noenv); other == tok {
+	if other, _, _ := apiToken(&Config{}, t.TempDir(), noenv); other == tok {
 		t.Error("two data directories got the same token")
 	}
 	env := func(k string) string {
@@ -45,22 +45,22 @@ func TestAPIToken(t *testing.T) {
 		}
 		return ""
 	}
-	if got, p, err := apiToken(&options{}, dir, env); got != "from-the-environment" || p != "" || err != nil {
+	if got, p, err := apiToken(&Config{}, dir, env); got != "from-the-environment" || p != "" || err != nil {
 		t.Errorf("env: %q %q %v", got, p, err)
 	}
-	if _, _, err := apiToken(&options{}, dir, func(string) string { return "short" }); err == nil {
+	if _, _, err := apiToken(&Config{}, dir, func(string) string { return "short" }); err == nil {
 		t.Error("a 5-character token accepted")
 	}
 	f := filepath.Join(t.TempDir(), "tok")
 	os.WriteFile(f, []byte("file-token-0123456789\n"), 0o600)
-	if got, _, err := apiToken(&options{httpTokenFile: f}, dir, noenv); got != "file-token-0123456789" || err != nil {
+	if got, _, err := apiToken(&Config{HTTPTokenFile: f}, dir, noenv); got != "file-token-0123456789" || err != nil {
 		t.Errorf("file: %q %v", got, err)
 	}
 	os.Chmod(f, 0o644)
-	if _, _, err := apiToken(&options{httpTokenFile: f}, dir, noenv); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, _, err := apiToken(&Config{HTTPTokenFile: f}, dir, noenv); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("world-readable token file: %v", err)
 	}
-	if _, _, err := apiToken(&options{}, "", noenv); err == nil {
+	if _, _, err := apiToken(&Config{}, "", noenv); err == nil {
 		t.Error("no token source accepted")
 	}
 }
@@ -93,10 +93,10 @@ func writeCert(t *testing.T, dir, cn string) (certFile, keyFile string, cert *x5
 func TestAPITLS(t *testing.T) {
 	dir := t.TempDir()
 	cf, kf, c1 := writeCert(t, dir, "first")
-	if _, err := apiTLS(&options{httpTLSCertFile: cf}); err == nil {
+	if _, err := apiTLS(&Config{HTTPTLSCertFile: cf}); err == nil {
 		t.Fatal("certificate without key accepted")
 	}
-	cfg, err := apiTLS(&options{httpTLSCertFile: cf, httpTLSKeyFile: kf})
+	cfg, err := apiTLS(&Config{HTTPTLSCertFile: cf, HTTPTLSKeyFile: kf})
 	if err != nil {
 		t.Fatal(err)
 	}

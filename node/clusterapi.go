@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -107,7 +107,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	if !filepath.IsAbs(r.Origin) || !filepath.IsAbs(r.Store) {
 		return api.Volume{}, fmt.Errorf("%w: origin and store must be absolute paths (every node opens them)", api.ErrBadRequest)
 	}
-	if err := checkVolumePaths(s.n.o.volumePaths, r.Origin, r.Store); err != nil {
+	if err := checkVolumePaths(s.n.o.VolumePaths, r.Origin, r.Store); err != nil {
 		if errors.Is(err, errPathNotAllowed) {
 			return api.Volume{}, fmt.Errorf("%w: %v", api.ErrForbidden, err)
 		}
@@ -121,7 +121,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	} else if old != nil {
 		return api.Volume{}, fmt.Errorf("%w: volume %s already exists", api.ErrConflict, r.Name)
 	}
-	osize, info, err := prepareVolume(r, s.n.o.directIO, s.n.log)
+	osize, info, err := prepareVolume(r, s.n.o.DirectIO, s.n.log)
 	if err != nil {
 		return api.Volume{}, err
 	}

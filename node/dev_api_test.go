@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bufio"
@@ -25,8 +25,8 @@ func startDevInProcess(t *testing.T, dir string) string {
 	done := make(chan error, 1)
 	l := logrus.New()
 	l.SetOutput(io.Discard)
-	o := &options{dev: true, dataDir: dir, iscsiAddr: "127.0.0.1:0", httpAddr: "127.0.0.1:0", serverAddr: "127.0.0.1:0",
-		nodeName: "n1", logLevel: "info", logFormat: "text"}
+	o := &Config{DataDir: dir, ISCSIAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ServerAddr: "127.0.0.1:0",
+		NodeName: "n1"}
 	go func() {
 		done <- runDev(ctx, o, logrus.NewEntry(l), pw)
 		pw.Close()

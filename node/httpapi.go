@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"crypto/rand"
@@ -36,16 +36,16 @@ const (
 
 // apiToken returns the API token and the file it is in ("" when it came
 // from the environment).
-func apiToken(o *options, dataDir string, getenv func(string) string) (token, path string, err error) {
+func apiToken(o *Config, dataDir string, getenv func(string) string) (token, path string, err error) {
 	if t := getenv("CSNAP_HTTP_TOKEN"); t != "" {
 		if len(t) < minTokenLen {
 			return "", "", fmt.Errorf("CSNAP_HTTP_TOKEN is %d characters long: at least %d", len(t), minTokenLen)
 		}
 		return t, "", nil
 	}
-	if o.httpTokenFile != "" {
-		t, err := readTokenFile(o.httpTokenFile)
-		return t, o.httpTokenFile, err
+	if o.HTTPTokenFile != "" {
+		t, err := readTokenFile(o.HTTPTokenFile)
+		return t, o.HTTPTokenFile, err
 	}
 	if dataDir == "" {
 		return "", "", errors.New("HTTP API token: set $CSNAP_HTTP_TOKEN, -http-token-file, or -data-dir (where one is generated)")
@@ -107,8 +107,8 @@ func readTokenFile(path string) (string, error) {
 // header must name the listen address (any of this host's addresses when
 // it listens on a wildcard), "localhost" (loopback or wildcard listeners)
 // or one of -http-hosts.
-func apiAccess(addr net.Addr, token string, o *options) api.Access {
-	a := api.Access{Token: token, Hosts: append([]string(nil), o.httpHosts...), Origins: o.httpOrigins}
+func apiAccess(addr net.Addr, token string, o *Config) api.Access {
+	a := api.Access{Token: token, Hosts: append([]string(nil), o.HTTPHosts...), Origins: o.HTTPOrigins}
 	ta, ok := addr.(*net.TCPAddr)
 	if !ok {
 		return a
@@ -139,14 +139,14 @@ func newHTTPServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
 // apiTLS loads -http-tls-cert-file and -http-tls-key-file (nil, nil when
 // neither is set). The certificate is read again when it changes on disk
 // (renewal without a restart).
-func apiTLS(o *options) (*tls.Config, error) {
-	if o.httpTLSCertFile == "" && o.httpTLSKeyFile == "" {
+func apiTLS(o *Config) (*tls.Config, error) {
+	if o.HTTPTLSCertFile == "" && o.HTTPTLSKeyFile == "" {
 		return nil, nil
 	}
-	if o.httpTLSCertFile == "" || o.httpTLSKeyFile == "" {
+	if o.HTTPTLSCertFile == "" || o.HTTPTLSKeyFile == "" {
 		return nil, errors.New("-http-tls-cert-file and -http-tls-key-file go together")
 	}
-	kp := &keyPair{cert: o.httpTLSCertFile, key: o.httpTLSKeyFile}
+	kp := &keyPair{cert: o.HTTPTLSCertFile, key: o.HTTPTLSKeyFile}
 	if _, err := kp.get(nil); err != nil {
 		return nil, err
 	}

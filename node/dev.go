@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -227,8 +227,8 @@ func syncDir(dir string) error {
 // preallocated with CSNAP_DEV_PREALLOC=1); the snapshot
 // server runs in this process on a loopback port and this node is its only
 // client (the same code paths as a cluster, standalone coordination).
-func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer) (err error) {
-	dir := o.dataDir
+func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer) (err error) {
+	dir := o.DataDir
 	if dir == "" {
 		dir = devDataDir
 	}
@@ -238,7 +238,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
 	// -dev's volume paths: its data directory, unless -volume-paths says
 	// otherwise (the volume's files are always in the data directory).
-	roots := o.volumePaths
+	roots := o.VolumePaths
 	if len(roots) == 0 {
 		abs, err := filepath.Abs(dir)
 		if err != nil {
@@ -299,7 +299,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		}
 	}()
 
-	node := o.nodeName
+	node := o.NodeName
 	if node == "" {
 		node = hostname()
 	}
@@ -320,7 +320,7 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	srvAddr := o.serverAddr
+	srvAddr := o.ServerAddr
 	if srvAddr == "" {
 		srvAddr = devSrvAddr
 	}
@@ -377,8 +377,8 @@ func runDev(ctx context.Context, o *options, log *logrus.Entry, stdout io.Writer
 		return err
 	}
 
-	portals := splitAddrs(o.iscsiAddr, devISCSIAddr)
-	httpAddr := o.httpAddr
+	portals := splitAddrs(o.ISCSIAddr, devISCSIAddr)
+	httpAddr := o.HTTPAddr
 	if httpAddr == "" {
 		httpAddr = devHTTPAddr
 	}

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -35,11 +35,11 @@ var errNoTLS = errors.New("cluster mode needs TLS files for the snapshot-server 
 // them -dev makes its own in DATA_DIR/tls at first start (a CA and node's
 // certificate, reused after), and cluster mode refuses to start unless
 // -insecure-no-tls is given (then nodeTLS returns nil: no TLS).
-func nodeTLS(ctx context.Context, o *options, dev bool, dataDir, node string, log *logrus.Entry) (*pki.Holder, error) {
+func nodeTLS(ctx context.Context, o *Config, dev bool, dataDir, node string, log *logrus.Entry) (*pki.Holder, error) {
 	var p pki.Paths
-	switch given := btoi(o.tlsCA != "") + btoi(o.tlsCert != "") + btoi(o.tlsKey != ""); {
+	switch given := btoi(o.TLSCA != "") + btoi(o.TLSCert != "") + btoi(o.TLSKey != ""); {
 	case given == 3:
-		p = pki.Paths{CA: o.tlsCA, Cert: o.tlsCert, Key: o.tlsKey}
+		p = pki.Paths{CA: o.TLSCA, Cert: o.TLSCert, Key: o.TLSKey}
 	case given > 0:
 		return nil, errors.New("TLS: give all of -tls-ca, -tls-cert and -tls-key (tls { ca_file cert_file key_file }), or none")
 	case dev:
@@ -47,7 +47,7 @@ func nodeTLS(ctx context.Context, o *options, dev bool, dataDir, node string, lo
 		if p, err = devTLS(filepath.Join(dataDir, "tls"), node, log); err != nil {
 			return nil, err
 		}
-	case o.insecureNoTLS:
+	case o.InsecureNoTLS:
 		log.Warn("-insecure-no-tls: the snapshot-server protocol runs WITHOUT TLS; any process that reaches its port can act as a cluster node")
 		return nil, nil
 	default:

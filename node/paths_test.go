@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -168,7 +168,7 @@ func TestClusterRefusesDefinitionOutsidePaths(t *testing.T) {
 	var logs strings.Builder
 	l := logrus.New()
 	l.SetOutput(&logs)
-	n := &clusterNode{o: &options{volumePaths: stringList{filepath.Join(dir, "volumes")}}, log: logrus.NewEntry(l),
+	n := &clusterNode{o: &Config{VolumePaths: []string{filepath.Join(dir, "volumes")}}, log: logrus.NewEntry(l),
 		vols: map[string]*clusterVolume{}, refused: map[string]string{}, ctx: context.Background()}
 	def := consul.VolumeDef{Name: "evil", Origin: victim, Store: filepath.Join(dir, "volumes", "s.img"), UUID: strings.Repeat("ab", 16)}
 	n.syncVolumes([]consul.VolumeDef{def})

@@ -1,0 +1,128 @@
+// Package node is a csnap node as a library: the volumes it exports over
+// iSCSI (open, export, serve, fence, close), its part in each volume's
+// election (elected, deposed, fenced: cluster.go and hardening.go hold the
+// failover state machine's callbacks), provisioning of volume files, the
+// adapters between the snapshot client and the SCSI layer, and the HTTP
+// API's services. RunDev runs one standalone node with the embedded volume
+// "dev"; RunCluster runs a cluster node that finds its volumes, elections
+// and peers in Consul. The node knows no flags: cmd/csnapd maps its flags
+// and configuration file to Config.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/target/iscsi"
+)
+
+// DefaultCHAPAlgorithms are the CHAP hashes accepted unless
+// Config.CHAPAlgorithms says otherwise, in order of preference.
+const DefaultCHAPAlgorithms = "sha256,sha1,md5"
+
+// Cluster-mode defaults (docs/CLUSTER.md explains the timings).
+const (
+	DefaultConsulPrefix  = "csnap/"
+	DefaultLockDelay     = time.Second
+	DefaultCheckInterval = time.Second
+	DefaultLease         = 2 * time.Second
+	DefaultIOTimeout     = 25 * time.Second
+	DefaultAwaitTimeout  = 30 * time.Second
+)
+
+// Config is a node's configuration. Empty addresses take the defaults of
+// SPEC.md; cmd/csnapd documents each setting with its flag.
+type Config struct {
+	NodeName   string // this node's name (default: the host name, or the Consul agent's)
+	DataDir    string // local state; -dev: default ./csnap-dev
+	ISCSIAddr  string // comma-separated iSCSI portal addresses
+	HTTPAddr   string // HTTP API address
+	ServerAddr string // snapshot-server protocol listen address
+	ConsulAddr string // Consul HTTP address (default: Consul's environment)
+
+	CHAPDiscovery  bool   // also require CHAP on discovery sessions
+	CHAPAlgorithms string // CHAP hashes initiators may use
+
+	// HTTP API security (SPEC.md "Security"; httpapi.go).
+	HTTPTokenFile   string
+	HTTPHosts       []string
+	HTTPOrigins     []string
+	HTTPTLSCertFile string
+	HTTPTLSKeyFile  string
+	// VolumePaths: a volume's origin and store must lie under one of
+	// these (or be one of them); -dev: its data directory.
+	VolumePaths []string
+
+	// Cluster mode only.
+	PortalGroupTag int           // portal group tag / relative port id (1-65535; 0: derived from the node name)
+	ConsulPrefix   string        // KV prefix, default "csnap/"
+	LockDelay      time.Duration // Consul lock-delay of the server lock sessions
+	CheckInterval  time.Duration // interval of the node's own Consul health check
+	Lease          time.Duration // self-fencing lease of a server
+	IOTimeout      time.Duration // how long IO waits for a snapshot server before failing
+	AwaitTimeout   time.Duration // how long a new server waits for the old one's clients
+	DirectIO       bool          // open volumes' origin and store O_DIRECT
+
+	// Mutual TLS of the snapshot-server protocol (tls.go).
+	TLSCA, TLSCert, TLSKey string
+	InsecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
+
+	// Log receives the node's structured log (default: discarded).
+	Log *logrus.Entry
+	// Stdout receives the lines printed for the operator at start.
+	Stdout io.Writer
+}
+
+func (c *Config) log() *logrus.Entry {
+	if c.Log != nil {
+		return c.Log
+	}
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return logrus.NewEntry(l)
+}
+
+func (c *Config) stdout() io.Writer {
+	if c.Stdout != nil {
+		return c.Stdout
+	}
+	return io.Discard
+}
+
+// RunDev runs one standalone node with the embedded volume "dev" until ctx
+// ends: no Consul, the snapshot server in this process.
+func RunDev(ctx context.Context, cfg Config) error {
+	return runDev(ctx, &cfg, cfg.log(), cfg.stdout())
+}
+
+// RunCluster runs a cluster node until ctx ends.
+func RunCluster(ctx context.Context, cfg Config) error {
+	return runCluster(ctx, &cfg, cfg.log(), cfg.stdout())
+}
+
+// iscsiConfig is the iSCSI target configuration common to -dev and cluster
+// mode: CHAP on discovery sessions and the accepted CHAP algorithms.
+func iscsiConfig(o *Config, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
+	if o.CHAPDiscovery {
+		if chap == nil {
+			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
+		}
+		icfg.DiscoveryCHAP = chap
+	}
+	list := o.CHAPAlgorithms
+	if list == "" {
+		list = DefaultCHAPAlgorithms
+	}
+	algs, err := iscsi.ParseCHAPAlgorithms(list)
+	if err != nil {
+		return icfg, fmt.Errorf("-chap-algorithms: %w", err)
+	}
+	icfg.CHAPAlgorithms = algs
+	return icfg, nil
+}
