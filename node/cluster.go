@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	capi "github.com/hashicorp/consul/api"
 	"github.com/sirupsen/logrus"
 
 	"github.com/csnap/csnap/api"
@@ -47,8 +46,7 @@ const (
 type clusterNode struct {
 	o          *Config
 	log        *logrus.Entry
-	consul     *capi.Client
-	keys       consul.Keys
+	consul     consul.Cluster
 	node       string
 	serverAddr string // where this node's snapshot-server listener is reached
 	isrv       *iscsi.Server
@@ -61,253 +59,279 @@ type clusterNode struct {
 	vols    map[string]*clusterVolume
 	refused map[string]string // volume -> why this node does not export it
 	ctx     context.Context   // the volumes' context: cancelled to stop them
+	stop    context.CancelFunc
 	wg      sync.WaitGroup
+
+	// Set by start: the listeners' skeleton and what the banner names.
+	run       *runner
+	hs        *http.Server
+	httpTLS   bool
+	tokenFile string
+	httpAddr  string
+	portals   []string
+	pgt       int
+	stopMux   context.CancelFunc
+	stopTLS   context.CancelFunc
 }
 
-// consulConfig is the Consul client's configuration: Consul's own
-// environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL and the
-// other TLS variables), with -consul-addr overriding the address.
-func consulConfig(o *Config) *capi.Config {
-	ccfg := capi.DefaultConfig()
-	if o.ConsulAddr != "" {
-		ccfg.Address = o.ConsulAddr
-	}
-	return ccfg
-}
-
-// runCluster runs csnapd in cluster mode until ctx ends.
+// runCluster runs csnapd in cluster mode, over Consul, until ctx ends.
 func runCluster(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer) error {
-	ccfg := consulConfig(o)
-	cc, err := capi.NewClient(ccfg)
-	if err != nil {
-		return fmt.Errorf("consul client: %w", err)
+	prefix := o.ConsulPrefix
+	if prefix == "" {
+		prefix = DefaultConsulPrefix
 	}
-	agentNode, err := waitAgent(ctx, cc, log)
+	cc, err := consul.NewAgent(o.ConsulAddr, prefix)
 	if err != nil {
 		return err
+	}
+	n, err := startCluster(ctx, o, cc, log)
+	if err != nil {
+		return err
+	}
+	n.printBanner(stdout)
+	return n.wait(ctx)
+}
+
+// CheckTimings refuses settings under which the election cannot work or
+// two servers of a volume could overlap: consul.CheckTimings with the
+// failure detection of a server whose csnapd is cut off from its agent
+// (its check's interval plus its timeout, which is the interval too).
+func CheckTimings(lease, lockDelay, checkInterval, ioTimeout, awaitTimeout time.Duration) error {
+	switch {
+	case lease < 500*time.Millisecond:
+		return fmt.Errorf("-lease %v is too short (at least 500ms)", lease)
+	case lockDelay <= 0:
+		return fmt.Errorf("-lock-delay must be positive")
+	case checkInterval <= 0:
+		return fmt.Errorf("-check-interval must be positive")
+	case ioTimeout <= 0 || awaitTimeout <= 0:
+		return fmt.Errorf("-io-timeout and -await-timeout must be positive")
+	}
+	if err := consul.CheckTimings(lease, 2*checkInterval, lockDelay); err != nil {
+		return fmt.Errorf("-lease %v, -check-interval %v, -lock-delay %v: %w (failure detection = 2 x -check-interval)",
+			lease, checkInterval, lockDelay, err)
+	}
+	return nil
+}
+
+// clusterIdentity is this node's name: the local Consul agent's, which
+// Config.NodeName, if set, must match (sessions and checks are per node).
+func clusterIdentity(ctx context.Context, o *Config, cc consul.Cluster, log *logrus.Entry) (string, error) {
+	agentNode, err := cc.AgentNode(ctx, log)
+	if err != nil {
+		return "", err
 	}
 	node := o.NodeName
 	switch {
 	case node == "":
 		node = agentNode
 	case node != agentNode:
-		return fmt.Errorf("-node-name %q differs from the local Consul agent's node name %q: they must match (sessions and health checks are per Consul node)", node, agentNode)
+		return "", fmt.Errorf("-node-name %q differs from the local Consul agent's node name %q: they must match (sessions and health checks are per Consul node)", node, agentNode)
 	}
 	if !wire.ValidNodeName(node) {
-		return fmt.Errorf("node name %q is not valid for csnap", node)
+		return "", fmt.Errorf("node name %q is not valid for csnap", node)
 	}
-	if err := checkTimings(o); err != nil {
-		return err
+	return node, nil
+}
+
+// newClusterNode checks the settings and builds the node (nothing is
+// listening yet).
+func newClusterNode(ctx context.Context, o *Config, cc consul.Cluster, log *logrus.Entry) (*clusterNode, error) {
+	node, err := clusterIdentity(ctx, o, cc, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckTimings(o.Lease, o.LockDelay, o.CheckInterval, o.IOTimeout, o.AwaitTimeout); err != nil {
+		return nil, err
 	}
 	if len(o.VolumePaths) == 0 {
 		log.Warn("no volume_paths (-volume-paths) configured: this node creates and exports no volume")
 	}
 	if o.DataDir != "" {
 		if err := makeDir(o.DataDir, 0o700); err != nil {
-			return fmt.Errorf("data directory: %w", err)
+			return nil, fmt.Errorf("data directory: %w", err)
 		}
 	}
 	chap, err := chapFromEnv(os.Getenv)
 	if err != nil {
-		return err
-	}
-	tlsCtx, stopTLS := context.WithCancel(context.Background())
-	defer stopTLS()
-	certs, err := nodeTLS(tlsCtx, o, false, o.DataDir, node, log)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	pgt := o.PortalGroupTag
 	if pgt == 0 {
 		pgt = derivedPortalGroupTag(node)
 	}
 	if pgt < 1 || pgt > 65535 {
-		return fmt.Errorf("-portal-group-tag %d is outside 1-65535", pgt)
+		return nil, fmt.Errorf("-portal-group-tag %d is outside 1-65535", pgt)
 	}
 	icfg, err := iscsiConfig(o, log, chap)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	icfg.PortalGroupTag = uint16(pgt)
-
-	// Listeners first: an address in use is reported before anything is
-	// registered in Consul.
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
-	listen := func(what, addr string) (net.Listener, error) {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		listeners = append(listeners, l)
-		return l, nil
-	}
-	portals := splitAddrs(o.ISCSIAddr, defaultISCSIAddr)
-	var portalLns []net.Listener
-	for _, a := range portals {
-		l, err := listen("iSCSI portal", a)
-		if err != nil {
-			return err
-		}
-		portalLns = append(portalLns, l)
-	}
-	httpAddr := o.HTTPAddr
-	if httpAddr == "" {
-		httpAddr = defaultHTTPAddr
-	}
-	hl, err := listen("HTTP API", httpAddr)
+	tlsCtx, stopTLS := context.WithCancel(context.Background())
+	certs, err := nodeTLS(tlsCtx, o, false, o.DataDir, node, log)
 	if err != nil {
-		return err
+		stopTLS()
+		return nil, err
+	}
+	volCtx, stopVols := context.WithCancel(context.Background())
+	return &clusterNode{
+		o: o, log: log, consul: cc, node: node, isrv: iscsi.NewServer(icfg), chap: chap,
+		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
+		vols: map[string]*clusterVolume{}, refused: map[string]string{}, ctx: volCtx, stop: stopVols,
+		certs: certs, pgt: pgt, stopTLS: stopTLS,
+	}, nil
+}
+
+// startCluster starts a cluster node over cc: listeners first (an
+// address in use is reported before anything is registered in Consul),
+// then the registration, the members' watch, the portals and the volumes.
+// wait runs it until ctx ends.
+func startCluster(ctx context.Context, o *Config, cc consul.Cluster, log *logrus.Entry) (_ *clusterNode, err error) {
+	n, err := newClusterNode(ctx, o, cc, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.stop()
+			n.stopTLS()
+		}
+	}()
+	r := &runner{}
+	n.run = r
+	portalLns, hl, sl, err := n.listen(r)
+	if err != nil {
+		return nil, err
 	}
 	token, tokenFile, err := apiToken(o, o.DataDir, os.Getenv)
 	if err != nil {
-		closeAll()
-		return err
+		r.closeAll()
+		return nil, err
 	}
 	tlsCfg, err := apiTLS(o)
 	if err != nil {
-		closeAll()
-		return err
+		r.closeAll()
+		return nil, err
 	}
-	srvAddr := o.ServerAddr
-	if srvAddr == "" {
-		srvAddr = defaultServerAddr
-	}
-	sl, err := listen("snapshot-server listener", srvAddr)
-	if err != nil {
-		return err
-	}
-	if ta := sl.Addr().(*net.TCPAddr); ta.IP.IsUnspecified() {
-		closeAll()
-		return fmt.Errorf("-server-addr %s: give the address other nodes reach this node at, not a wildcard", srvAddr)
-	}
-
-	volCtx, stopVols := context.WithCancel(context.Background())
-	defer stopVols()
-	n := &clusterNode{
-		o: o, log: log, consul: cc, keys: consul.Keys{Prefix: o.ConsulPrefix}, node: node,
-		serverAddr: sl.Addr().String(), isrv: iscsi.NewServer(icfg), chap: chap,
-		mux:  server.NewMux(log.WithField("component", "snapserver"), 0),
-		vols: map[string]*clusterVolume{}, refused: map[string]string{}, ctx: volCtx, certs: certs,
-	}
-
-	hs := newHTTPServer(newAPI(&clusterService{n: n}, n.isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
-	var wg sync.WaitGroup
-	errc := make(chan error, len(listeners))
-	goServe := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errc <- err
-			}
-		}()
-	}
-	goServe(func() error {
-		serve := hs.Serve
-		if tlsCfg != nil {
-			serve = func(l net.Listener) error { return hs.ServeTLS(l, "", "") }
-		}
-		if err := serve(hl); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("HTTP API: %w", err)
-		}
-		return nil
-	})
+	n.tokenFile, n.httpTLS, n.httpAddr = tokenFile, tlsCfg != nil, hl.Addr().String()
+	n.serverAddr = sl.Addr().String()
+	n.hs = newHTTPServer(newAPI(&clusterService{n: n}, n.isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
+	r.serve(serveHTTP("HTTP API", n.hs, hl, tlsCfg != nil))
 	muxCtx, stopMux := context.WithCancel(context.Background())
-	defer stopMux()
-	goServe(func() error {
-		if err := n.mux.Serve(muxCtx, tlsListener(sl, certs)); err != nil && muxCtx.Err() == nil {
+	n.stopMux = stopMux
+	r.serve(func() error {
+		if err := n.mux.Serve(muxCtx, tlsListener(sl, n.certs)); err != nil && muxCtx.Err() == nil {
 			return fmt.Errorf("snapshot-server listener: %w", err)
 		}
 		return nil
 	})
+	reg := consul.ISCSIRegistration{
+		Portal: portalLns[0].Addr().String(), HealthURL: httpScheme(n.httpTLS) + hl.Addr().String() + api.HealthPath,
+		// The health answer is public: the check need not verify
+		// the certificate (Consul's agent does not know csnap's CA).
+		TLSSkipVerify: n.httpTLS, Interval: o.CheckInterval,
+		Meta: map[string]string{"node": n.node, "http": hl.Addr().String(), "server": n.serverAddr},
+	}
+	if err := n.register(ctx, reg); err != nil {
+		n.hs.Close()
+		stopMux()
+		r.wg.Wait()
+		return nil, err
+	}
+	for _, l := range portalLns {
+		r.serve(func() error { return n.isrv.Serve(ctx, l) })
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.consul.WatchVolumes(n.ctx, log, n.syncVolumes)
+	}()
+	return n, nil
+}
 
-	// Register with the local agent: the service check points at our
-	// HTTP API's health endpoint, which needs no token (none is handed to
-	// Consul), and server lock sessions are bound to it.
+// listen opens the node's listeners: the iSCSI portals, the HTTP API and
+// the snapshot-server protocol.
+func (n *clusterNode) listen(r *runner) (portals []net.Listener, httpL, srvL net.Listener, err error) {
+	o := n.o
+	n.portals = splitAddrs(o.ISCSIAddr, defaultISCSIAddr)
+	for _, a := range n.portals {
+		l, err := r.listen("iSCSI portal", a)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		portals = append(portals, l)
+	}
+	if httpL, err = r.listen("HTTP API", or(o.HTTPAddr, defaultHTTPAddr)); err != nil {
+		return nil, nil, nil, err
+	}
+	srvAddr := or(o.ServerAddr, defaultServerAddr)
+	if srvL, err = r.listen("snapshot-server listener", srvAddr); err != nil {
+		return nil, nil, nil, err
+	}
+	if ta := srvL.Addr().(*net.TCPAddr); ta.IP.IsUnspecified() {
+		r.closeAll()
+		return nil, nil, nil, fmt.Errorf("-server-addr %s: give the address other nodes reach this node at, not a wildcard", srvAddr)
+	}
+	return portals, httpL, srvL, nil
+}
+
+// register registers the node with its agent (the service check points at
+// the HTTP API's health endpoint, which needs no token; server lock
+// sessions are bound to it), keeps it registered, and follows the members.
+func (n *clusterNode) register(ctx context.Context, reg consul.ISCSIRegistration) error {
 	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	// A registration left by a previous csnapd of this node (killed) keeps
 	// its check's critical status across a re-registration; start afresh
 	// so this node is a member, and can hold sessions, at once.
-	_ = consul.DeregisterISCSI(regCtx, cc)
-	scheme := "http://"
-	if tlsCfg != nil {
-		scheme = "https://"
-	}
-	reg := consul.ISCSIRegistration{
-		Portal: portalLns[0].Addr().String(), HealthURL: scheme + hl.Addr().String() + api.HealthPath,
-		// The health answer is public: the check need not verify
-		// the certificate (Consul's agent does not know csnap's CA).
-		TLSSkipVerify: tlsCfg != nil, Interval: o.CheckInterval,
-		Meta: map[string]string{"node": node, "http": hl.Addr().String(), "server": n.serverAddr},
-	}
-	err = consul.RegisterISCSI(regCtx, cc, reg)
-	cancel()
-	if err != nil {
-		hs.Close()
-		stopMux()
-		wg.Wait()
+	_ = n.consul.DeregisterISCSI(regCtx)
+	if err := n.consul.RegisterISCSI(regCtx, reg); err != nil {
 		return err
 	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.keepRegistered(volCtx, reg)
+		n.keepRegistered(n.ctx, reg)
 	}()
-	n.members = consul.WatchMembers(volCtx, cc, consul.ISCSIService, log, n.nodeLeft)
-	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = n.members.Wait(waitCtx)
-	cancel()
-	if err != nil {
-		log.WithError(err).Warn("no answer yet from Consul about cluster members; going on")
+	n.members = n.consul.WatchMembers(n.ctx, n.log, n.nodeLeft)
+	waitCtx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	if err := n.members.Wait(waitCtx); err != nil {
+		n.log.WithError(err).Warn("no answer yet from Consul about cluster members; going on")
 	}
-	for _, l := range portalLns {
-		goServe(func() error { return n.isrv.Serve(ctx, l) })
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		consul.WatchVolumes(volCtx, cc, n.keys, log, n.syncVolumes)
-	}()
+	return nil
+}
 
+// printBanner prints what an operator needs to use the node.
+func (n *clusterNode) printBanner(stdout io.Writer) {
+	httpAddr := n.httpAddr
 	fmt.Fprintf(stdout, `csnapd: node %q in cluster mode (Consul %s, KV prefix %q)
   iSCSI portal%s %s (portal group %d); HTTP API %s; snapshot-server protocol %s
   Volumes published in Consul are exported as %sVOLUME and %sVOLUME:SNAPSHOT.
   Volume paths allowed on this node: %s
   %s volume create NAME --origin PATH --store PATH --size 1GiB
-`, node, ccfg.Address, o.ConsulPrefix, plural(len(portals)), strings.Join(portals, ", "), pgt,
-		hl.Addr(), n.serverAddr, iqnPrefix, iqnPrefix, orNone(o.VolumePaths), clusterAdminCommand(hl.Addr().String(), tlsCfg != nil, tokenFile))
-	log.WithFields(logrus.Fields{"node": node, "portals": portals, "http": hl.Addr().String(),
-		"snapserver": n.serverAddr, "portal_group_tag": pgt}).Info("csnapd serving in cluster mode")
+`, n.node, n.consul.Address(), or(n.o.ConsulPrefix, DefaultConsulPrefix), plural(len(n.portals)), strings.Join(n.portals, ", "), n.pgt,
+		httpAddr, n.serverAddr, iqnPrefix, iqnPrefix, orNone(n.o.VolumePaths), clusterAdminCommand(httpAddr, n.httpTLS, n.tokenFile))
+	n.log.WithFields(logrus.Fields{"node": n.node, "portals": n.portals, "http": httpAddr,
+		"snapserver": n.serverAddr, "portal_group_tag": n.pgt}).Info("csnapd serving in cluster mode")
+}
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("stopping")
-	case runErr = <-errc:
-	}
-	n.shutdown(hs, stopVols)
-	stopMux()
-	wg.Wait()
+// wait serves until ctx ends or a listener fails, then shuts down.
+func (n *clusterNode) wait(ctx context.Context) error {
+	runErr := n.run.wait(ctx, n.log)
+	n.shutdown(n.hs, n.stop)
+	n.stopMux()
+	n.run.wg.Wait()
+	n.stopTLS()
 	return runErr
 }
 
 // servedEngines returns the store engines of the volumes this node
 // serves now, by volume name.
 func (n *clusterNode) servedEngines() map[string]*snapstore.Engine {
-	n.mu.Lock()
-	vols := make([]*clusterVolume, 0, len(n.vols))
-	for _, v := range n.vols {
-		vols = append(vols, v)
-	}
-	n.mu.Unlock()
 	out := map[string]*snapstore.Engine{}
-	for _, v := range vols {
+	for _, v := range n.volumes() {
 		v.mu.Lock()
 		if v.eng != nil {
 			out[v.def.Name] = v.eng
@@ -317,26 +341,31 @@ func (n *clusterNode) servedEngines() map[string]*snapstore.Engine {
 	return out
 }
 
+// volumes returns the node's volumes.
+func (n *clusterNode) volumes() []*clusterVolume {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	vols := make([]*clusterVolume, 0, len(n.vols))
+	for _, v := range n.vols {
+		vols = append(vols, v)
+	}
+	return vols
+}
+
 // shutdown stops the node in the order that loses nothing: iSCSI sessions
 // end (running commands finish), the clients flush and disconnect, the
 // volumes this node serves are closed cleanly and their locks released,
 // and only then does the node leave Consul's catalogue.
 func (n *clusterNode) shutdown(hs *http.Server, stopVols context.CancelFunc) {
 	n.isrv.Close()
-	n.mu.Lock()
-	vols := make([]*clusterVolume, 0, len(n.vols))
-	for _, v := range n.vols {
-		vols = append(vols, v)
-	}
-	n.mu.Unlock()
-	for _, v := range vols {
+	for _, v := range n.volumes() {
 		v.closeClient()
 	}
 	stopVols()
 	n.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := consul.DeregisterISCSI(ctx, n.consul); err != nil {
+	if err := n.consul.DeregisterISCSI(ctx); err != nil {
 		n.log.WithError(err).Warn("deregistering from Consul")
 	}
 	hs.Shutdown(ctx)
@@ -355,58 +384,14 @@ func (n *clusterNode) keepRegistered(ctx context.Context, reg consul.ISCSIRegist
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, every)
-		entries, _, err := n.consul.Catalog().Service(consul.ISCSIService, "", (&capi.QueryOptions{}).WithContext(qctx))
-		if err == nil {
-			found := false
-			for _, e := range entries {
-				found = found || e.Node == n.node
-			}
-			if !found {
-				n.log.Warn("this node's csnap-iscsi service is missing from Consul's catalogue; registering it again")
-				if err := consul.RegisterISCSI(qctx, n.consul, reg); err != nil {
-					n.log.WithError(err).Warn("re-registering csnap-iscsi")
-				}
+		if found, err := n.consul.ISCSIRegistered(qctx, n.node); err == nil && !found {
+			n.log.Warn("this node's csnap-iscsi service is missing from Consul's catalogue; registering it again")
+			if err := n.consul.RegisterISCSI(qctx, reg); err != nil {
+				n.log.WithError(err).Warn("re-registering csnap-iscsi")
 			}
 		}
 		cancel()
 	}
-}
-
-// waitAgent waits for the local Consul agent and returns its node name.
-func waitAgent(ctx context.Context, c *capi.Client, log *logrus.Entry) (string, error) {
-	deadline := time.Now().Add(60 * time.Second)
-	for attempt := 1; ; attempt++ {
-		name, err := c.Agent().NodeName()
-		if err == nil && name != "" {
-			return name, nil
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no Consul agent answered at %s within 60 s: %v", c.Headers(), err)
-		}
-		if attempt == 1 {
-			log.WithError(err).Warn("waiting for the local Consul agent")
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-// checkTimings refuses settings under which the election cannot work.
-func checkTimings(o *Config) error {
-	switch {
-	case o.Lease < 500*time.Millisecond:
-		return fmt.Errorf("-lease %v is too short (at least 500ms)", o.Lease)
-	case o.LockDelay <= 0:
-		return fmt.Errorf("-lock-delay must be positive")
-	case o.CheckInterval <= 0:
-		return fmt.Errorf("-check-interval must be positive")
-	case o.IOTimeout <= 0 || o.AwaitTimeout <= 0:
-		return fmt.Errorf("-io-timeout and -await-timeout must be positive")
-	}
-	return nil
 }
 
 // derivedPortalGroupTag gives a node without -portal-group-tag a stable
@@ -531,7 +516,7 @@ type clusterVolume struct {
 	exp *export
 	// lock is the election's Consul lock (the server's LockCheck reads
 	// it); resign tells the election to give a term up (hardening.go).
-	lock   *consul.APILock
+	lock   consul.Lock
 	resign chan uint64
 	// While serving:
 	srv       *server.Server
@@ -578,7 +563,7 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 // start runs the volume's election and its client, until the node stops.
 func (v *clusterVolume) start() {
 	n := v.n
-	v.watch = consul.WatchServer(n.ctx, n.consul, n.keys, v.def.Name, v.log)
+	v.watch = n.consul.WatchServer(n.ctx, v.def.Name, v.log)
 	var both sync.WaitGroup
 	both.Add(2)
 	go func() {
@@ -702,7 +687,7 @@ func (v *clusterVolume) closeClient() {
 // runElection competes for the volume's server lock until ctx ends.
 func (v *clusterVolume) runElection(ctx context.Context) {
 	n := v.n
-	lock, err := consul.NewAPILock(n.consul, consul.SessionConfig{
+	lock, err := n.consul.NewLock(consul.SessionConfig{
 		Node: n.node, Name: "csnap server " + v.def.Name,
 		ServiceCheckID: consul.ISCSICheckID, LockDelay: n.o.LockDelay,
 	})
@@ -724,7 +709,7 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 	v.mu.Unlock()
 	lease := n.o.Lease
 	err = consul.RunElection(ctx, lock, consul.ElectionConfig{
-		Key:   n.keys.ServerLock(v.def.Name),
+		Key:   n.consul.Keys().ServerLock(v.def.Name),
 		Value: consul.ServerInfo{Node: n.node, Addr: n.serverAddr}.Encode(),
 		Lease: lease, Check: lease / 4, Retry: 250 * time.Millisecond, RequestTimeout: lease / 2,
 		OnElected: v.elected,
@@ -750,8 +735,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	if err != nil {
 		return fmt.Errorf("opening the snapshot store %s: %w", v.def.Store, err)
 	}
-	kv, err := consul.NewKVRegistry(n.consul, n.keys.Clients(v.def.Name), n.keys.ServerLock(v.def.Name),
-		func() string { return session })
+	kv, err := n.consul.ClientRegistry(v.def.Name, func() string { return session })
 	if err != nil {
 		eng.Close()
 		return err
@@ -764,7 +748,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		OnDeposed:    func(newer uint64) { go v.fence(term, newer) },
 		PeerNode:     peerNode(n.certs),
 		// A claimed newer term is checked against the lock in Consul.
-		LockCheck: consulLockCheck{holder: v.lockHolder, key: n.keys.ServerLock(v.def.Name), session: session, term: term},
+		LockCheck: consulLockCheck{holder: v.lockHolder, key: n.consul.Keys().ServerLock(v.def.Name), session: session, term: term},
 		// Shared-state values are LU states (sharedstore.go).
 		ValidateShared: validateLUState,
 		// The SCSI mode parameters outlive a restart of every node.
@@ -792,7 +776,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	n.mux.Handle(v.def.Name, srv)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
-	if err := consul.RegisterServer(ctx, n.consul, v.def.Name, consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term}); err != nil {
+	if err := n.consul.RegisterServer(ctx, v.def.Name, consul.ServerInfo{Node: n.node, Addr: n.serverAddr, Term: term}); err != nil {
 		v.log.WithError(err).Warn("registering as the volume's server in Consul")
 	}
 	return nil
@@ -847,13 +831,13 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := consul.DeregisterServer(ctx, n.consul, v.def.Name); err != nil {
+	if err := n.consul.DeregisterServer(ctx, v.def.Name); err != nil {
 		v.log.WithError(err).Debug("deregistering as the volume's server")
 	}
 }
 
 // registryAdapter stores the server's client registry in Consul KV.
-type registryAdapter struct{ kv *consul.KVRegistry }
+type registryAdapter struct{ kv consul.ClientRegistry }
 
 func (r registryAdapter) Put(ctx context.Context, e server.Entry) error {
 	return r.kv.Put(ctx, consul.ClientRecord{ID: e.ID, Node: e.Node, HoldsLocks: e.HoldsLocks})

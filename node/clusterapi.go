@@ -44,7 +44,7 @@ func (s *clusterService) consulErr(err error) error {
 }
 
 func (s *clusterService) Volumes(ctx context.Context) ([]api.Volume, error) {
-	defs, servers, err := consul.ListVolumes(ctx, s.n.consul, s.n.keys)
+	defs, servers, err := s.n.consul.ListVolumes(ctx)
 	if err != nil {
 		return nil, s.consulErr(err)
 	}
@@ -76,7 +76,7 @@ func (s *clusterService) describe(ctx context.Context, d consul.VolumeDef, si co
 }
 
 func (s *clusterService) Volume(ctx context.Context, name string) (api.Volume, error) {
-	defs, servers, err := consul.ListVolumes(ctx, s.n.consul, s.n.keys)
+	defs, servers, err := s.n.consul.ListVolumes(ctx)
 	if err != nil {
 		return api.Volume{}, s.consulErr(err)
 	}
@@ -116,7 +116,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	if r.ChunkSize == 0 {
 		r.ChunkSize = devChunkSize
 	}
-	if old, err := consul.GetVolume(ctx, s.n.consul, s.n.keys, r.Name); err != nil {
+	if old, err := s.n.consul.GetVolume(ctx, r.Name); err != nil {
 		return api.Volume{}, s.consulErr(err)
 	} else if old != nil {
 		return api.Volume{}, fmt.Errorf("%w: volume %s already exists", api.ErrConflict, r.Name)
@@ -127,7 +127,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 	}
 	def := consul.VolumeDef{Name: r.Name, Origin: r.Origin, Store: r.Store, Size: osize,
 		ChunkSize: r.ChunkSize, UUID: hex.EncodeToString(info.UUID[:]), Created: time.Now().UTC(), Initiators: r.Initiators}
-	if err := consul.PublishVolume(ctx, s.n.consul, s.n.keys, def); err != nil {
+	if err := s.n.consul.PublishVolume(ctx, def); err != nil {
 		if errors.Is(err, consul.ErrVolumeExists) {
 			return api.Volume{}, fmt.Errorf("%w: %v (created concurrently; the store %s was formatted for nothing)", api.ErrConflict, err, r.Store)
 		}
@@ -142,7 +142,7 @@ func (s *clusterService) CreateVolume(ctx context.Context, r api.CreateVolume) (
 // it when its watch sees the change (the initiator allow-list: at once,
 // to new logins on every target of the volume).
 func (s *clusterService) SetVolume(ctx context.Context, name string, r api.SetVolume) (api.Volume, error) {
-	d, err := consul.UpdateVolume(ctx, s.n.consul, s.n.keys, name, func(d *consul.VolumeDef) error {
+	d, err := s.n.consul.UpdateVolume(ctx, name, func(d *consul.VolumeDef) error {
 		if r.Initiators != nil {
 			d.Initiators = slices.Clone(*r.Initiators)
 			if len(d.Initiators) == 0 {

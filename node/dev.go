@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/snapstore/server"
@@ -228,120 +229,28 @@ func syncDir(dir string) error {
 // server runs in this process on a loopback port and this node is its only
 // client (the same code paths as a cluster, standalone coordination).
 func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer) (err error) {
-	dir := o.DataDir
-	if dir == "" {
-		dir = devDataDir
-	}
-	if err := makeDir(dir, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	originPath, storePath := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
-	// -dev's volume paths: its data directory, unless -volume-paths says
-	// otherwise (the volume's files are always in the data directory).
-	roots := o.VolumePaths
-	if len(roots) == 0 {
-		abs, err := filepath.Abs(dir)
-		if err != nil {
-			return fmt.Errorf("data directory: %w", err)
-		}
-		roots = []string{abs}
-	}
-	absOrigin, _ := filepath.Abs(originPath)
-	absStore, _ := filepath.Abs(storePath)
-	if err := checkVolumePaths(roots, absOrigin, absStore); err != nil {
-		return err
-	}
-	if _, err := createSparse(originPath, devSize); err != nil {
-		return fmt.Errorf("origin %s: %w", originPath, err)
-	}
-	prealloc, err := devPrealloc(os.Getenv)
+	dir := or(o.DataDir, devDataDir)
+	vol, err := openDevVolume(dir, o, log)
 	if err != nil {
 		return err
-	}
-	create := createStoreFile
-	if prealloc {
-		create = createWritten
-	}
-	t0 := time.Now()
-	fresh, err := create(storePath, devSize)
-	if err != nil {
-		return fmt.Errorf("snapshot store %s: %w", storePath, err)
-	}
-	origin, err := openFileDev(originPath, false) // one node: its page cache is the only one
-	if err != nil {
-		return err
-	}
-	defer origin.Close()
-	store, err := openFileDev(storePath, false)
-	if err != nil {
-		return err
-	}
-	if err := allocateStore(store); err != nil {
-		log.WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
-	}
-	defer store.Close()
-	if fresh {
-		// Only a store this run created is formatted: an existing file
-		// that does not open is reported, never overwritten.
-		if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: devChunkSize}); err != nil {
-			return fmt.Errorf("formatting the snapshot store %s: %w", storePath, err)
-		}
-		log.WithFields(logrus.Fields{"store": storePath, "preallocated": prealloc, "elapsed": time.Since(t0).Round(time.Millisecond)}).
-			Info("snapshot store created and formatted")
-	}
-	eng, err := snapstore.Open(origin, store, snapstore.Options{OnEvent: engineEvents(log)})
-	if err != nil {
-		return fmt.Errorf("opening the snapshot store %s: %w", storePath, err)
 	}
 	defer func() {
-		if cerr := eng.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("closing the snapshot store: %w", cerr)
+		if cerr := vol.close(); cerr != nil && err == nil {
+			err = cerr
 		}
 	}()
-
-	node := o.NodeName
-	if node == "" {
-		node = hostname()
-	}
+	node := or(o.NodeName, hostname())
 	srvCtx, stopSrv := context.WithCancel(context.Background())
 	defer stopSrv()
 	certs, err := nodeTLS(srvCtx, o, true, dir, node, log)
 	if err != nil {
 		return err
 	}
-	snapSrv, err := server.New(server.Config{
-		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
-		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
-		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
-		// One node: the lock is always ours; shared state holds LU states.
-		LockCheck: server.StillOurs{}, ValidateShared: validateLUState,
-		PersistShared: persistedSCSIState,
-	})
+	snapSrv, srvAddr, closeSrv, err := startDevServer(srvCtx, o, vol.eng, node, certs, log)
 	if err != nil {
 		return err
 	}
-	srvAddr := o.ServerAddr
-	if srvAddr == "" {
-		srvAddr = devSrvAddr
-	}
-	sl, err := net.Listen("tcp", srvAddr)
-	if err != nil {
-		return fmt.Errorf("snapshot server listener: %w", err)
-	}
-	var srvWG sync.WaitGroup
-	srvWG.Add(1)
-	go func() {
-		defer srvWG.Done()
-		if err := snapSrv.Serve(srvCtx, tlsListener(sl, certs)); err != nil && !errors.Is(err, server.ErrServerClosed) {
-			log.WithError(err).Error("snapshot server stopped")
-		}
-	}()
-	defer func() {
-		snapSrv.Close()
-		stopSrv()
-		srvWG.Wait()
-	}()
-
+	defer closeSrv()
 	chap, err := chapFromEnv(os.Getenv)
 	if err != nil {
 		return err
@@ -351,12 +260,160 @@ func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer)
 		return err
 	}
 	isrv := iscsi.NewServer(icfg)
+	cl, exp, err := devExport(ctx, vol, node, srvAddr, certs, isrv, chap, log)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	svc := &devService{
+		node: node, exp: exp, cl: cl, srv: snapSrv, eng: vol.eng, iscsi: isrv,
+		serverAddr: srvAddr, origin: vol.originPath, store: vol.storePath, dir: dir,
+	}
+	r := &runner{}
+	hs, err := serveDev(ctx, r, o, svc, stdout, log)
+	if err != nil {
+		return err
+	}
+	runErr := r.wait(ctx, log)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hs.Shutdown(shutdownCtx)
+	isrv.Close() // sessions end; running commands finish first
+	r.wg.Wait()
+	if err := cl.Origin().Flush(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("final flush: %w", err)
+	}
+	return runErr
+}
 
+// devVolumeFiles is the -dev volume's files, devices and engine.
+type devVolumeFiles struct {
+	originPath, storePath string
+	origin, store         *fileDev
+	eng                   *snapstore.Engine
+}
+
+// close closes the engine, then the devices.
+func (v *devVolumeFiles) close() error {
+	var err error
+	if cerr := v.eng.Close(); cerr != nil {
+		err = fmt.Errorf("closing the snapshot store: %w", cerr)
+	}
+	v.store.Close()
+	v.origin.Close()
+	return err
+}
+
+// openDevVolume makes (first start) and opens the -dev volume in dir.
+func openDevVolume(dir string, o *Config, log *logrus.Entry) (_ *devVolumeFiles, err error) {
+	if err := makeDir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	v := &devVolumeFiles{originPath: filepath.Join(dir, "origin.img"), storePath: filepath.Join(dir, "store.img")}
+	// -dev's volume paths: its data directory, unless -volume-paths says
+	// otherwise (the volume's files are always in the data directory).
+	roots := o.VolumePaths
+	if len(roots) == 0 {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		roots = []string{abs}
+	}
+	absOrigin, _ := filepath.Abs(v.originPath)
+	absStore, _ := filepath.Abs(v.storePath)
+	if err := checkVolumePaths(roots, absOrigin, absStore); err != nil {
+		return nil, err
+	}
+	if _, err := createSparse(v.originPath, devSize); err != nil {
+		return nil, fmt.Errorf("origin %s: %w", v.originPath, err)
+	}
+	prealloc, err := devPrealloc(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	create := createStoreFile
+	if prealloc {
+		create = createWritten
+	}
+	t0 := time.Now()
+	fresh, err := create(v.storePath, devSize)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot store %s: %w", v.storePath, err)
+	}
+	if v.origin, err = openFileDev(v.originPath, false); err != nil { // one node: its page cache is the only one
+		return nil, err
+	}
+	if v.store, err = openFileDev(v.storePath, false); err != nil {
+		v.origin.Close()
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			v.store.Close()
+			v.origin.Close()
+		}
+	}()
+	if err := allocateStore(v.store); err != nil {
+		log.WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
+	}
+	if fresh {
+		// Only a store this run created is formatted: an existing file
+		// that does not open is reported, never overwritten.
+		if err := snapstore.Format(v.origin, v.store, snapstore.FormatOptions{ChunkSize: devChunkSize}); err != nil {
+			return nil, fmt.Errorf("formatting the snapshot store %s: %w", v.storePath, err)
+		}
+		log.WithFields(logrus.Fields{"store": v.storePath, "preallocated": prealloc, "elapsed": time.Since(t0).Round(time.Millisecond)}).
+			Info("snapshot store created and formatted")
+	}
+	if v.eng, err = snapstore.Open(v.origin, v.store, snapstore.Options{OnEvent: engineEvents(log)}); err != nil {
+		return nil, fmt.Errorf("opening the snapshot store %s: %w", v.storePath, err)
+	}
+	return v, nil
+}
+
+// startDevServer runs the -dev volume's snapshot server in this process
+// (standalone coordination: the lock is always ours); stop closes it.
+func startDevServer(ctx context.Context, o *Config, eng *snapstore.Engine, node string, certs *pki.Holder, log *logrus.Entry) (_ *server.Server, addr string, stop func(), err error) {
+	snapSrv, err := server.New(server.Config{
+		Engine: eng, Volume: devVolume, Term: eng.Epoch() + 1, Node: node,
+		Registry: server.NewMemRegistry(), Membership: server.AllowAll{},
+		Log: log.WithField("component", "snapserver"), PeerNode: peerNode(certs),
+		// One node: the lock is always ours; shared state holds LU states.
+		LockCheck: server.StillOurs{}, ValidateShared: validateLUState,
+		PersistShared: persistedSCSIState,
+	})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	sl, err := net.Listen("tcp", or(o.ServerAddr, devSrvAddr))
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("snapshot server listener: %w", err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := snapSrv.Serve(sctx, tlsListener(sl, certs)); err != nil && !errors.Is(err, server.ErrServerClosed) {
+			log.WithError(err).Error("snapshot server stopped")
+		}
+	}()
+	return snapSrv, sl.Addr().String(), func() {
+		snapSrv.Close()
+		cancel()
+		wg.Wait()
+	}, nil
+}
+
+// devExport connects the node's snapshot client to the -dev server and
+// exports the volume's targets.
+func devExport(ctx context.Context, vol *devVolumeFiles, node, srvAddr string, certs *pki.Holder, isrv *iscsi.Server, chap *iscsi.CHAP, log *logrus.Entry) (*client.Client, *export, error) {
 	var exp *export
 	cl, err := client.New(ctx, client.Config{
 		Volume: devVolume, Node: node, ID: clientID(node, devVolume),
-		Locator: client.StaticServer{Addr: sl.Addr().String(), Node: node}, TLS: clientTLS(certs),
-		Origin: origin, Store: store,
+		Locator: client.StaticServer{Addr: srvAddr, Node: node}, TLS: clientTLS(certs),
+		Origin: vol.origin, Store: vol.store,
 		Log: log.WithField("component", "snapclient"),
 		OnChange: func(uint64) {
 			if exp != nil {
@@ -369,86 +426,63 @@ func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer)
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("connecting to the snapshot server: %w", err)
+		return nil, nil, fmt.Errorf("connecting to the snapshot server: %w", err)
 	}
-	defer cl.Close()
-	exp = newExport(devVolume, eng.UUID(), cl, isrv, chap, nil, log.WithField("volume", devVolume))
+	exp = newExport(devVolume, vol.eng.UUID(), cl, isrv, chap, nil, log.WithField("volume", devVolume))
 	if err := exp.start(ctx); err != nil {
-		return err
+		cl.Close()
+		return nil, nil, err
 	}
+	return cl, exp, nil
+}
 
+// serveDev opens the -dev node's portals and HTTP API, serves them on r
+// and prints the banner.
+func serveDev(ctx context.Context, r *runner, o *Config, svc *devService, stdout io.Writer, log *logrus.Entry) (*http.Server, error) {
 	portals := splitAddrs(o.ISCSIAddr, devISCSIAddr)
-	httpAddr := o.HTTPAddr
-	if httpAddr == "" {
-		httpAddr = devHTTPAddr
-	}
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
+	var portalLns []net.Listener
 	for _, a := range portals {
-		l, err := net.Listen("tcp", a)
+		l, err := r.listen("iSCSI portal", a)
 		if err != nil {
-			closeAll()
-			return fmt.Errorf("iSCSI portal: %w", err)
+			return nil, err
 		}
-		listeners = append(listeners, l)
+		portalLns = append(portalLns, l)
 	}
-	token, tokenFile, err := apiToken(o, dir, os.Getenv)
+	token, tokenFile, err := apiToken(o, svc.dir, os.Getenv)
 	if err != nil {
-		closeAll()
-		return err
+		r.closeAll()
+		return nil, err
 	}
 	tlsCfg, err := apiTLS(o)
 	if err != nil {
-		closeAll()
-		return err
+		r.closeAll()
+		return nil, err
 	}
-	initiators, err := loadDevState(dir)
+	initiators, err := loadDevState(svc.dir)
 	if err != nil {
-		closeAll()
-		return err
+		r.closeAll()
+		return nil, err
 	}
-	exp.setInitiators(initiators)
-	hl, err := net.Listen("tcp", httpAddr)
+	svc.exp.setInitiators(initiators)
+	hl, err := r.listen("HTTP API", or(o.HTTPAddr, devHTTPAddr))
 	if err != nil {
-		closeAll()
-		return fmt.Errorf("HTTP API: %w", err)
+		return nil, err
 	}
-	svc := &devService{
-		node: node, exp: exp, cl: cl, srv: snapSrv, eng: eng, iscsi: isrv,
-		serverAddr: sl.Addr().String(), origin: originPath, store: storePath, dir: dir,
+	hs := newHTTPServer(newAPI(svc, svc.iscsi, apiAccess(hl.Addr(), token, o)), tlsCfg)
+	for _, l := range portalLns {
+		r.serve(func() error { return svc.iscsi.Serve(ctx, l) })
 	}
-	hs := newHTTPServer(newAPI(svc, isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
+	r.serve(serveHTTP("HTTP API", hs, hl, tlsCfg != nil))
+	printDevBanner(stdout, svc, portals, portalLns[0].Addr().String(), hl.Addr().String(), tlsCfg != nil, tokenFile)
+	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": svc.dir,
+		"snapserver": svc.serverAddr, "term": svc.srv.Term()}).Info("csnapd -dev serving")
+	return hs, nil
+}
 
-	var wg sync.WaitGroup
-	errc := make(chan error, len(listeners)+1)
-	for _, l := range listeners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := isrv.Serve(ctx, l); err != nil {
-				errc <- err
-			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serve := hs.Serve
-		if tlsCfg != nil {
-			serve = func(l net.Listener) error { return hs.ServeTLS(l, "", "") }
-		}
-		if err := serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-		}
-	}()
-
-	p0 := listeners[0].Addr().String()
+// printDevBanner prints how to use the -dev node.
+func printDevBanner(stdout io.Writer, svc *devService, portals []string, p0, httpAddr string, tls bool, tokenFile string) {
 	iqn := originIQN(devVolume)
-	admin, tokenNote := devAdminCommand(hl.Addr().String(), tlsCfg != nil, dir, tokenFile)
+	admin, tokenNote := devAdminCommand(httpAddr, tls, svc.dir, tokenFile)
 	fmt.Fprintf(stdout, `csnapd -dev: volume %q (%d MiB, snapshot store %d MiB) in %s
   iSCSI portal%s %s; origin target %s, LUN 0; snapshots appear as %s:SNAPSHOT
   Log in with open-iscsi:
@@ -460,26 +494,8 @@ func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer)
   Snapshots (%s):
     %s snapshot create %s snap1
     %s snapshot list %s
-`, devVolume, eng.OriginSize()>>20, devSize>>20, dir, plural(len(portals)), strings.Join(portals, ", "), iqn, iqn,
+`, devVolume, svc.eng.OriginSize()>>20, devSize>>20, svc.dir, plural(len(portals)), strings.Join(portals, ", "), iqn, iqn,
 		p0, iqn, p0, p0, p0, iqn, tokenNote, admin, devVolume, admin, devVolume)
-	log.WithFields(logrus.Fields{"portals": portals, "http": hl.Addr().String(), "data_dir": dir,
-		"snapserver": sl.Addr().String(), "term": snapSrv.Term()}).Info("csnapd -dev serving")
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("stopping")
-	case runErr = <-errc:
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	hs.Shutdown(shutdownCtx)
-	isrv.Close() // sessions end; running commands finish first
-	wg.Wait()
-	if err := cl.Origin().Flush(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("final flush: %w", err)
-	}
-	return runErr
 }
 
 // engineEvents logs what the store engine reports (drops, recovery,

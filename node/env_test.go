@@ -22,17 +22,3 @@ func TestCHAPFromEnv(t *testing.T) {
 		}
 	}
 }
-
-// Consul's environment is honoured; -consul-addr overrides the address.
-func TestConsulConfigFromEnv(t *testing.T) {
-	t.Setenv("CONSUL_HTTP_ADDR", "127.0.0.9:18599")
-	t.Setenv("CONSUL_HTTP_TOKEN", "secret-token")
-	c := consulConfig(&Config{})
-	if c.Address != "127.0.0.9:18599" || c.Token != "secret-token" {
-		t.Fatalf("from the environment: address %q token %q", c.Address, c.Token)
-	}
-	c = consulConfig(&Config{ConsulAddr: "127.0.0.2:18500"})
-	if c.Address != "127.0.0.2:18500" || c.Token != "secret-token" {
-		t.Fatalf("with -consul-addr: address %q token %q", c.Address, c.Token)
-	}
-}
