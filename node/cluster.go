@@ -507,8 +507,8 @@ type clusterVolume struct {
 	def    consul.VolumeDef
 	uuid   [16]byte
 	log    *logrus.Entry
-	origin *fileDev
-	store  *fileDev
+	origin Device
+	store  Device
 	watch  *consul.ServerWatch
 
 	mu  sync.Mutex
@@ -538,7 +538,7 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 	if err := api.ValidInitiators(d.Initiators); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", d.Name, err)
 	}
-	origin, err := openFileDev(d.Origin, n.o.DirectIO)
+	origin, err := n.o.openDevice(d.Origin, n.o.DirectIO)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: origin: %w", d.Name, err)
 	}
@@ -546,12 +546,12 @@ func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: origin %s holds a csnap snapshot store: refusing to export it as an origin", d.Name, d.Origin)
 	}
-	store, err := openFileDev(d.Store, n.o.DirectIO)
+	store, err := n.o.openDevice(d.Store, n.o.DirectIO)
 	if err != nil {
 		origin.Close()
 		return nil, fmt.Errorf("volume %s: snapshot store: %w", d.Name, err)
 	}
-	if err := allocateStore(store); err != nil {
+	if err := allocateDevice(store); err != nil {
 		n.log.WithField("volume", d.Name).WithError(err).Warn("snapshot store not fully allocated: the file system may run out of space under it (snapshots are then dropped)")
 	}
 	v := &clusterVolume{n: n, def: d, origin: origin, store: store,

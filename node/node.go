@@ -18,6 +18,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/target/iscsi"
 )
 
@@ -72,10 +73,32 @@ type Config struct {
 	TLSCA, TLSCert, TLSKey string
 	InsecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
 
+	// OpenDevice opens a cluster volume's origin or store by its path in
+	// the volume's definition (default: the file or block device, O_DIRECT
+	// when DirectIO). Tests give in-memory devices shared by their nodes.
+	OpenDevice func(path string, direct bool) (Device, error)
+
 	// Log receives the node's structured log (default: discarded).
 	Log *logrus.Entry
 	// Stdout receives the lines printed for the operator at start.
 	Stdout io.Writer
+}
+
+// Device is a volume's origin or snapshot store as a node opens it.
+type Device interface {
+	snapstore.Device
+	Close() error
+}
+
+func (c *Config) openDevice(path string, direct bool) (Device, error) {
+	if c.OpenDevice != nil {
+		return c.OpenDevice(path, direct)
+	}
+	d, err := openFileDev(path, direct)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return d, nil
 }
 
 func (c *Config) log() *logrus.Entry {

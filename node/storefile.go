@@ -71,6 +71,14 @@ func allocateStore(d *fileDev) error {
 	return nil
 }
 
+// allocateDevice is allocateStore for a store that is a file.
+func allocateDevice(d Device) error {
+	if fd, ok := d.(*fileDev); ok {
+		return allocateStore(fd)
+	}
+	return nil
+}
+
 // FlushErrors forwards the device's count of failed flushes
 // (snapstore.FlushErrorCounter), so the engine learns of a flush of the
 // store that failed in the node's client, and the other way round.
