@@ -773,6 +773,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	v.stopWatch = stopWatch
 	v.mu.Unlock()
 	go v.watchEngine(wctx, eng, term)
+	n.o.serving(ServingEvent{Volume: v.def.Name, Term: term, Serving: true})
 	n.mux.Handle(v.def.Name, srv)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
@@ -822,6 +823,8 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	}
 	n.mux.Handle(v.def.Name, nil)
 	if srv != nil {
+		// Fenced (unless graceful) and unreachable: no longer serving.
+		n.o.serving(ServingEvent{Volume: v.def.Name, Term: term, Fenced: !leaseValid})
 		srv.Close()
 	}
 	if eng != nil {

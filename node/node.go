@@ -78,10 +78,33 @@ type Config struct {
 	// when DirectIO). Tests give in-memory devices shared by their nodes.
 	OpenDevice func(path string, direct bool) (Device, error)
 
+	// OnServing, if set, is told when this node starts serving a volume
+	// under term (serving) and when it has stopped (its devices fenced
+	// first unless the stop was graceful). Tests take timestamps from it.
+	OnServing func(e ServingEvent)
+
 	// Log receives the node's structured log (default: discarded).
 	Log *logrus.Entry
 	// Stdout receives the lines printed for the operator at start.
 	Stdout io.Writer
+}
+
+// ServingEvent is a change of whether this node serves a volume.
+type ServingEvent struct {
+	Volume  string
+	Term    uint64
+	Serving bool // false: stopped serving the term
+	Fenced  bool // stopped with its devices fenced (lease expired or lost)
+	At      time.Time // when it happened
+}
+
+func (c *Config) serving(e ServingEvent) {
+	if c.OnServing != nil {
+		if e.At.IsZero() {
+			e.At = time.Now()
+		}
+		c.OnServing(e)
+	}
 }
 
 // Device is a volume's origin or snapshot store as a node opens it.
