@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -522,6 +523,7 @@ type clusterVolume struct {
 	srv       *server.Server
 	eng       *snapstore.Engine
 	fences    []*fencedDev
+	reg       *registryAdapter
 	term      uint64
 	deposing  bool
 	stopWatch context.CancelFunc // ends watchEngine
@@ -740,9 +742,10 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		eng.Close()
 		return err
 	}
+	reg := &registryAdapter{kv: kv}
 	srv, err := server.New(server.Config{
 		Engine: eng, Volume: v.def.Name, Term: term, Node: n.node,
-		Registry: registryAdapter{kv}, Membership: n.members,
+		Registry: reg, Membership: n.members,
 		AwaitTimeout: n.o.AwaitTimeout,
 		Log:          v.log.WithField("component", "snapserver"),
 		OnDeposed:    func(newer uint64) { go v.fence(term, newer) },
@@ -769,7 +772,7 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	}
 	wctx, stopWatch := context.WithCancel(n.ctx)
 	v.mu.Lock()
-	v.srv, v.eng, v.fences, v.term, v.deposing = srv, eng, []*fencedDev{fo, fs}, term, false
+	v.srv, v.eng, v.fences, v.term, v.deposing, v.reg = srv, eng, []*fencedDev{fo, fs}, term, false, reg
 	v.stopWatch = stopWatch
 	v.mu.Unlock()
 	go v.watchEngine(wctx, eng, term)
@@ -809,8 +812,8 @@ func (v *clusterVolume) lockHolder(ctx context.Context, key string) (string, uin
 func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	n := v.n
 	v.mu.Lock()
-	srv, eng, fences := v.srv, v.eng, v.fences
-	v.srv, v.eng, v.fences, v.term = nil, nil, nil, 0
+	srv, eng, fences, reg := v.srv, v.eng, v.fences, v.reg
+	v.srv, v.eng, v.fences, v.term, v.reg = nil, nil, nil, 0, nil
 	if v.stopWatch != nil {
 		v.stopWatch()
 		v.stopWatch = nil
@@ -819,6 +822,9 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 	if !leaseValid {
 		for _, f := range fences {
 			f.fence()
+		}
+		if reg != nil {
+			reg.fenced.Store(true)
 		}
 	}
 	n.mux.Handle(v.def.Name, nil)
@@ -840,17 +846,29 @@ func (v *clusterVolume) deposed(term uint64, leaseValid bool) {
 }
 
 // registryAdapter stores the server's client registry in Consul KV.
-type registryAdapter struct{ kv consul.ClientRegistry }
+// Once its server is fenced it refuses at once: the lock is lost, so
+// Consul would refuse the write anyway, and the closing server's deletes
+// would otherwise each wait out their deadline on a cut-off node.
+type registryAdapter struct {
+	kv     consul.ClientRegistry
+	fenced atomic.Bool
+}
 
-func (r registryAdapter) Put(ctx context.Context, e server.Entry) error {
+func (r *registryAdapter) Put(ctx context.Context, e server.Entry) error {
+	if r.fenced.Load() {
+		return errFenced
+	}
 	return r.kv.Put(ctx, consul.ClientRecord{ID: e.ID, Node: e.Node, HoldsLocks: e.HoldsLocks})
 }
 
-func (r registryAdapter) Delete(ctx context.Context, id wire.ClientID) error {
+func (r *registryAdapter) Delete(ctx context.Context, id wire.ClientID) error {
+	if r.fenced.Load() {
+		return errFenced
+	}
 	return r.kv.Delete(ctx, id)
 }
 
-func (r registryAdapter) List(ctx context.Context) ([]server.Entry, error) {
+func (r *registryAdapter) List(ctx context.Context) ([]server.Entry, error) {
 	recs, err := r.kv.List(ctx)
 	if err != nil {
 		return nil, err

@@ -108,8 +108,10 @@ func (c *testCluster) start(name, dir string, devs map[string]memDev) {
 }
 
 func (c *testCluster) stopAll() {
-	for name, cancel := range c.cancel {
+	for _, cancel := range c.cancel {
 		cancel()
+	}
+	for name := range c.cancel {
 		select {
 		case err := <-c.done[name]:
 			if err != nil {

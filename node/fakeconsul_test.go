@@ -150,15 +150,21 @@ var _ consul.Cluster = (*fakeAgent)(nil)
 var errFakePartition = errors.New("fake consul: partitioned")
 
 // enter takes f.mu for a call of the node; a partitioned node's call
-// hangs until its deadline instead.
+// hangs until the partition heals, or fails at its deadline.
 func (a *fakeAgent) enter(ctx context.Context) error {
-	a.f.mu.Lock()
-	if _, cut := a.f.partitionedAt[a.node]; cut {
+	for {
+		a.f.mu.Lock()
+		if _, cut := a.f.partitionedAt[a.node]; !cut {
+			return nil
+		}
+		ch := a.f.changed
 		a.f.mu.Unlock()
-		<-ctx.Done()
-		return fmt.Errorf("%w: %v", errFakePartition, ctx.Err())
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", errFakePartition, ctx.Err())
+		case <-ch:
+		}
 	}
-	return nil
 }
 
 func (a *fakeAgent) Keys() consul.Keys { return a.f.keys }
