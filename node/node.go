@@ -93,8 +93,8 @@ type Config struct {
 type ServingEvent struct {
 	Volume  string
 	Term    uint64
-	Serving bool // false: stopped serving the term
-	Fenced  bool // stopped with its devices fenced (lease expired or lost)
+	Serving bool      // false: stopped serving the term
+	Fenced  bool      // stopped with its devices fenced (lease expired or lost)
 	At      time.Time // when it happened
 }
 
