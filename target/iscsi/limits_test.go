@@ -337,41 +337,59 @@ func TestWriteBudget(t *testing.T) {
 	}
 }
 
-// TestHeldWriteFlood: 48 sessions each announce a 32 MiB write and never
-// send its data. The node's heap grows by at most its write budget (plus
-// slack), not by 1.5 GiB. It reports the process's resident memory too.
+// TestHeldWriteFlood: 48 sessions each announce a 32 MiB write and hold
+// its data back, either all of it or all but the first Data-Out. The
+// node's heap grows by at most its write budget (plus slack), not by
+// 1.5 GiB; a write that never sends data costs no buffer at all. It
+// reports the process's resident memory too.
 func TestHeldWriteFlood(t *testing.T) {
-	srv, addr, _ := startServer(t, Config{}, nil)
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	rss0 := residentBytes(t)
-	r2ts, full := 0, 0
-	for i := 0; i < 48; i++ {
-		in := dialInitiator(t, addr)
-		if st := in.login(testIQN, kv{"InitialR2T", "Yes"}, kv{"ImmediateData", "No"}); st != 0 {
-			t.Fatalf("login %d: %#x", i, st)
-		}
-		switch r := in.holdWrite(1, 32<<20); {
-		case r.Opcode() == opR2T:
-			r2ts++
-		case r.Opcode() == opSCSIResp && r.BHS[3] == scsi.StatusTaskSetFull:
-			full++
-		default:
-			t.Fatalf("held write %d: opcode %#x status %#x", i, r.Opcode(), r.BHS[3])
-		}
-	}
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
-	budget := srv.cfg.WriteBufferBytes
-	t.Logf("48 x 32 MiB held writes: %d buffered, %d TASK SET FULL; heap +%d MiB, RSS +%d MiB (write budget %d MiB)",
-		r2ts, full, grown>>20, (residentBytes(t)-rss0)>>20, budget>>20)
-	if grown > budget+32<<20 {
-		t.Fatalf("heap grew %d MiB under the flood; budget %d MiB", grown>>20, budget>>20)
-	}
-	if got := srv.writeBuf.inUse(); got > budget {
-		t.Fatalf("write budget in use %d > %d", got, budget)
+	for _, sendFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("first Data-Out sent=%v", sendFirst), func(t *testing.T) {
+			srv, addr, _ := startServer(t, Config{}, nil)
+			runtime.GC()
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			rss0 := residentBytes(t)
+			r2ts, full := 0, 0
+			for i := 0; i < 48; i++ {
+				in := dialInitiator(t, addr)
+				if st := in.login(testIQN, kv{"InitialR2T", "Yes"}, kv{"ImmediateData", "No"}); st != 0 {
+					t.Fatalf("login %d: %#x", i, st)
+				}
+				switch r := in.holdWrite(1, 32<<20); {
+				case r.Opcode() == opR2T:
+					r2ts++
+					if sendFirst {
+						d := new(PDU)
+						d.setOpcode(opDataOut, 0)
+						d.setU32(16, 1)
+						d.setU32(20, r.u32(20))
+						d.Data = make([]byte, 64<<10)
+						in.send(d)
+					}
+				case r.Opcode() == opSCSIResp && r.BHS[3] == scsi.StatusTaskSetFull:
+					full++
+				default:
+					t.Fatalf("held write %d: opcode %#x status %#x", i, r.Opcode(), r.BHS[3])
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // the last Data-Out is read
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+			budget := srv.cfg.WriteBufferBytes
+			t.Logf("48 x 32 MiB held writes: %d buffered, %d TASK SET FULL; heap +%d MiB, RSS +%d MiB (write budget %d MiB)",
+				r2ts, full, grown>>20, (residentBytes(t)-rss0)>>20, budget>>20)
+			if grown > budget+32<<20 {
+				t.Fatalf("heap grew %d MiB under the flood; budget %d MiB", grown>>20, budget>>20)
+			}
+			if !sendFirst && grown > 64<<20 {
+				t.Fatalf("heap grew %d MiB for writes whose data never came", grown>>20)
+			}
+			if got := srv.writeBuf.inUse(); got > budget {
+				t.Fatalf("write budget in use %d > %d", got, budget)
+			}
+		})
 	}
 }
 

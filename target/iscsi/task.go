@@ -151,7 +151,11 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	}
 	if t.write && t.edtl > 0 {
 		t.lastData = time.Now().UnixNano()
-		t.buf = c.srv.bufs.get(int(t.edtl))
+		// The buffer comes with the first data: a write announced and
+		// never sent costs its budget, not memory.
+		if dlen > 0 {
+			t.buf = c.srv.bufs.get(int(t.edtl))
+		}
 		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
 			if isDigest(err) {
 				// The command is lost; the initiator retries it.
@@ -219,7 +223,7 @@ func (c *conn) expireWrites(now time.Time) {
 	var stale []*task
 	c.mu.Lock()
 	for _, t := range c.tasks {
-		if t.write && !t.started && t.buf != nil && t.lastData < limit {
+		if t.write && !t.started && t.reserved.Load() > 0 && t.lastData < limit {
 			stale = append(stale, t)
 		}
 	}
@@ -493,6 +497,9 @@ func (c *conn) handleDataOut(p *PDU) error {
 		default:
 			want = b.dataSN
 		}
+	}
+	if verr == nil && fail == nil && t.buf == nil {
+		t.buf = c.srv.bufs.get(int(t.edtl)) // its first data (see handleSCSICmd)
 	}
 	c.mu.Unlock()
 	if verr != nil || fail != nil {
