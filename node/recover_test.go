@@ -28,6 +28,35 @@ import (
 // origin LU's SYNCHRONIZE CACHE is an error (MEDIUM ERROR) and stays one;
 // `volume recover` (POST /v1/volumes/dev/recover) once the device works
 // brings the engine back in place and flushes succeed again.
+// getJSON GETs url, decodes the answer into out (if not nil) and returns
+// the status code.
+func getJSON(t *testing.T, url string, out any) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// syncCache10 runs SYNCHRONIZE CACHE(10) on LUN 0, past the power-on
+// unit attention.
+func syncCache10(ctx context.Context, tgt *scsi.Target, nexus scsi.Nexus) scsi.Result {
+	cdb := []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	var r scsi.Result
+	for range 10 {
+		r = tgt.Execute(ctx, &scsi.Command{CDB: cdb, Nexus: nexus, Attr: scsi.TaskSimple})
+		if r.Status != scsi.StatusCheckCondition || r.Sense[2]&0x0f != scsi.SenseUnitAttention {
+			break
+		}
+	}
+	return r
+}
+
 func TestFailedEngineHealthAndRecover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -66,18 +95,7 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 		exp: newExport(devVolume, eng.UUID(), cl, isrv, nil, nil, log)}
 	hs := httptest.NewServer(api.Handler(svc))
 	defer hs.Close()
-	get := func(path string, out any) int {
-		t.Helper()
-		resp, err := http.Get(hs.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if out != nil {
-			json.NewDecoder(resp.Body).Decode(out)
-		}
-		return resp.StatusCode
-	}
+	get := func(path string, out any) int { return getJSON(t, hs.URL+path, out) }
 	if code := get("/v1/health", nil); code != http.StatusOK {
 		t.Fatalf("health of a working node: %d", code)
 	}
@@ -90,17 +108,7 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	nexus := scsi.Nexus{InitiatorPort: "iqn.test,i,0x1", Port: scsi.Port{Name: "p1"}}
-	syncCache := func() scsi.Result {
-		cdb := []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0} // SYNCHRONIZE CACHE(10)
-		var r scsi.Result
-		for range 10 { // past the power-on unit attention
-			r = tgt.Execute(ctx, &scsi.Command{CDB: cdb, Nexus: nexus, Attr: scsi.TaskSimple})
-			if r.Status != scsi.StatusCheckCondition || r.Sense[2]&0x0f != scsi.SenseUnitAttention {
-				break
-			}
-		}
-		return r
-	}
+	syncCache := func() scsi.Result { return syncCache10(ctx, tgt, nexus) }
 	if r := syncCache(); r.Status != scsi.StatusGood {
 		t.Fatalf("SYNCHRONIZE CACHE on a working volume: %+v", r)
 	}

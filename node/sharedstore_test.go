@@ -22,10 +22,11 @@ import (
 // A persistent reservation taken through node 1 is enforced on node 2, a
 // LUN reset on node 1 is reported to node 2's initiator, and a release on
 // node 2 frees node 1's initiator.
-func TestSharedStoreAcrossNodes(t *testing.T) {
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	origin, store := snapstore.NewMemDevice(1<<20), snapstore.NewMemDevice(8<<20)
+// memServer runs volume "v"'s snapshot server over in-memory devices on
+// a loopback port until the test ends.
+func memServer(t *testing.T, log *logrus.Logger) (ctx context.Context, ln net.Listener, origin, store *snapstore.MemDevice) {
+	t.Helper()
+	origin, store = snapstore.NewMemDevice(1<<20), snapstore.NewMemDevice(8<<20)
 	if err := snapstore.Format(origin, store, snapstore.FormatOptions{ChunkSize: 8192, JournalBlocks: 256}); err != nil {
 		t.Fatal(err)
 	}
@@ -38,11 +39,12 @@ func TestSharedStoreAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	var cancel context.CancelFunc
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
@@ -51,6 +53,13 @@ func TestSharedStoreAcrossNodes(t *testing.T) {
 		<-done
 		eng.Close()
 	})
+	return ctx, ln, origin, store
+}
+
+func TestSharedStoreAcrossNodes(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	ctx, ln, origin, store := memServer(t, log)
 
 	identity := scsi.Identity{Serial: "v", Product: "csnap volume"}
 	identity.NAA[0] = 0x60
