@@ -15,6 +15,7 @@ import (
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
 	"github.com/csnap/csnap/snapstore"
+	"github.com/csnap/csnap/target/scsi"
 )
 
 // memDev is an in-memory device shared by every node of a test cluster,
@@ -182,24 +183,65 @@ func (c *testCluster) snapshotTargets(name string) map[string]uint32 {
 	return out
 }
 
-// write writes p at off of v1's origin through node name's client, then
-// reads it back through node other's.
-func (c *testCluster) writeRead(name, other string, p []byte, off int64) {
+// originTarget returns the SCSI target node name exports for v1's origin
+// (what its iSCSI portal serves) and a nexus of an initiator on it.
+func (c *testCluster) originTarget(name string) (*scsi.Target, scsi.Nexus) {
 	c.t.Helper()
-	vw, vr := c.nodes[name].volume("v1"), c.nodes[other].volume("v1")
-	vw.mu.Lock()
-	clw := vw.cl
-	vw.mu.Unlock()
-	vr.mu.Lock()
-	clr := vr.cl
-	vr.mu.Unlock()
-	if err := clw.Origin().WriteAt(p, off, true); err != nil {
-		c.t.Fatalf("write through %s: %v", name, err)
+	v := c.nodes[name].volume("v1")
+	v.mu.Lock()
+	exp := v.exp
+	v.mu.Unlock()
+	tc, ok := exp.targetConfig(originIQN("v1"))
+	if !ok {
+		c.t.Fatalf("%s does not export %s", name, originIQN("v1"))
 	}
+	tgt := tc.Exec.(*scsi.Target)
+	n := scsi.Nexus{InitiatorPort: "iqn.1993-08.org.debian:test,i,0x1", Port: scsi.Port{Name: originIQN("v1") + ",t,0x1", TargetName: originIQN("v1")}}
+	return tgt, n
+}
+
+// scsiIO runs a WRITE(10) (data != nil) or READ(10) of len(p) bytes at
+// block lba on node name's origin target, past unit attentions.
+func (c *testCluster) scsiIO(name string, lba uint32, p []byte, write bool) {
+	c.t.Helper()
+	tgt, n := c.originTarget(name)
+	blocks := len(p) / scsi.BlockSize
+	cdb := []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
+	cmd := func() *scsi.Command {
+		return &scsi.Command{CDB: cdb, Nexus: n, Attr: scsi.TaskSimple, ExpectedLen: uint32(len(p))}
+	}
+	if write {
+		cdb[0] = 0x2a
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for range 10 {
+		c := cmd()
+		if write {
+			c.DataOut = p
+		}
+		r := tgt.Execute(ctx, c)
+		if r.Status == scsi.StatusCheckCondition && r.Sense[2]&0x0f == scsi.SenseUnitAttention {
+			continue
+		}
+		if r.Status != scsi.StatusGood {
+			break
+		}
+		if !write {
+			copy(p, r.Data)
+		}
+		return
+	}
+	c.t.Fatalf("%s through %s's origin target failed", map[bool]string{true: "WRITE(10)", false: "READ(10)"}[write], name)
+}
+
+// writeRead writes p at block lba of v1's origin through node name's
+// exported target, then reads it back through node other's.
+func (c *testCluster) writeRead(name, other string, p []byte, lba uint32) {
+	c.t.Helper()
+	c.scsiIO(name, lba, p, true)
 	got := make([]byte, len(p))
-	if err := clr.Origin().ReadAt(got, off); err != nil {
-		c.t.Fatalf("read through %s: %v", other, err)
-	}
+	c.scsiIO(other, lba, got, false)
 	if !bytes.Equal(got, p) {
 		c.t.Fatalf("%s read %x..., %s wrote %x...", other, got[:8], name, p[:8])
 	}
@@ -212,7 +254,8 @@ func (c *testCluster) writeRead(name, other string, p []byte, off int64) {
 // within 2 s and its delete unexports it everywhere; the server is then
 // cut off from Consul: it stops serving with its devices fenced before
 // another node serves (from the nodes' timestamps), and IO goes on through
-// the other two nodes.
+// the other two nodes. IO goes through each node's exported origin target
+// (the SCSI target its iSCSI portal serves).
 func TestInProcessCluster(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2", "n3")
 	eventually(t, 10*time.Second, "one node serves v1 and every node exports it", func() bool {
@@ -228,7 +271,7 @@ func TestInProcessCluster(t *testing.T) {
 	t.Logf("elected: %s", first)
 	block := bytes.Repeat([]byte{0xa1}, 4096)
 	c.writeRead(others[0], others[1], block, 0)
-	c.writeRead(first, others[0], bytes.Repeat([]byte{0xa2}, 4096), 1<<20)
+	c.writeRead(first, others[0], bytes.Repeat([]byte{0xa2}, 4096), 2048)
 
 	// A snapshot made through one node appears on every node.
 	svc := &clusterService{n: c.nodes[others[0]]}
@@ -308,14 +351,11 @@ func TestInProcessCluster(t *testing.T) {
 
 	// IO goes on through the two nodes still in the cluster, and sees
 	// what was written before the failover.
-	c.writeRead(others[0], others[1], bytes.Repeat([]byte{0xb1}, 4096), 8192)
+	c.writeRead(others[0], others[1], bytes.Repeat([]byte{0xb1}, 4096), 16)
 	c.writeRead(others[1], others[0], bytes.Repeat([]byte{0xb2}, 4096), 0)
 	got := make([]byte, 4096)
-	v := c.nodes[others[0]].volume("v1")
-	v.mu.Lock()
-	cl := v.cl
-	v.mu.Unlock()
-	if err := cl.Origin().ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xa2}, 4096)) {
-		t.Fatalf("data written before the failover: %x... %v", got[:8], err)
+	c.scsiIO(others[0], 2048, got, false)
+	if !bytes.Equal(got, bytes.Repeat([]byte{0xa2}, 4096)) {
+		t.Fatalf("data written before the failover: %x...", got[:8])
 	}
 }
