@@ -34,11 +34,6 @@ const (
 	defaultISCSIAddr  = "127.0.0.1:3260"
 	defaultHTTPAddr   = "127.0.0.1:7862"
 	defaultServerAddr = "127.0.0.1:7863"
-	// refreshInterval: how often every node re-lists each volume's
-	// snapshots, so a snapshot deleted through another node disappears
-	// from this node's targets (creation is pushed by the server's
-	// barrier and appears at once).
-	refreshInterval = time.Second
 )
 
 // clusterNode is csnapd in cluster mode: an iSCSI target exporting every
@@ -642,17 +637,11 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 	}
 	cancel()
 	v.log.WithField("target", originIQN(v.def.Name)).Info("volume exported")
-	t := time.NewTicker(refreshInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			v.closeClient()
-			return
-		case <-t.C:
-			v.refresh()
-		}
-	}
+	// The targets follow the snapshot list through the client's OnChange:
+	// the server announces every create and delete (INVALIDATE), and a
+	// reconnection may have missed some.
+	<-ctx.Done()
+	v.closeClient()
 }
 
 // refresh brings the snapshot targets in line with the server's list.

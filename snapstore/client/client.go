@@ -109,10 +109,12 @@ type Config struct {
 	// connection is made again.
 	IOTimeout time.Duration
 
-	// OnChange is called, from a goroutine of its own and never
-	// concurrently, after the client acknowledged an INVALIDATE (a
-	// snapshot was created) and after every reconnection (snapshots may
-	// have come and gone meanwhile), with the generation then current.
+	// OnChange is the subscription to the snapshot list: it is called,
+	// from a goroutine of its own and never concurrently, after the
+	// client acknowledged an INVALIDATE (a snapshot was created, or one
+	// was deleted: the server announces both) and after every
+	// reconnection (snapshots may have come and gone meanwhile), with
+	// the generation then current.
 	// Not called for the connection New makes. Calls are coalesced: a
 	// slow OnChange sees only the latest generation.
 	OnChange func(generation uint64)

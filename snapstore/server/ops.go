@@ -480,7 +480,29 @@ func (s *Server) DeleteSnapshot(ctx context.Context, ref wire.SnapshotRef) error
 		return err
 	}
 	s.log.WithFields(logrus.Fields{"snapshot": ref.Name, "id": id}).Info("snapshot deleted")
+	s.announceList()
 	return nil
+}
+
+// announceList tells every connected client that the snapshot list
+// changed (a snapshot was deleted), so each node unexports it at once:
+// INVALIDATE of the current generation. It asks nothing new of a client
+// (its ack means, as for any INVALIDATE, that its writes approved under
+// older generations are written) and the client reports the change
+// (client.Config.OnChange).
+func (s *Server) announceList() {
+	gen := s.eng.Generation()
+	s.mu.Lock()
+	var targets []*session
+	for _, ss := range s.sessions {
+		if ss.live && !ss.closed {
+			targets = append(targets, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range targets {
+		ss.invalidate(gen)
+	}
 }
 
 // SetPriority changes a snapshot's priority.
