@@ -44,7 +44,7 @@ type options struct {
 	// chapAlgorithms lists the CHAP hashes initiators may use.
 	chapAlgorithms string
 
-	// HTTP API security (SPEC.md "Security"; cmd/csnapd/httpapi.go).
+	// HTTP API security (SPEC.md "Security"; node/httpapi.go).
 	httpTokenFile   string     // file holding the API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token)
 	httpHosts       stringList // names accepted in the Host header besides the listen address
 	httpOrigins     stringList // browser origins allowed to call the API
