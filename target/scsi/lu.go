@@ -66,6 +66,9 @@ type LU struct {
 
 	// local holds the nexuses this process admitted and has not lost.
 	local nexusSet
+	// copies holds the EXTENDED COPY lists running or held for RECEIVE
+	// COPY RESULTS, per nexus (this node's: a nexus is on one node).
+	copies copyManager
 }
 
 // NewLU returns a logical unit over b. Its shared state (reservations, unit
