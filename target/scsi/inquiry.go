@@ -58,6 +58,11 @@ func (lu *LU) inquiry(r *request) Result {
 		page = make([]byte, 64)
 		page[1], page[3] = vpdBlockDevChars, 0x3c
 		put16(page[4:6], 0x0001) // MEDIUM ROTATION RATE: non-rotating
+		if _, ok := lu.be.(LBAStatusBackend); ok {
+			// WABEREQ 01b: a read after SANITIZE BLOCK ERASE succeeds
+			// (it returns zeros: LBPRZ).
+			page[7] = 0x40
+		}
 	case vpdLBProvisioning:
 		page = make([]byte, 8)
 		page[1], page[3] = vpdLBProvisioning, 4
