@@ -37,8 +37,10 @@ package scsi
 // predates a section refuses a state that has it as "trailing bytes"):
 //
 //	tag 1   mode parameters, present only when they are not the defaults:
-//	          1  flags: bit 0 write cache disabled (WCE clear); the other
-//	             bits are 0, and not every bit is 0
+//	          1  flags: bit 0 write cache disabled (WCE clear), bit 1
+//	             software write protect (SWP set); the other bits are 0,
+//	             and not every bit is 0 (bit 1 was added after bit 0: a
+//	             decoder that predates it refuses a state with SWP set)
 //
 // Nothing else follows. The encoding is canonical: MarshalBinary
 // writes the only encoding UnmarshalLUState accepts for a state, so
@@ -67,6 +69,7 @@ const (
 	// Optional sections after the nexuses, and the mode section's flags.
 	codecSectionMode = 1
 	modeFlagWCD      = 1 << 0
+	modeFlagSWP      = 1 << 1
 
 	// The smallest encodings of a registration (Key, two empty strings,
 	// AllTargetPorts, RelativeTargetPort) and of a nexus (two empty
@@ -145,6 +148,9 @@ func (s *LUState) MarshalBinary() ([]byte, error) {
 		var mf byte
 		if s.Mode.WriteCacheDisabled {
 			mf |= modeFlagWCD
+		}
+		if s.Mode.SoftwareWriteProtect {
+			mf |= modeFlagSWP
 		}
 		e.b = append(e.b, codecSectionMode, mf)
 	}
@@ -271,10 +277,11 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 		d.off++
 		switch mf := d.u8("mode flags"); {
 		case d.err != nil:
-		case mf == 0 || mf&^modeFlagWCD != 0:
+		case mf == 0 || mf&^(modeFlagWCD|modeFlagSWP) != 0:
 			d.fail("mode flags 0x%02x: unknown bits, or the defaults (which are not encoded)", mf)
 		default:
 			s.Mode.WriteCacheDisabled = mf&modeFlagWCD != 0
+			s.Mode.SoftwareWriteProtect = mf&modeFlagSWP != 0
 		}
 	}
 	if d.err == nil && d.off != len(d.b) {
