@@ -358,7 +358,7 @@ func TestE2EStruckOffReaderReadsAgain(t *testing.T) {
 	eventually(t, "the read lock released", func() bool {
 		c3.mu.Lock()
 		defer c3.mu.Unlock()
-		return len(c3.locks) == 0
+		return c3.held.readCount() == 0
 	})
 	close(thaw)
 	left.Store(false)
