@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/bits"
+	"slices"
 	"time"
 )
 
@@ -157,90 +158,78 @@ const (
 	KindNotice
 )
 
-var typeNames = map[MsgType]string{
-	TypeHello: "HELLO", TypeHelloOK: "HELLO_OK", TypeHelloReject: "HELLO_REJECT",
-	TypePing: "PING", TypePong: "PONG", TypeError: "ERROR", TypeOK: "OK",
-	TypeOriginWrite: "ORIGIN_WRITE", TypeOriginWriteOK: "ORIGIN_WRITE_OK",
-	TypeSnapshotRead: "SNAPSHOT_READ", TypeSnapshotReadOK: "SNAPSHOT_READ_OK",
-	TypeFinishSnapshotRead: "FINISH_SNAPSHOT_READ",
-	TypeSnapshotWrite:      "SNAPSHOT_WRITE", TypeSnapshotWriteOK: "SNAPSHOT_WRITE_OK",
-	TypeUploadLocks: "UPLOAD_LOCKS", TypeUploadDone: "UPLOAD_DONE",
-	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
-	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
-	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
-	TypeBlockLock: "BLOCK_LOCK", TypeBlockLockOK: "BLOCK_LOCK_OK", TypeBlockUnlock: "BLOCK_UNLOCK",
-	TypeOriginUnique: "ORIGIN_UNIQUE",
-	TypeReclaim:      "RECLAIM", TypeReclaimOK: "RECLAIM_OK",
-	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
-	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
-	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
-	TypeStatus: "STATUS", TypeStatusOK: "STATUS_OK", TypeCheck: "CHECK", TypeCheckOK: "CHECK_OK",
-	TypeRecover: "RECOVER",
+// msgInfo is one row of the message catalogue.
+type msgInfo struct {
+	name    string
+	kind    Kind
+	replies []MsgType // a request's reply types, ERROR aside (nil: no request)
+	new     func() Message
+}
+
+// catalogue is the message catalogue: for every message type its name,
+// kind, replies and zero value. A new message is a Type constant, a row
+// here, and its struct with its methods. Read only.
+var catalogue = map[MsgType]msgInfo{
+	TypeHello:              {"HELLO", KindRequest, []MsgType{TypeHelloOK, TypeHelloReject}, func() Message { return new(Hello) }},
+	TypeHelloOK:            {"HELLO_OK", KindReply, nil, func() Message { return new(HelloOK) }},
+	TypeHelloReject:        {"HELLO_REJECT", KindReply, nil, func() Message { return new(HelloReject) }},
+	TypePing:               {"PING", KindRequest, []MsgType{TypePong}, func() Message { return new(Ping) }},
+	TypePong:               {"PONG", KindReply, nil, func() Message { return new(Pong) }},
+	TypeError:              {"ERROR", KindReply, nil, func() Message { return new(Error) }},
+	TypeOK:                 {"OK", KindReply, nil, func() Message { return new(OK) }},
+	TypeOriginWrite:        {"ORIGIN_WRITE", KindRequest, []MsgType{TypeOriginWriteOK}, func() Message { return new(OriginWrite) }},
+	TypeOriginWriteOK:      {"ORIGIN_WRITE_OK", KindReply, nil, func() Message { return new(OriginWriteOK) }},
+	TypeSnapshotRead:       {"SNAPSHOT_READ", KindRequest, []MsgType{TypeSnapshotReadOK}, func() Message { return new(SnapshotRead) }},
+	TypeSnapshotReadOK:     {"SNAPSHOT_READ_OK", KindReply, nil, func() Message { return new(SnapshotReadOK) }},
+	TypeFinishSnapshotRead: {"FINISH_SNAPSHOT_READ", KindNotice, nil, func() Message { return new(FinishSnapshotRead) }},
+	TypeSnapshotWrite:      {"SNAPSHOT_WRITE", KindRequest, []MsgType{TypeSnapshotWriteOK}, func() Message { return new(SnapshotWrite) }},
+	TypeSnapshotWriteOK:    {"SNAPSHOT_WRITE_OK", KindReply, nil, func() Message { return new(SnapshotWriteOK) }},
+	TypeUploadLocks:        {"UPLOAD_LOCKS", KindNotice, nil, func() Message { return new(UploadLocks) }},
+	TypeUploadDone:         {"UPLOAD_DONE", KindRequest, []MsgType{TypeOK}, func() Message { return new(UploadDone) }},
+	TypeSharedUpdate:       {"SHARED_UPDATE", KindRequest, []MsgType{TypeSharedResult}, func() Message { return new(SharedUpdate) }},
+	TypeSharedResult:       {"SHARED_RESULT", KindReply, nil, func() Message { return new(SharedResult) }},
+	TypeUploadShared:       {"UPLOAD_SHARED", KindNotice, nil, func() Message { return new(UploadShared) }},
+	TypeBlockLock:          {"BLOCK_LOCK", KindRequest, []MsgType{TypeBlockLockOK}, func() Message { return new(BlockLock) }},
+	TypeBlockLockOK:        {"BLOCK_LOCK_OK", KindReply, nil, func() Message { return new(BlockLockOK) }},
+	TypeBlockUnlock:        {"BLOCK_UNLOCK", KindNotice, nil, func() Message { return new(BlockUnlock) }},
+	TypeInvalidate:         {"INVALIDATE", KindRequest, []MsgType{TypeInvalidateAck}, func() Message { return new(Invalidate) }},
+	TypeInvalidateAck:      {"INVALIDATE_ACK", KindReply, nil, func() Message { return new(InvalidateAck) }},
+	TypeSharedState:        {"SHARED_STATE", KindRequest, []MsgType{TypeOK}, func() Message { return new(SharedState) }},
+	TypeOriginUnique:       {"ORIGIN_UNIQUE", KindNotice, nil, func() Message { return new(OriginUnique) }},
+	TypeReclaim:            {"RECLAIM", KindRequest, []MsgType{TypeReclaimOK}, func() Message { return new(Reclaim) }},
+	TypeReclaimOK:          {"RECLAIM_OK", KindReply, nil, func() Message { return new(ReclaimOK) }},
+	TypeCreateSnapshot:     {"CREATE_SNAPSHOT", KindRequest, []MsgType{TypeCreateSnapshotOK}, func() Message { return new(CreateSnapshot) }},
+	TypeCreateSnapshotOK:   {"CREATE_SNAPSHOT_OK", KindReply, nil, func() Message { return new(CreateSnapshotOK) }},
+	TypeDeleteSnapshot:     {"DELETE_SNAPSHOT", KindRequest, []MsgType{TypeOK}, func() Message { return new(DeleteSnapshot) }},
+	TypeListSnapshots:      {"LIST_SNAPSHOTS", KindRequest, []MsgType{TypeSnapshotList}, func() Message { return new(ListSnapshots) }},
+	TypeSnapshotList:       {"SNAPSHOT_LIST", KindReply, nil, func() Message { return new(SnapshotList) }},
+	TypeSetPriority:        {"SET_PRIORITY", KindRequest, []MsgType{TypeOK}, func() Message { return new(SetPriority) }},
+	TypeStatus:             {"STATUS", KindRequest, []MsgType{TypeStatusOK}, func() Message { return new(Status) }},
+	TypeStatusOK:           {"STATUS_OK", KindReply, nil, func() Message { return new(StatusOK) }},
+	TypeCheck:              {"CHECK", KindRequest, []MsgType{TypeCheckOK}, func() Message { return new(Check) }},
+	TypeCheckOK:            {"CHECK_OK", KindReply, nil, func() Message { return new(CheckOK) }},
+	TypeRecover:            {"RECOVER", KindRequest, []MsgType{TypeOK}, func() Message { return new(Recover) }},
 }
 
 func (t MsgType) String() string {
-	if s, ok := typeNames[t]; ok {
-		return s
+	if m, ok := catalogue[t]; ok {
+		return m.name
 	}
 	return fmt.Sprintf("MsgType(%#02x)", uint8(t))
 }
 
 // Kind returns the type's kind, or 0 for an unknown type.
-func (t MsgType) Kind() Kind {
-	switch t {
-	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
-		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
-		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState,
-		TypeReclaim, TypeBlockLock, TypeRecover:
-		return KindRequest
-	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
-		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
-		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult, TypeReclaimOK, TypeBlockLockOK:
-		return KindReply
-	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique, TypeBlockUnlock:
-		return KindNotice
-	}
-	return 0
-}
+func (t MsgType) Kind() Kind { return catalogue[t].kind }
 
 // Replies lists the reply types that may answer a request of type t (ERROR
 // may answer any request and is always included); nil if t is no request.
 // A client uses it to reject a mismatched answer.
 func (t MsgType) Replies() []MsgType {
-	var r MsgType
-	switch t {
-	case TypeHello:
-		return []MsgType{TypeHelloOK, TypeHelloReject, TypeError}
-	case TypePing:
-		r = TypePong
-	case TypeOriginWrite:
-		r = TypeOriginWriteOK
-	case TypeSnapshotRead:
-		r = TypeSnapshotReadOK
-	case TypeSnapshotWrite:
-		r = TypeSnapshotWriteOK
-	case TypeInvalidate:
-		r = TypeInvalidateAck
-	case TypeCreateSnapshot:
-		r = TypeCreateSnapshotOK
-	case TypeListSnapshots:
-		r = TypeSnapshotList
-	case TypeStatus:
-		r = TypeStatusOK
-	case TypeCheck:
-		r = TypeCheckOK
-	case TypeSharedUpdate:
-		r = TypeSharedResult
-	case TypeReclaim:
-		r = TypeReclaimOK
-	case TypeBlockLock:
-		r = TypeBlockLockOK
-	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState, TypeRecover:
-		r = TypeOK
-	default:
+	m, ok := catalogue[t]
+	if !ok || m.kind != KindRequest {
 		return nil
 	}
-	return []MsgType{r, TypeError}
+	return append(slices.Clip(m.replies), TypeError)
 }
 
 // Message is one protocol message. The set is closed: only this package's
@@ -254,85 +243,8 @@ type Message interface {
 
 // newMessage returns a zero message of type t, or nil if t is unknown.
 func newMessage(t MsgType) Message {
-	switch t {
-	case TypeHello:
-		return new(Hello)
-	case TypeHelloOK:
-		return new(HelloOK)
-	case TypeHelloReject:
-		return new(HelloReject)
-	case TypePing:
-		return new(Ping)
-	case TypePong:
-		return new(Pong)
-	case TypeError:
-		return new(Error)
-	case TypeOK:
-		return new(OK)
-	case TypeOriginWrite:
-		return new(OriginWrite)
-	case TypeOriginWriteOK:
-		return new(OriginWriteOK)
-	case TypeSnapshotRead:
-		return new(SnapshotRead)
-	case TypeSnapshotReadOK:
-		return new(SnapshotReadOK)
-	case TypeFinishSnapshotRead:
-		return new(FinishSnapshotRead)
-	case TypeSnapshotWrite:
-		return new(SnapshotWrite)
-	case TypeSnapshotWriteOK:
-		return new(SnapshotWriteOK)
-	case TypeUploadLocks:
-		return new(UploadLocks)
-	case TypeUploadDone:
-		return new(UploadDone)
-	case TypeInvalidate:
-		return new(Invalidate)
-	case TypeInvalidateAck:
-		return new(InvalidateAck)
-	case TypeSharedUpdate:
-		return new(SharedUpdate)
-	case TypeSharedResult:
-		return new(SharedResult)
-	case TypeUploadShared:
-		return new(UploadShared)
-	case TypeSharedState:
-		return new(SharedState)
-	case TypeOriginUnique:
-		return new(OriginUnique)
-	case TypeBlockLock:
-		return new(BlockLock)
-	case TypeBlockLockOK:
-		return new(BlockLockOK)
-	case TypeBlockUnlock:
-		return new(BlockUnlock)
-	case TypeReclaim:
-		return new(Reclaim)
-	case TypeReclaimOK:
-		return new(ReclaimOK)
-	case TypeCreateSnapshot:
-		return new(CreateSnapshot)
-	case TypeCreateSnapshotOK:
-		return new(CreateSnapshotOK)
-	case TypeDeleteSnapshot:
-		return new(DeleteSnapshot)
-	case TypeListSnapshots:
-		return new(ListSnapshots)
-	case TypeSnapshotList:
-		return new(SnapshotList)
-	case TypeSetPriority:
-		return new(SetPriority)
-	case TypeStatus:
-		return new(Status)
-	case TypeStatusOK:
-		return new(StatusOK)
-	case TypeCheck:
-		return new(Check)
-	case TypeRecover:
-		return new(Recover)
-	case TypeCheckOK:
-		return new(CheckOK)
+	if m, ok := catalogue[t]; ok {
+		return m.new()
 	}
 	return nil
 }
