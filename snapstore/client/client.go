@@ -11,20 +11,16 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/wire"
 )
 
 // Device is an origin or store device the client reads and writes
-// directly. It has the shape of snapstore.Device, so a *snapstore.FileDevice
-// or *snapstore.MemDevice fits. Implementations must be safe for concurrent
+// directly: snapstore.Device, so a *snapstore.FileDevice or
+// *snapstore.MemDevice fits. Implementations must be safe for concurrent
 // use. A Device that also implements PunchHoler gets unmapped origin chunks
 // punched instead of zero-filled.
-type Device interface {
-	ReadAt(p []byte, off int64) (int, error)
-	WriteAt(p []byte, off int64) (int, error)
-	Flush() error
-	Size() (int64, error)
-}
+type Device = snapstore.Device
 
 // PunchHoler is implemented by devices that can deallocate a byte range so
 // that it reads back as zeros (fallocate PUNCH_HOLE, BLKDISCARD with

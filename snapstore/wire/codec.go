@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/csnap/csnap/internal/names"
 )
 
 // encoder appends big-endian fields to a byte slice. It cannot fail: every
@@ -184,18 +186,7 @@ var (
 // ValidName reports whether s is a valid volume or snapshot name: 1-63
 // characters of a-z 0-9 '-', starting with a letter or digit
 // (^[a-z0-9][a-z0-9-]{0,62}$), the form iSCSI target names are built from.
-func ValidName(s string) bool {
-	if len(s) == 0 || len(s) > MaxNameLen || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func ValidName(s string) bool { return names.Valid(s) }
 
 // ValidNodeName reports whether s is a valid node name: 1-253 characters of
 // A-Z a-z 0-9 '.' '_' '-', starting with a letter or digit. Node names are

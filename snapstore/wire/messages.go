@@ -6,6 +6,8 @@ import (
 	"math/bits"
 	"slices"
 	"time"
+
+	"github.com/csnap/csnap/internal/names"
 )
 
 // Protocol versions this package speaks. A HELLO offers a range; the server
@@ -51,14 +53,14 @@ const (
 	MaxChunks      = 16384   // chunks covered by one range or extent list
 	MaxBlockLock   = 1 << 20 // bytes in one BLOCK_LOCK range
 	MaxExtents     = MaxChunks
-	MaxNameLen     = 63   // volume and snapshot names
-	MaxNodeNameLen = 253  // node names (DNS host name length)
-	MaxText        = 4096 // bytes of an error message or check problem
-	MaxUploadLocks = 1024 // locks in one UPLOAD_LOCKS message
-	MaxListEntries = 1024 // snapshots in one SNAPSHOT_LIST page
-	MaxProblems    = 1024 // problems in one CHECK_OK
-	MaxClients     = 4096 // clients in one STATUS_OK
-	MaxSharedKey   = 255  // bytes of a shared-state key
+	MaxNameLen     = names.MaxLen // volume and snapshot names
+	MaxNodeNameLen = 253          // node names (DNS host name length)
+	MaxText        = 4096         // bytes of an error message or check problem
+	MaxUploadLocks = 1024         // locks in one UPLOAD_LOCKS message
+	MaxListEntries = 1024         // snapshots in one SNAPSHOT_LIST page
+	MaxProblems    = 1024         // problems in one CHECK_OK
+	MaxClients     = 4096         // clients in one STATUS_OK
+	MaxSharedKey   = 255          // bytes of a shared-state key
 	MaxSharedValue = 512 << 10
 	MaxReclaimIDs  = 4096 // snapshot ids in one RECLAIM
 )
