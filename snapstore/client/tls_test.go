@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/server"
@@ -63,24 +64,13 @@ func tlsServer(t testing.TB, h *pki.Holder, srvNode string) (string, *snapstore.
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var l net.Listener = ln
+	t.Cleanup(func() { eng.Close() }) // after serving stops
+	var wrap func(net.Listener) net.Listener
 	if h != nil {
-		l = tls.NewListener(ln, h.ServerConfig())
+		wrap = func(ln net.Listener) net.Listener { return tls.NewListener(ln, h.ServerConfig()) }
 	}
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
-		eng.Close()
-	})
-	return ln.Addr().String(), origin, store
+	addr, _ := testutil.Serve(t, srv, wrap)
+	return addr, origin, store
 }
 
 // The client talks to the server over mutual TLS, and only to the node

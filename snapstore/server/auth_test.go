@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -64,19 +65,9 @@ func startTLS(t *testing.T, p *testPKI, cfg Config, deposed *atomic.Int32) *env 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, eng: eng, origin: od, store: sd, reg: reg, srv: srv, addr: ln.Addr().String()}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, tls.NewListener(ln, p.holders["srv"].ServerConfig())) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
+	e := &env{t: t, eng: eng, origin: od, store: sd, reg: reg, srv: srv}
+	e.addr, e.cancel = testutil.Serve(t, srv, func(ln net.Listener) net.Listener {
+		return tls.NewListener(ln, p.holders["srv"].ServerConfig())
 	})
 	return e
 }
