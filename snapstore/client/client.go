@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/clock"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -682,10 +683,8 @@ func (c *Client) run(ready chan<- error) {
 				l.Debug("cannot reach the snapshot server; retrying")
 			}
 			c.checkOutage()
-			select {
-			case <-c.ctx.Done():
+			if !clock.Sleep(c.ctx, backoff) {
 				return
-			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, c.cfg.MaxBackoff)
 			continue
