@@ -19,29 +19,7 @@ import (
 // holders makes a CA and the certificates of nodes.
 func holders(t testing.TB, nodes ...string) map[string]*pki.Holder {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.Write(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*pki.Holder{}
-	for _, n := range nodes {
-		nc, err := ca.Sign(n, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := pki.NodePaths(dir, n)
-		if err := nc.Write(p, false); err != nil {
-			t.Fatal(err)
-		}
-		if out[n], err = pki.NewHolder(p, n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
+	return testutil.Holders(t, nodes...)
 }
 
 // tlsServer serves a volume over TLS as node srvNode, with certificate h

@@ -23,31 +23,7 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T, nodes ...string) *testPKI {
 	t.Helper()
-	mk := func(dir string, nodes ...string) map[string]*pki.Holder {
-		ca, err := pki.NewCA("test", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ca.Write(dir, false); err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]*pki.Holder{}
-		for _, n := range nodes {
-			nc, err := ca.Sign(n, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := pki.NodePaths(dir, n)
-			if err := nc.Write(p, false); err != nil {
-				t.Fatal(err)
-			}
-			if out[n], err = pki.NewHolder(p, n); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return out
-	}
-	return &testPKI{holders: mk(t.TempDir(), nodes...), foreign: mk(t.TempDir(), "n1")["n1"]}
+	return &testPKI{holders: testutil.Holders(t, nodes...), foreign: testutil.Holders(t, "n1")["n1"]}
 }
 
 // startTLS is start with a TLS listener (the server node "srv"'s
