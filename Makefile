@@ -30,7 +30,7 @@ deps:
 test: deps build consul lint unit fuzz-brief integration
 
 unit:
-	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./pki/... ./api/... ./node/... ./cmd/...
+	$(GO) test -race -count=1 ./target/... ./snapstore/... ./consul/... ./pki/... ./metrics/... ./api/... ./node/... ./cmd/...
 
 # Every crash and fault point of the store engine (power cuts, IO errors,
 # ENOSPC, failed flushes: TestCrash, TestCrashConcurrent, TestFaults), and

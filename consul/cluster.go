@@ -7,6 +7,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/internal/clock"
 )
 
 // Cluster is everything a csnap node needs from Consul, in narrow parts,
@@ -155,10 +157,8 @@ func (a *Agent) AgentNode(ctx context.Context, log *logrus.Entry) (string, error
 		if attempt == 1 {
 			log.WithError(err).Warn("waiting for the local Consul agent")
 		}
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, 500*time.Millisecond) {
 			return "", ctx.Err()
-		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }

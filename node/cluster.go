@@ -21,6 +21,7 @@ import (
 
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/internal/clock"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
@@ -375,7 +376,7 @@ func (n *clusterNode) shutdown(hs *http.Server, stopVols context.CancelFunc) {
 func (n *clusterNode) keepRegistered(ctx context.Context, reg consul.ISCSIRegistration) {
 	const every = 5 * time.Second
 	for {
-		sleepCtx(ctx, every)
+		clock.Sleep(ctx, every)
 		if ctx.Err() != nil {
 			return
 		}
@@ -624,7 +625,7 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 				return
 			}
 			v.log.WithError(err).Warn("snapshot client not connected yet; retrying")
-			sleepCtx(ctx, time.Second)
+			clock.Sleep(ctx, time.Second)
 		}
 	}
 	v.mu.Lock()
@@ -867,13 +868,4 @@ func (r *registryAdapter) List(ctx context.Context) ([]server.Entry, error) {
 		out = append(out, server.Entry{ID: c.ID, Node: c.Node, HoldsLocks: c.HoldsLocks})
 	}
 	return out, nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/target/scsi"
 )
@@ -131,18 +132,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// eventually polls cond every 10ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // server returns the node serving v1 now ("" if none or more than one).
 func (c *testCluster) server() string {
 	found := ""
@@ -258,7 +247,7 @@ func (c *testCluster) writeRead(name, other string, p []byte, lba uint32) {
 // (the SCSI target its iSCSI portal serves).
 func TestInProcessCluster(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2", "n3")
-	eventually(t, 10*time.Second, "one node serves v1 and every node exports it", func() bool {
+	testutil.Eventually(t, 10*time.Second, "one node serves v1 and every node exports it", func() bool {
 		return c.server() != "" && c.exported("n1") && c.exported("n2") && c.exported("n3")
 	})
 	first := c.server()
@@ -281,7 +270,7 @@ func TestInProcessCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	eventually(t, 2*time.Second, "snapshot s1 exported by every node", func() bool {
+	testutil.Eventually(t, 2*time.Second, "snapshot s1 exported by every node", func() bool {
 		for n := range c.nodes {
 			if _, ok := c.snapshotTargets(n)["s1"]; !ok {
 				return false
@@ -294,7 +283,7 @@ func TestInProcessCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 = time.Now()
-	eventually(t, 2*time.Second, "snapshot s1 unexported by every node", func() bool {
+	testutil.Eventually(t, 2*time.Second, "snapshot s1 unexported by every node", func() bool {
 		for n := range c.nodes {
 			if _, ok := c.snapshotTargets(n)["s1"]; ok {
 				return false
@@ -308,12 +297,12 @@ func TestInProcessCluster(t *testing.T) {
 	cut := time.Now()
 	c.f.partition(first, true)
 	defer c.f.partition(first, false) // it comes back, so it can stop
-	eventually(t, 10*time.Second, "another node serves v1", func() bool {
+	testutil.Eventually(t, 10*time.Second, "another node serves v1", func() bool {
 		s := c.server()
 		return s != "" && s != first
 	})
 	second := c.server()
-	eventually(t, 5*time.Second, first+" reports it stopped serving", func() bool {
+	testutil.Eventually(t, 5*time.Second, first+" reports it stopped serving", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, e := range c.byNode[first] {

@@ -39,11 +39,15 @@ type export struct {
 	// configuration, to re-register it when the list changes.
 	initiators []string
 	targets    map[string]iscsi.TargetConfig
+	// copies holds the volume's targets: EXTENDED COPY between its LUs
+	// runs inside the node.
+	copies *scsi.CopyDomain
 }
 
 func newExport(volume string, uuid [16]byte, cl *client.Client, srv *iscsi.Server, chap *iscsi.CHAP, initiators []string, log *logrus.Entry) *export {
 	return &export{volume: volume, uuid: uuid, cl: cl, srv: srv, chap: chap, log: log, snaps: map[string]uint32{},
-		store: newSharedStore(cl, log), initiators: slices.Clone(initiators), targets: map[string]iscsi.TargetConfig{}}
+		store: newSharedStore(cl, log), initiators: slices.Clone(initiators), targets: map[string]iscsi.TargetConfig{},
+		copies: scsi.NewCopyDomain()}
 }
 
 // setInitiators replaces the initiator allow-list of every target of the
@@ -96,6 +100,7 @@ func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, pro
 		return err
 	}
 	t.SetPreemptAbortHandler(e.srv.PreemptAbort)
+	e.copies.Add(t)
 	tc := iscsi.TargetConfig{Name: iqn, Alias: alias, Exec: t, CHAP: e.chap, Initiators: slices.Clone(e.initiators)}
 	if err := e.srv.AddTarget(tc); err != nil {
 		return err
@@ -107,6 +112,9 @@ func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, pro
 // removeTarget ends target iqn's sessions and unexports it. e.mu is held.
 func (e *export) removeTarget(iqn string) {
 	e.srv.RemoveTarget(iqn)
+	if t, ok := e.targets[iqn].Exec.(*scsi.Target); ok {
+		e.copies.Remove(t)
+	}
 	delete(e.targets, iqn)
 }
 

@@ -142,6 +142,23 @@
 // long outage gives quick errors, not a pile of commands each waiting
 // IOTimeout.
 //
+// # Structure: ledgers and the clock
+//
+// The bookkeeping lives in two pure ledgers, types without goroutines,
+// clock or I/O, each checked against a brute-force oracle by a randomized
+// model test: callBook (calls.go: request ids, the waiting queue in issue
+// order, what is outstanding on which connection, flow control, re-sending
+// after a reconnection) and heldLocks (held.go: the read and block locks
+// held, their trust times, which were held across a lost connection, the
+// UPLOAD_LOCKS frames that re-declare them). The Client holds both under
+// its mutex, passes the time in, and does the sending: sending only queues
+// an encoded frame for the connection's writer goroutine (no socket I/O
+// under the mutex), so that the order on the wire is the order decided;
+// device I/O (the origin's size) and the connection's Info, Warn and Error
+// logs (connected, lost, unreachable) happen outside it. Every time the
+// client reads comes from Config.Now; timers and socket deadlines run on
+// the system clock.
+//
 // # Errors
 //
 // IO to a deleted or dropped snapshot fails with ErrSnapshotGone (never

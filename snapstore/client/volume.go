@@ -169,7 +169,7 @@ func (c *Client) originModify(off, n int64, fn func() error) error {
 // are asked for. An approval older than the generation the client knows
 // (an INVALIDATE came in meanwhile) is stale: ask again.
 func (c *Client) approve(first, last uint64) (uint64, error) {
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	for try := 0; ; try++ {
 		c.mu.Lock()
 		if c.closed {
@@ -310,7 +310,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 	if v.gone.Load() {
 		return ErrSnapshotGone
 	}
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
 	defer v.readahead(last)
@@ -325,7 +325,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 			if err != nil {
 				return err
 			}
-			if time.Now().After(until) {
+			if c.cfg.Now().After(until) {
 				// Finished past the cache's lease: the server may have
 				// reused the space meanwhile. Ask it.
 				c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
@@ -354,7 +354,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 			c.storeReadDone(v.snap)
 		}
 		if redo(err) {
-			if time.Now().After(deadline) {
+			if c.cfg.Now().After(deadline) {
 				return fmt.Errorf("snapshot read of chunk %d: %w, and the IO time limit has passed", r.Start, err)
 			}
 			c.log.WithError(err).WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start, "handle": cl.id}).
@@ -453,7 +453,7 @@ func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 	if v.gone.Load() {
 		return ErrSnapshotGone
 	}
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
 	for b := first; b <= last; {
@@ -479,7 +479,7 @@ func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 			return err
 		}
 		if late {
-			if time.Now().After(deadline) {
+			if c.cfg.Now().After(deadline) {
 				return fmt.Errorf("snapshot write of chunk %d: approval not trusted any more, and the IO time limit has passed", r.Start)
 			}
 			c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
@@ -525,7 +525,7 @@ func (c *Client) storeWriteTrusted(cl *call) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return cl.answeredOn != nil && c.cn == cl.answeredOn && !cl.answeredOn.isDead() &&
-		time.Now().Before(cl.sentAt.Add(wire.LockTrust))
+		c.cfg.Now().Before(cl.sentAt.Add(wire.LockTrust))
 }
 
 // snapError maps a server ERROR for a snapshot IO.

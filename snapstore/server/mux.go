@@ -75,7 +75,7 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 // route reads the HELLO (keeping its bytes) and hands the connection over.
 func (m *Mux) route(ctx context.Context, conn net.Conn) {
 	log := m.log.WithField("remote", conn.RemoteAddr().String())
-	if !tlsHandshake(conn, m.timeout, log, &m.tlsLog) {
+	if !tlsHandshake(conn, m.timeout, log, &m.tlsLog, time.Now) {
 		conn.Close()
 		return
 	}

@@ -260,7 +260,7 @@ func (s *Server) snapshotRead(ctx context.Context, ss *session, id uint64, snap 
 	}
 	err := s.tab.Acquire(key, origin)
 	if err == nil {
-		s.granted[ss.id] = time.Now()
+		s.granted[ss.id] = s.cfg.Now()
 		s.lockAt[key] = s.granted[ss.id]
 	}
 	s.mu.Unlock()
@@ -335,7 +335,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 		return snapstore.SnapshotInfo{}, ErrServerClosed
 	}
 	defer func() { <-s.create }()
-	start := time.Now()
+	start := s.cfg.Now()
 
 	s.mu.Lock()
 	if s.closed {
@@ -426,7 +426,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 		s.regDelete(id)
 	}
 	s.log.WithFields(logrus.Fields{"snapshot": name, "id": si.ID, "generation": b.gen, "clients": len(targets),
-		"took": time.Since(start).String()}).Info("snapshot created")
+		"took": s.cfg.Now().Sub(start).String()}).Info("snapshot created")
 	return si, nil
 }
 

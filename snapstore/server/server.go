@@ -97,7 +97,9 @@ type Config struct {
 	// LockCheck confirms a claimed newer term with the lock service (see
 	// lockcheck.go). Default StillOurs (a claim never deposes).
 	LockCheck LockCheck
-	// Now returns the current time (default time.Now).
+	// Now returns the current time (default time.Now). Every time the
+	// server reads (lock leases, grant and away times, durations) comes
+	// from it; timers and socket deadlines run on the system clock.
 	Now func() time.Time
 	// PersistShared, if set, says what of a shared-state entry outlives a
 	// restart of every node: given an entry's key and value, the value to
@@ -290,7 +292,7 @@ func New(cfg Config) (*Server, error) {
 		awaited:   map[wire.ClientID]Entry{},
 		detached:  map[wire.ClientID]*detached{},
 		granted:   map[wire.ClientID]time.Time{},
-		started:   time.Now(),
+		started:   cfg.Now(),
 		blocks:    locks.NewBlocks(0),
 		lockAt:    map[locks.Key]time.Time{},
 		revoked:   map[locks.Key]time.Time{},

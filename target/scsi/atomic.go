@@ -31,8 +31,8 @@ func (lu *LU) doOrWrite(r *request, br blockRange) Result {
 	if br.flags&0xe0 != 0 {
 		return invalidCDB(1, 7) // ORPROTECT
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if br.blocks > maxTransferBlocks {
 		return invalidCDB(10, -1)
@@ -85,8 +85,8 @@ func (lu *LU) doWriteAtomic(r *request, lba uint64, blocks uint32) Result {
 	if be16(cdb[10:12]) != 0 {
 		return invalidCDB(10, -1) // ATOMIC BOUNDARY: not supported
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if blocks > maxAtomicBlocks {
 		return invalidCDB(12, -1) // beyond MAXIMUM ATOMIC TRANSFER LENGTH

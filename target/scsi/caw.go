@@ -21,8 +21,8 @@ func (lu *LU) doCompareAndWrite(r *request, n uint64) Result {
 	if cdb[1]&0xe0 != 0 {
 		return invalidCDB(1, 7) // WRPROTECT
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if n > maxCAWBlocks {
 		return invalidCDB(13, -1)

@@ -1,5 +1,7 @@
 package scsi
 
+import "slices"
+
 // conflictRule says how a command fares from an I_T nexus that does not hold
 // the persistent reservation of the logical unit (SPC-4 5.12.3 table 66, SBC-3
 // 4.17 table 13).
@@ -75,6 +77,8 @@ func commandTable() []*command {
 		ioTimeout    = 30
 		shortTimeout = 5
 		longTimeout  = 120
+		// sanitizeTimeout: a whole-medium overwrite.
+		sanitizeTimeout = 3600
 	)
 	rw := func(op byte, name string, run func(*LU, *request) Result, flags byte, rule conflictRule) *command {
 		c := &command{op: op, name: name, run: run, conflict: rule, timeout: ioTimeout}
@@ -154,6 +158,24 @@ func commandTable() []*command {
 		{op: opWriteAtomic16, name: "WRITE ATOMIC(16)", run: (*LU).writeAtomic, conflict: prConflict,
 			usage: []byte{opWriteAtomic16, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 				0, 0, 0xff, 0xff, 0x1f, 0x04}, timeout: ioTimeout},
+		{op: opSanitize, sa: saSanitizeOverwrite, hasSA: true, name: "SANITIZE(OVERWRITE)",
+			run: (*LU).sanitizeCmd, conflict: prConflict, timeout: sanitizeTimeout,
+			usage: []byte{opSanitize, 0xa0 | saSanitizeOverwrite, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04}},
+		{op: opSanitize, sa: saSanitizeBlockErase, hasSA: true, name: "SANITIZE(BLOCK ERASE)",
+			run: (*LU).sanitizeCmd, conflict: prConflict, timeout: sanitizeTimeout,
+			usage: []byte{opSanitize, 0xa0 | saSanitizeBlockErase, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04}},
+		{op: opSanitize, sa: saSanitizeExitFail, hasSA: true, name: "SANITIZE(EXIT FAILURE MODE)",
+			run: (*LU).sanitizeCmd, conflict: prConflict, timeout: shortTimeout,
+			usage: []byte{opSanitize, 0xa0 | saSanitizeExitFail, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04}},
+		{op: opExtendedCopy, sa: saExtendedCopyLID1, hasSA: true, name: "EXTENDED COPY(LID1)",
+			run: (*LU).extendedCopy, conflict: prConflict, timeout: longTimeout,
+			usage: []byte{opExtendedCopy, saExtendedCopyLID1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}},
+		{op: opReceiveCopyResults, sa: saCopyStatus, hasSA: true, name: "RECEIVE COPY RESULTS(COPY STATUS)",
+			run: (*LU).receiveCopyResults, conflict: prReadOnly, timeout: shortTimeout,
+			usage: []byte{opReceiveCopyResults, saCopyStatus, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}},
+		{op: opReceiveCopyResults, sa: saOperatingParams, hasSA: true, name: "RECEIVE COPY RESULTS(OPERATING PARAMETERS)",
+			run: (*LU).receiveCopyResults, conflict: prReadOnly, timeout: shortTimeout,
+			usage: []byte{opReceiveCopyResults, saOperatingParams, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}},
 		{op: opServiceActionIn16, sa: saReadCapacity16, hasSA: true, name: "READ CAPACITY(16)",
 			run: (*LU).readCapacity16, timeout: shortTimeout,
 			usage: []byte{opServiceActionIn16, saReadCapacity16, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04}},
@@ -215,8 +237,21 @@ type commandSet struct {
 	hasSA [256]bool
 }
 
-func newCommandSet() *commandSet {
-	cs := &commandSet{all: commandTable(), bySA: make(map[uint16]*command)}
+func newCommandSet() *commandSet { return newCommandSetOf(commandTable()) }
+
+// newCommandSetFor returns the commands a logical unit over b supports:
+// SANITIZE BLOCK ERASE only when b reports deallocated blocks (GET LBA
+// STATUS is how an initiator sees a block erase done).
+func newCommandSetFor(b Backend) *commandSet {
+	all := commandTable()
+	if _, ok := b.(LBAStatusBackend); !ok {
+		all = slices.DeleteFunc(all, func(c *command) bool { return c.op == opSanitize && c.sa == saSanitizeBlockErase })
+	}
+	return newCommandSetOf(all)
+}
+
+func newCommandSetOf(all []*command) *commandSet {
+	cs := &commandSet{all: all, bySA: make(map[uint16]*command)}
 	for _, c := range cs.all {
 		if c.hasSA {
 			cs.hasSA[c.op] = true

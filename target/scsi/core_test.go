@@ -102,7 +102,7 @@ func TestInquiryVPD(t *testing.T) {
 			t.Fatalf("page %#x: page length %d, data %d", p, n, len(r.Data))
 		}
 	}
-	if !bytes.Contains(pages, []byte{0x80, 0x83, 0xb0, 0xb1, 0xb2}) {
+	if !bytes.Contains(pages, []byte{0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2}) {
 		t.Fatalf("supported pages % x", pages)
 	}
 	r = f.run(nexA, inquiry(true, 0x80, 255), nil)

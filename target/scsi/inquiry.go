@@ -16,6 +16,7 @@ const (
 	vpdBlockLimits    = 0xb0
 	vpdBlockDevChars  = 0xb1
 	vpdLBProvisioning = 0xb2
+	vpdThirdPartyCopy = 0x8f
 )
 
 // Version descriptors (SPC-4 table 146): SAM-5, iSCSI (no version claimed),
@@ -42,19 +43,26 @@ func (lu *LU) inquiry(r *request) Result {
 	var page []byte
 	switch cdb[2] {
 	case vpdSupported:
-		page = []byte{0, vpdSupported, 0, 6,
-			vpdSupported, vpdSerial, vpdDeviceID, vpdBlockLimits, vpdBlockDevChars, vpdLBProvisioning}
+		page = []byte{0, vpdSupported, 0, 7,
+			vpdSupported, vpdSerial, vpdDeviceID, vpdThirdPartyCopy, vpdBlockLimits, vpdBlockDevChars, vpdLBProvisioning}
 	case vpdSerial:
 		s := padASCII(lu.be.Identity().Serial, len(lu.be.Identity().Serial))
 		page = append([]byte{0, vpdSerial, 0, byte(len(s))}, s...)
 	case vpdDeviceID:
 		page = lu.deviceIdentification(r.cmd.Nexus.Port)
+	case vpdThirdPartyCopy:
+		page = thirdPartyCopyPage()
 	case vpdBlockLimits:
 		page = blockLimitsPage()
 	case vpdBlockDevChars:
 		page = make([]byte, 64)
 		page[1], page[3] = vpdBlockDevChars, 0x3c
 		put16(page[4:6], 0x0001) // MEDIUM ROTATION RATE: non-rotating
+		if _, ok := lu.be.(LBAStatusBackend); ok {
+			// WABEREQ 01b: a read after SANITIZE BLOCK ERASE succeeds
+			// (it returns zeros: LBPRZ).
+			page[7] = 0x40
+		}
 	case vpdLBProvisioning:
 		page = make([]byte, 8)
 		page[1], page[3] = vpdLBProvisioning, 4
@@ -75,9 +83,9 @@ func (lu *LU) standardInquiry() []byte {
 	d[2] = 0x06 // VERSION: SPC-4
 	d[3] = 0x12 // HISUP, RESPONSE DATA FORMAT 2
 	d[4] = byte(len(d) - 5)
-	d[5] = 0x10 // TPGS 01b: implicit ALUA
-	d[6] = 0x10 // MULTIP: the unit is exported through several ports
-	d[7] = 0x02 // CMDQUE
+	d[5] = 0x10 | 0x08 // TPGS 01b: implicit ALUA; 3PC: third-party copy (EXTENDED COPY)
+	d[6] = 0x10        // MULTIP: the unit is exported through several ports
+	d[7] = 0x02        // CMDQUE
 	copy(d[8:16], padASCII(vendorID, 8))
 	copy(d[16:32], padASCII(lu.be.Identity().Product, 16))
 	copy(d[32:36], padASCII(productRevision, 4))

@@ -66,13 +66,18 @@ type LU struct {
 
 	// local holds the nexuses this process admitted and has not lost.
 	local nexusSet
+	// copies holds the EXTENDED COPY lists running or held for RECEIVE
+	// COPY RESULTS, per nexus (this node's: a nexus is on one node).
+	copies copyManager
+	// sanitize is the SANITIZE in progress or failed on this node.
+	sanitize sanitizer
 }
 
 // NewLU returns a logical unit over b. Its shared state (reservations, unit
 // attentions) is kept under a key derived from b's identity, so every node
 // exporting the same identity shares it.
 func NewLU(b Backend) *LU {
-	lu := &LU{be: b, cmds: newCommandSet()}
+	lu := &LU{be: b, cmds: newCommandSetFor(b)}
 	idy := b.Identity()
 	if idy.NAA != ([16]byte{}) {
 		lu.id = "naa." + hex.EncodeToString(idy.NAA[:])
@@ -175,6 +180,13 @@ func (lu *LU) execute(ctx context.Context, t *Target, cmd *Command) Result {
 	}
 
 	c := lu.cmds.lookup(cdb)
+	if c != nil {
+		// A sanitize in progress ends every command but a few (SBC-3
+		// 4.11), ahead of unit attentions, which stay pending.
+		if res, ok := lu.sanitizeGate(c); !ok {
+			return res
+		}
+	}
 	if (c == nil || !c.keepUA) && len(st.Nexuses[id]) > 0 {
 		var ua UnitAttention
 		var ok bool
@@ -223,6 +235,13 @@ func (lu *LU) requestSense(r *request) Result {
 		}
 		if ok {
 			s = senseData{key: SenseUnitAttention, asc: ua.asc(), ascq: ua.ascq()}
+		}
+	}
+	if s.key == SenseNoSense {
+		// A sanitize in progress reports itself and its progress
+		// (SBC-3 4.11).
+		if op, _ := lu.sanitize.state(); op != nil {
+			s = sanitizeInProgress(op)
 		}
 	}
 	return good(s.encode(), alloc)

@@ -1,8 +1,9 @@
 package scsi
 
 // Mode parameters (SPC-4 7.5, SBC-3 6.4). A csnap logical unit has three
-// pages: Caching, Control and Informational Exceptions Control. Only WCE is
-// changeable; nothing can be saved. The parameters are kept per logical
+// pages: Caching, Control and Informational Exceptions Control. Only WCE
+// (Caching) and SWP (Control: software write protect) are changeable;
+// nothing can be saved. The parameters are kept per logical
 // unit and shared by all I_T nexuses (SPC-4 7.5.1 allows either), in the
 // logical unit's shared state (LUState.Mode), so they are the same through
 // every node exporting it and last as long as that state does (a cluster
@@ -29,16 +30,20 @@ type modeParams struct {
 	// wce is the Caching page's write cache enable. With it clear every
 	// write is done with FUA, so the cache is write-through.
 	wce bool
+	// swp is the Control page's software write protect: every command
+	// that writes the medium fails with DATA PROTECT (SPC-4 7.5.8).
+	swp bool
 }
 
 // modeParamsOf returns the mode parameters of shared state s.
 func modeParamsOf(s *LUState) modeParams {
-	return modeParams{wce: !s.Mode.WriteCacheDisabled}
+	return modeParams{wce: !s.Mode.WriteCacheDisabled, swp: s.Mode.SoftwareWriteProtect}
 }
 
 // set stores mp in shared state s.
 func (mp modeParams) set(s *LUState) {
 	s.Mode.WriteCacheDisabled = !mp.wce
+	s.Mode.SoftwareWriteProtect = mp.swp
 }
 
 // modePage returns page code as reported with page control pc, or nil if
@@ -60,10 +65,16 @@ func modePage(code, pc byte, mp modeParams) []byte {
 		}
 	case pageControl: // SPC-4 7.5.8
 		p = make([]byte, 12)
-		if pc != pcChangeable {
+		switch pc {
+		case pcChangeable:
+			p[4] = 0x08 // SWP
+		default:
 			p[2] = 0x02            // GLTSD: no implicit log saving
 			p[3] = 0x10            // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
 			put16(p[8:10], 0xffff) // BUSY TIMEOUT PERIOD: unlimited
+			if pc == pcCurrent && mp.swp {
+				p[4] = 0x08
+			}
 		}
 	case pageIEC: // SPC-4 7.5.12
 		p = make([]byte, 12)
@@ -122,7 +133,7 @@ func (lu *LU) modeSense(r *request) Result {
 	}
 	// Device-specific parameter (SBC-3 6.4.1): WP, DPOFUA.
 	dsp := byte(0x10)
-	if lu.writeProtected() {
+	if lu.be.ReadOnly() || mp.swp {
 		dsp |= 0x80
 	}
 	var data []byte
@@ -230,8 +241,11 @@ func (lu *LU) doModeSelect(r *request, ten bool, n, hdrLen int) Result {
 				return invalidParam(off+i, -1)
 			}
 		}
-		if code == pageCaching {
+		switch code {
+		case pageCaching:
 			next.wce = page[2]&0x04 != 0
+		case pageControl:
+			next.swp = page[4]&0x08 != 0
 		}
 		off += len(cur)
 	}
@@ -247,6 +261,14 @@ func (lu *LU) doModeSelect(r *request, ten bool, n, hdrLen int) Result {
 		return nil
 	}); err != nil {
 		return stateError(err)
+	}
+	if next.swp && !cur0.swp {
+		// SWP inhibits writing "after writing all cached or buffered
+		// write data" (SPC-4 7.5.8): what was acknowledged is made
+		// durable before the command completes.
+		if err := lu.be.Flush(); err != nil {
+			return backendError(err, true)
+		}
 	}
 	return Result{Status: StatusGood}
 }
@@ -276,8 +298,20 @@ func (lu *LU) checkBlockDescriptor(bd []byte, off int) (Result, bool) {
 	return Result{}, true
 }
 
-// writeProtected reports whether medium writes are refused.
-func (lu *LU) writeProtected() bool { return lu.be.ReadOnly() }
+// writable checks that request r may write the medium: not when the
+// backend is read-only (a snapshot), which is DATA PROTECT, WRITE
+// PROTECTED, nor when the shared state the command started with has SWP
+// set, which is DATA PROTECT, LOGICAL UNIT SOFTWARE WRITE PROTECTED
+// (SPC-4 7.5.8).
+func (lu *LU) writable(r *request) (Result, bool) {
+	switch {
+	case lu.be.ReadOnly():
+		return writeProtected(), false
+	case r.state.Mode.SoftwareWriteProtect:
+		return checkCondition(SenseDataProtect, ascWriteProtected, 0x02), false
+	}
+	return Result{}, true
+}
 
 // writeCache reports whether the write cache is enabled (WCE) in the
 // shared state the command started with.

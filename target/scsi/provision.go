@@ -44,8 +44,8 @@ func (lu *LU) doWriteSame(r *request, ndob bool) Result {
 	case cdb[1]&0x10 != 0:
 		return invalidCDB(1, 4) // ANCHOR: anchored blocks not supported
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if blocks == 0 || blocks > maxWriteSameBlocks {
 		// WSNZ is set and MAXIMUM WRITE SAME LENGTH is reported (VPD B0).
@@ -118,8 +118,8 @@ func (lu *LU) doUnmap(r *request, n int) Result {
 	if r.cdb[1]&0x01 != 0 {
 		return invalidCDB(1, 0) // ANCHOR not supported
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if n == 0 {
 		return Result{Status: StatusGood}

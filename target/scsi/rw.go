@@ -85,8 +85,8 @@ func (lu *LU) writeBlocks(r *request, br blockRange, fua bool) Result {
 	if br.flags&0xe0 != 0 {
 		return invalidCDB(1, 7) // WRPROTECT: no protection information
 	}
-	if lu.writeProtected() {
-		return writeProtected()
+	if res, ok := lu.writable(r); !ok {
+		return res
 	}
 	if br.blocks > maxTransferBlocks {
 		return invalidCDB(transferField(r.cdb[0]), -1)

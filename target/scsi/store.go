@@ -115,6 +115,9 @@ type ModeParameters struct {
 	// WriteCacheDisabled: the Caching page's WCE is clear, so every write
 	// is done with FUA (write-through).
 	WriteCacheDisabled bool
+	// SoftwareWriteProtect: the Control page's SWP is set, so every
+	// command that writes the medium fails with DATA PROTECT.
+	SoftwareWriteProtect bool
 }
 
 // Clone returns a deep copy of s.

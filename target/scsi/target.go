@@ -27,6 +27,9 @@ type Target struct {
 	mu      sync.RWMutex
 	luns    map[uint64]*LU
 	onAbort PreemptAbortFunc
+	// copies is the copy domain EXTENDED COPY resolves CSCD descriptors
+	// in; nil: the target's own logical units.
+	copies *CopyDomain
 }
 
 var _ Executor = (*Target)(nil)
@@ -257,6 +260,7 @@ func (t *Target) NexusLost(n Nexus) {
 	id := nexusID(n)
 	for _, lu := range t.allLUs() {
 		lu.local.remove(id)
+		lu.copies.forget(id)
 		_, _ = lu.update(func(s *LUState) error {
 			if s.Legacy != nil && *s.Legacy == id {
 				s.Legacy = nil
