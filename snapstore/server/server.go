@@ -458,7 +458,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return false
 		}
 		return true
-	})
+	}, func(err error) { s.log.WithError(err).Warn("snapshot-server accept failed; retrying") })
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -472,21 +472,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // acceptLoop hands every connection accepted on ln to handle, until handle
-// returns false (acceptLoop returns nil) or Accept fails for good (its
-// error). Temporary failures, such as running out of file descriptors,
-// are slept through with a backoff of up to a second.
-func acceptLoop(ln net.Listener, handle func(net.Conn) bool) error {
+// returns false (acceptLoop returns nil) or ln is closed (its error). Every
+// other failure (out of file descriptors, a connection aborted before it
+// was accepted) is passed to logErr, at most once a second, and retried
+// with a backoff of up to a second: it never stops the listener, so it
+// never stops the node.
+func acceptLoop(ln net.Listener, handle func(net.Conn) bool, logErr func(error)) error {
 	var backoff time.Duration
+	var lastLog time.Time
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			if now := time.Now(); logErr != nil && now.Sub(lastLog) >= time.Second {
+				lastLog = now
+				logErr(err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
 		if !handle(conn) {
