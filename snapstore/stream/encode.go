@@ -90,17 +90,16 @@ func Encode(ctx context.Context, w io.Writer, h Header, src Source, resume *Toke
 }
 
 type encoder struct {
-	ctx      context.Context
-	w        io.Writer
-	h        Header
-	src      Source
-	cs       int64
-	hash     hashWriter
-	sum      Summary
-	buf      []byte // one record
-	zOff     int64  // pending zeros run [zOff, zEnd)
-	zEnd     int64
-	finished bool
+	ctx  context.Context
+	w    io.Writer
+	h    Header
+	src  Source
+	cs   int64
+	hash hashWriter
+	sum  Summary
+	buf  []byte // one record
+	zOff int64  // pending zeros run [zOff, zEnd)
+	zEnd int64
 }
 
 func (e *encoder) raw(b []byte) error {
