@@ -42,6 +42,12 @@ import (
 // may hold non-zero data.
 const NoSnapshot SnapID = 0
 
+// Origin as Diff's FROM or TO stands for the origin as it is now: Diff(s,
+// Origin) is where the origin may differ from snapshot s, i.e. the chunks
+// s no longer shares with the origin (written on the origin since s was
+// taken, or privately in s). It is never a snapshot id (ids stop below it).
+const Origin SnapID = ^SnapID(0)
+
 // DefaultDiffLimit is the number of extents Diff returns when limit <= 0.
 const DefaultDiffLimit = 4096
 
@@ -72,7 +78,7 @@ type DataExtents interface {
 // Diff returns the byte ranges where snapshot to may differ from snapshot
 // from (both live; either may be writable, its private chunks included;
 // any order), or, with from == NoSnapshot, where to may hold non-zero data
-// (see above). Extents are maximal (adjacent changed chunks merged), in
+// (see above); either may be Origin (the origin now). Extents are maximal (adjacent changed chunks merged), in
 // offset order, start at or after offset (the first one is clipped to
 // it), and end at most at the origin size. At most limit extents are
 // returned (DefaultDiffLimit if limit <= 0); next is the offset to pass to
@@ -178,19 +184,22 @@ func (e *Engine) diffBatch(from, to SnapID, pos uint64, runs *[]chunkRun) (uint6
 	if err := e.usable(); err != nil {
 		return 0, err
 	}
-	tt, err := e.liveSnapshot(to)
-	if err != nil {
-		return 0, fmt.Errorf("diff: to: %w", err)
+	toWritable := false
+	if to != Origin {
+		tt, err := e.liveSnapshot(to)
+		if err != nil {
+			return 0, fmt.Errorf("diff: to: %w", err)
+		}
+		toWritable = tt.flags&flagWritable != 0
 	}
 	fromWritable := false
-	if from != NoSnapshot {
+	if from != NoSnapshot && from != Origin {
 		ft, err := e.liveSnapshot(from)
 		if err != nil {
 			return 0, fmt.Errorf("diff: from: %w", err)
 		}
 		fromWritable = ft.flags&flagWritable != 0
 	}
-	toWritable := tt.flags&flagWritable != 0
 	if runs == nil || from == to {
 		return e.originChunks, nil
 	}

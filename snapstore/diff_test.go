@@ -67,11 +67,23 @@ func (m *model) verifyDiffs() {
 	}
 	nc := len(m.ver)
 	size := int64(len(m.origin))
+	verOf := func(id SnapID) []uint64 {
+		if id == Origin {
+			return m.ver
+		}
+		return m.snaps[id].ver
+	}
 	for k := 0; k < 12; k++ {
 		a, b := ids[m.rng.Intn(len(ids))], ids[m.rng.Intn(len(ids))]
+		switch m.rng.Intn(6) {
+		case 0:
+			b = Origin
+		case 1:
+			a = Origin
+		}
 		changed := make([]bool, nc)
 		for c := range changed {
-			changed[c] = m.snaps[a].ver[c] != m.snaps[b].ver[c]
+			changed[c] = verOf(a)[c] != verOf(b)[c]
 		}
 		off := int64(0)
 		if m.rng.Intn(3) == 0 {
@@ -189,7 +201,7 @@ func TestDiffFull(t *testing.T) {
 	for _, x := range []struct {
 		id   SnapID
 		want []bool
-	}{{a.ID, aData}, {b.ID, owritten}} {
+	}{{a.ID, aData}, {b.ID, owritten}, {Origin, owritten}} {
 		for _, limit := range []int{0, 1, 3} {
 			got := diffAll(t, e, NoSnapshot, x.id, 0, limit)
 			if want := expectedExtents(x.want, cs, cs*nc, 0); !reflect.DeepEqual(got, want) {
