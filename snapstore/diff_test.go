@@ -1,9 +1,12 @@
 package snapstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -242,5 +245,54 @@ func TestDiffErrors(t *testing.T) {
 	}
 	if exts, next, err := e.Diff(ctx, b.ID, b.ID, 0, 0); err != nil || len(exts) != 0 || next != -1 {
 		t.Fatalf("diff of a snapshot with itself: %v %d %v", exts, next, err)
+	}
+}
+
+// TestDiffFullSparseFile: FileDevice.NextData reports a sparse file's
+// holes, so a full diff of a snapshot on a sparse origin file leaves out
+// the chunks never written.
+func TestDiffFullSparseFile(t *testing.T) {
+	const cs, nc = 65536, 64
+	ctx := context.Background()
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "origin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(cs * nc); err != nil {
+		t.Fatal(err)
+	}
+	od := NewFileDevice(f)
+	defer od.Close()
+	written := make([]bool, nc)
+	for _, c := range []int{3, 4, 10, 40, 63} {
+		if _, err := od.WriteAt(bytes.Repeat([]byte{7}, cs), int64(c)*cs); err != nil {
+			t.Fatal(err)
+		}
+		written[c] = true
+	}
+	if err := od.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Does this file system report holes? (tmpfs, ext4, xfs, btrfs do.)
+	if s, _, ok, err := od.NextData(0); err != nil || !ok || s != 3*cs {
+		t.Fatalf("NextData(0) on a file with data from chunk 3: start %d, ok %v, err %v", s, ok, err)
+	}
+	sd := NewMemDevice(4 << 20)
+	if err := Format(od, sd, FormatOptions{ChunkSize: cs, TableCapacity: 16, JournalBlocks: 256}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := Open(od, sd, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	a, err := e.CreateSnapshot(ctx, "a", CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := diffAll(t, e, NoSnapshot, a.ID, 0, 2)
+	if want := expectedExtents(written, cs, cs*nc, 0); !reflect.DeepEqual(got, want) {
+		t.Fatalf("full diff on a sparse file:\n got %v\nwant %v", got, want)
 	}
 }

@@ -342,3 +342,20 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func FuzzToken(f *testing.F) {
+	s, _, _, _ := smallStream(f, 8)
+	tok, _, _ := apply(s[:len(s)/2], make([]byte, 41960))
+	f.Add(tok.String())
+	f.Add("csrt1-")
+	f.Fuzz(func(t *testing.T, text string) {
+		tk, err := ParseToken(text)
+		if err != nil {
+			return
+		}
+		again, err := ParseToken(tk.String())
+		if err != nil || again.Pos != tk.Pos || again.VolumeOff != tk.VolumeOff || again.HeaderHash != tk.HeaderHash {
+			t.Fatalf("token %q does not survive its text form: %v", text, err)
+		}
+	})
+}
