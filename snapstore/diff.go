@@ -120,7 +120,7 @@ func (e *Engine) Diff(ctx context.Context, from, to SnapID, offset int64, limit 
 			return nil, -1, err
 		}
 		if from == NoSnapshot {
-			if runs, dev, err = e.addDataRuns(runs, dev, pos, upTo); err != nil {
+			if runs, dev, upTo, err = e.addDataRuns(runs, dev, pos, upTo, limit); err != nil {
 				return nil, -1, err
 			}
 		}
@@ -142,22 +142,40 @@ func (e *Engine) Diff(ctx context.Context, from, to SnapID, offset int64, limit 
 // chunkRun is chunks [first, end).
 type chunkRun struct{ first, end uint64 }
 
-// addDataRuns adds to runs the chunks in [pos, upTo) where the origin
-// device holds data, and returns the runs sorted. Without extent
-// information (dev nil, or its query failing with ErrNoExtentInfo) every
-// chunk counts as data, and dev comes back nil.
-func (e *Engine) addDataRuns(runs []chunkRun, dev DataExtents, pos, upTo uint64) ([]chunkRun, DataExtents, error) {
+// addDataRuns adds to runs (the tree's, in [pos, upTo)) the chunks in
+// [pos, upTo) where the origin device holds data, and returns the runs
+// sorted and the chunk below which they are complete: after more than
+// limit+1 data extents it stops early (a fragmented origin file does not
+// make a page's memory grow), dropping the tree runs beyond. Without
+// extent information (dev nil, or its query failing with ErrNoExtentInfo)
+// every chunk counts as data, and dev comes back nil.
+func (e *Engine) addDataRuns(runs []chunkRun, dev DataExtents, pos, upTo uint64, limit int) ([]chunkRun, DataExtents, uint64, error) {
 	if dev == nil {
-		return append(runs[:0], chunkRun{pos, upTo}), nil, nil
+		return append(runs[:0], chunkRun{pos, upTo}), nil, upTo, nil
 	}
+	tree := len(runs)
 	off, end := int64(pos)*e.cs, int64(upTo)*e.cs
 	for off < end {
+		if len(runs)-tree > limit+1 {
+			// Complete below the last data run's end; clip the tree runs.
+			stop := runs[len(runs)-1].end
+			k := 0
+			for _, r := range runs {
+				if r.first < stop {
+					r.end = min(r.end, stop)
+					runs[k] = r
+					k++
+				}
+			}
+			runs, upTo = runs[:k], stop
+			break
+		}
 		s, t, ok, err := dev.NextData(off)
 		if err != nil {
 			if isNoExtentInfo(err) {
-				return append(runs[:0], chunkRun{pos, upTo}), nil, nil
+				return append(runs[:0], chunkRun{pos, upTo}), nil, upTo, nil
 			}
-			return nil, dev, fmt.Errorf("diff: origin data extents at %d: %w", off, err)
+			return nil, dev, upTo, fmt.Errorf("diff: origin data extents at %d: %w", off, err)
 		}
 		if !ok || s >= end {
 			break
@@ -170,7 +188,7 @@ func (e *Engine) addDataRuns(runs []chunkRun, dev DataExtents, pos, upTo uint64)
 		off = t
 	}
 	sort.Slice(runs, func(i, j int) bool { return runs[i].first < runs[j].first })
-	return runs, dev, nil
+	return runs, dev, upTo, nil
 }
 
 // diffBatch walks the exception tree from chunk pos for about diffBatch
