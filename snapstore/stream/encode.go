@@ -256,3 +256,16 @@ func (e *encoder) extent(s, t int64, data []byte) error {
 }
 
 var _ encoding.BinaryMarshaler = (*Token)(nil)
+
+// ReadAtFunc adapts a read function that fills p completely or fails (the
+// shape of snapstore/client Volume.ReadAt) to io.ReaderAt for
+// Source.Data.
+type ReadAtFunc func(p []byte, off int64) error
+
+// ReadAt implements io.ReaderAt.
+func (f ReadAtFunc) ReadAt(p []byte, off int64) (int, error) {
+	if err := f(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -131,7 +131,9 @@ func TestEngineSendReceive(t *testing.T) {
 	// incremental a→b
 	hInc := Header{Volume: uuid, ChunkSize: cs, VolumeSize: size, From: ident(a), To: ident(b)}
 	var inc bytes.Buffer
-	sum, err = Encode(ctx, &inc, hInc, Source{Extents: diff(a.ID, b.ID), Data: &snapReader{e, b.ID, od, sd, size}}, nil)
+	br := &snapReader{e, b.ID, od, sd, size}
+	read := func(p []byte, off int64) error { _, err := br.ReadAt(p, off); return err }
+	sum, err = Encode(ctx, &inc, hInc, Source{Extents: diff(a.ID, b.ID), Data: ReadAtFunc(read)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
