@@ -174,150 +174,177 @@ func TestCallBookModel(t *testing.T) {
 	}
 }
 
+// callModel is one run of the call-book model: the ledger, the oracle,
+// and the history for failure messages.
+type callModel struct {
+	t     *testing.T
+	r     *rand.Rand
+	b     *callBook
+	o     *callOracle
+	byseq map[uint64]*call
+	conns uint64
+	now   time.Time
+	log   []string
+}
+
 func runCallBookModel(t *testing.T, r *rand.Rand, steps int) {
 	t.Helper()
-	b := newCallBook()
-	o := &callOracle{}
-	byseq := map[uint64]*call{}
-	conns := uint64(0)
-	now := time.Unix(1000, 0)
-	var log []string
-	fail := func(format string, args ...any) {
-		t.Helper()
-		t.Fatalf("%s\nafter:\n%s", fmt.Sprintf(format, args...), joinLines(log))
-	}
-	pick := func(st ...oState) *oCall {
-		var cs []*oCall
-		for _, c := range o.calls {
-			if slices.Contains(st, c.state) {
-				cs = append(cs, c)
-			}
-		}
-		if len(cs) == 0 {
-			return nil
-		}
-		return cs[r.Intn(len(cs))]
-	}
+	m := &callModel{t: t, r: r, b: newCallBook(), o: &callOracle{}, byseq: map[uint64]*call{}, now: time.Unix(1000, 0)}
 	for step := 0; step < steps; step++ {
-		now = now.Add(time.Millisecond)
-		held := r.Intn(3)
-		switch op := r.Intn(12); op {
-		case 0, 1, 2: // issue
-			kind := []callKind{kindIO, kindSnapRead, kindAdmin, kindBlockLock}[r.Intn(4)]
-			var msg wire.Message = &wire.OriginWrite{}
-			if kind == kindSnapRead {
-				msg = &wire.SnapshotRead{Snapshot: 1}
-			}
-			cl := b.issue(kind, msg)
-			oc := o.issue(kind)
-			byseq[cl.seq] = cl
-			log = append(log, fmt.Sprintf("issue %v seq %d", kind, cl.seq))
-			if cl.seq != oc.seq || cl.id != oc.id {
-				fail("issue: seq %d id %d, oracle %d %d", cl.seq, cl.id, oc.seq, oc.id)
-			}
-		case 3, 4: // pump
-			got := ids(b.pump(held, now))
-			want := o.pump(held)
-			log = append(log, fmt.Sprintf("pump held %d: %v", held, want))
-			if !slices.Equal(got, want) {
-				fail("pump sent %v, oracle %v", got, want)
-			}
-		case 5: // an answer to an outstanding call
-			oc := pick(oOut)
-			if oc == nil || oc.conn != o.conn {
-				continue
-			}
-			cl := b.outstanding(oc.id, o.conn)
-			if cl == nil || cl.seq != oc.seq {
-				fail("outstanding(%d) = %v, want seq %d", oc.id, cl, oc.seq)
-			}
-			b.land(cl)
-			b.finish(cl)
-			oc.state = oGone
-			log = append(log, fmt.Sprintf("answer seq %d", oc.seq))
-		case 6: // busy: parked, requeued later
-			oc := pick(oOut)
-			if oc == nil || oc.kind == kindInternal || oc.abandon {
-				continue
-			}
-			b.park(b.outstanding(oc.id, o.conn))
-			oc.state = oParked
-			log = append(log, fmt.Sprintf("park seq %d", oc.seq))
-		case 7: // a busy retry's timer fires
-			oc := pick(oParked, oGone)
-			if oc == nil {
-				continue
-			}
-			got := b.requeue(byseq[oc.seq])
-			want := oc.state == oParked
-			if want {
-				oc.state, oc.pos = oWaiting, o.nextPos
-				o.nextPos++
-			}
-			log = append(log, fmt.Sprintf("requeue seq %d", oc.seq))
-			if got != want {
-				fail("requeue seq %d = %v, oracle %v", oc.seq, got, want)
-			}
-		case 8: // the caller gives up
-			oc := pick(oWaiting, oOut, oParked)
-			if oc == nil {
-				continue
-			}
-			b.abandon(byseq[oc.seq])
-			if oc.state == oOut {
-				oc.abandon = true
-			} else {
-				oc.state = oGone
-			}
-			log = append(log, fmt.Sprintf("abandon seq %d", oc.seq))
-		case 9: // connection lost
-			lost := b.disconnect(b.conn)
-			want := o.disconnect()
-			log = append(log, "disconnect")
-			var got []uint64
-			for _, cl := range lost {
-				got = append(got, cl.seq)
-			}
-			if !slices.Equal(got, want) {
-				fail("disconnect lost %v, oracle %v", got, want)
-			}
-		case 10: // connection made (after a loss)
-			if o.conn != 0 {
-				continue
-			}
-			conns++
-			maxIn, maxLocks := uint32(1+r.Intn(6)), uint32(r.Intn(4))
-			got := b.connect(conns, maxIn, maxLocks)
-			want := o.connect(conns, maxIn, maxLocks)
-			log = append(log, fmt.Sprintf("connect %d maxIn %d maxLocks %d", conns, maxIn, maxLocks))
-			if got != want {
-				fail("connect: %d re-sends, oracle %d", got, want)
-			}
-			if r.Intn(2) == 0 { // UPLOAD_DONE
-				cl := b.issueNow(&wire.UploadDone{}, now)
-				byseq[cl.seq] = cl
-				oc := o.issue(kindInternal)
-				oc.state, oc.conn, oc.sent = oOut, o.conn, true
-				log = append(log, fmt.Sprintf("issueNow seq %d", cl.seq))
-			}
-		case 11:
-			if r.Intn(4) == 0 { // outage: everything waiting fails
-				for _, cl := range b.takeWaiting() {
-					if oc := o.calls[cl.seq-1]; oc.state != oWaiting {
-						fail("takeWaiting returned seq %d in state %v", cl.seq, oc.state)
-					}
-				}
-				for _, oc := range o.waiting() {
-					oc.state = oGone
-				}
-				log = append(log, "takeWaiting")
-			} else if oc := pick(oWaiting, oOut, oParked); oc != nil { // failed to send
-				b.finish(byseq[oc.seq])
-				oc.state = oGone
-				log = append(log, fmt.Sprintf("finish seq %d", oc.seq))
-			}
+		m.now = m.now.Add(time.Millisecond)
+		if op := r.Intn(12); op < 9 {
+			m.callStep(op, r.Intn(3))
+		} else {
+			m.connStep(op)
 		}
-		checkCallBook(t, b, o, byseq, fail)
+		checkCallBook(t, m.b, m.o, m.byseq, m.fail)
+	}
+}
+
+func (m *callModel) fail(format string, args ...any) {
+	m.t.Helper()
+	m.t.Fatalf("%s\nafter:\n%s", fmt.Sprintf(format, args...), joinLines(m.log))
+}
+
+// pick returns a random oracle call in one of the states st, or nil.
+func (m *callModel) pick(st ...oState) *oCall {
+	var cs []*oCall
+	for _, c := range m.o.calls {
+		if slices.Contains(st, c.state) {
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	return cs[m.r.Intn(len(cs))]
+}
+
+// callStep does one operation on calls (0-8), with held read locks held.
+func (m *callModel) callStep(op, held int) {
+	m.t.Helper()
+	switch op {
+	case 0, 1, 2: // issue
+		kind := []callKind{kindIO, kindSnapRead, kindAdmin, kindBlockLock}[m.r.Intn(4)]
+		var msg wire.Message = &wire.OriginWrite{}
+		if kind == kindSnapRead {
+			msg = &wire.SnapshotRead{Snapshot: 1}
+		}
+		cl := m.b.issue(kind, msg)
+		oc := m.o.issue(kind)
+		m.byseq[cl.seq] = cl
+		m.log = append(m.log, fmt.Sprintf("issue %v seq %d", kind, cl.seq))
+		if cl.seq != oc.seq || cl.id != oc.id {
+			m.fail("issue: seq %d id %d, oracle %d %d", cl.seq, cl.id, oc.seq, oc.id)
+		}
+	case 3, 4: // pump
+		got := ids(m.b.pump(held, m.now))
+		want := m.o.pump(held)
+		m.log = append(m.log, fmt.Sprintf("pump held %d: %v", held, want))
+		if !slices.Equal(got, want) {
+			m.fail("pump sent %v, oracle %v", got, want)
+		}
+	case 5: // an answer to an outstanding call
+		oc := m.pick(oOut)
+		if oc == nil || oc.conn != m.o.conn {
+			return
+		}
+		cl := m.b.outstanding(oc.id, m.o.conn)
+		if cl == nil || cl.seq != oc.seq {
+			m.fail("outstanding(%d) = %v, want seq %d", oc.id, cl, oc.seq)
+		}
+		m.b.land(cl)
+		m.b.finish(cl)
+		oc.state = oGone
+		m.log = append(m.log, fmt.Sprintf("answer seq %d", oc.seq))
+	case 6: // busy: parked, requeued later
+		oc := m.pick(oOut)
+		if oc == nil || oc.kind == kindInternal || oc.abandon {
+			return
+		}
+		m.b.park(m.b.outstanding(oc.id, m.o.conn))
+		oc.state = oParked
+		m.log = append(m.log, fmt.Sprintf("park seq %d", oc.seq))
+	case 7: // a busy retry's timer fires
+		oc := m.pick(oParked, oGone)
+		if oc == nil {
+			return
+		}
+		got := m.b.requeue(m.byseq[oc.seq])
+		want := oc.state == oParked
+		if want {
+			oc.state, oc.pos = oWaiting, m.o.nextPos
+			m.o.nextPos++
+		}
+		m.log = append(m.log, fmt.Sprintf("requeue seq %d", oc.seq))
+		if got != want {
+			m.fail("requeue seq %d = %v, oracle %v", oc.seq, got, want)
+		}
+	case 8: // the caller gives up
+		oc := m.pick(oWaiting, oOut, oParked)
+		if oc == nil {
+			return
+		}
+		m.b.abandon(m.byseq[oc.seq])
+		if oc.state == oOut {
+			oc.abandon = true
+		} else {
+			oc.state = oGone
+		}
+		m.log = append(m.log, fmt.Sprintf("abandon seq %d", oc.seq))
+	}
+}
+
+// connStep does one operation on the connection (9-11).
+func (m *callModel) connStep(op int) {
+	m.t.Helper()
+	switch op {
+	case 9: // connection lost
+		lost := m.b.disconnect(m.b.conn)
+		want := m.o.disconnect()
+		m.log = append(m.log, "disconnect")
+		var got []uint64
+		for _, cl := range lost {
+			got = append(got, cl.seq)
+		}
+		if !slices.Equal(got, want) {
+			m.fail("disconnect lost %v, oracle %v", got, want)
+		}
+	case 10: // connection made (after a loss)
+		if m.o.conn != 0 {
+			return
+		}
+		m.conns++
+		maxIn, maxLocks := uint32(1+m.r.Intn(6)), uint32(m.r.Intn(4))
+		got := m.b.connect(m.conns, maxIn, maxLocks)
+		want := m.o.connect(m.conns, maxIn, maxLocks)
+		m.log = append(m.log, fmt.Sprintf("connect %d maxIn %d maxLocks %d", m.conns, maxIn, maxLocks))
+		if got != want {
+			m.fail("connect: %d re-sends, oracle %d", got, want)
+		}
+		if m.r.Intn(2) == 0 { // UPLOAD_DONE
+			cl := m.b.issueNow(&wire.UploadDone{}, m.now)
+			m.byseq[cl.seq] = cl
+			oc := m.o.issue(kindInternal)
+			oc.state, oc.conn, oc.sent = oOut, m.o.conn, true
+			m.log = append(m.log, fmt.Sprintf("issueNow seq %d", cl.seq))
+		}
+	case 11:
+		if m.r.Intn(4) == 0 { // outage: everything waiting fails
+			for _, cl := range m.b.takeWaiting() {
+				if oc := m.o.calls[cl.seq-1]; oc.state != oWaiting {
+					m.fail("takeWaiting returned seq %d in state %v", cl.seq, oc.state)
+				}
+			}
+			for _, oc := range m.o.waiting() {
+				oc.state = oGone
+			}
+			m.log = append(m.log, "takeWaiting")
+		} else if oc := m.pick(oWaiting, oOut, oParked); oc != nil { // failed to send
+			m.b.finish(m.byseq[oc.seq])
+			oc.state = oGone
+			m.log = append(m.log, fmt.Sprintf("finish seq %d", oc.seq))
+		}
 	}
 }
 

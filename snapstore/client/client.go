@@ -204,15 +204,11 @@ type Client struct {
 	writersC *sync.Cond // signalled when an origin write completes
 	closed   bool
 	term     uint64 // newest server term seen
-	gen      uint64 // current snapshot generation
-	cache    *chunkCache
-	// unique: the server said (ORIGIN_UNIQUE) that at generation gen the
-	// volume has no live snapshot, so every origin chunk is in the cache
-	// in effect. Cleared with the cache.
-	unique  bool
-	writers map[uint64]int // origin writes in flight, by the generation they were approved under
-	cn      *conn          // nil while disconnected
-	conns   uint64         // connections made (cn.num of the newest)
+	// appr: the generation, the unique-chunk cache and the origin writes
+	// in flight (approvals.go), a pure ledger.
+	appr    *approvals
+	cn      *conn  // nil while disconnected
+	conns   uint64 // connections made (cn.num of the newest)
 	server  string
 	lastErr error     // why the last connection attempt failed
 	down    time.Time // when the last connection was lost (or the client started); zero while connected
@@ -298,8 +294,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		log:         log,
 		originLatch: originLatch,
 		storeLatch:  storeLatch,
-		cache:       newChunkCache(cfg.CacheBytes),
-		writers:     make(map[uint64]int),
+		appr:        newApprovals(cfg.CacheBytes),
 		calls:       newCallBook(),
 		held:        newHeldLocks(),
 		shared:      make(map[string]sharedEntry),
@@ -388,7 +383,7 @@ func (c *Client) Size() int64 { return c.volSize }
 func (c *Client) Generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.appr.gen
 }
 
 // Term returns the newest server term the client has seen.
@@ -835,12 +830,9 @@ func (c *Client) installLocked(cn *conn, h *wire.HelloOK, first bool, originSize
 	if h.Term > c.term {
 		c.term = h.Term
 	}
-	if h.Generation != c.gen {
-		// Writes approved before (still in flight) keep counting under
-		// their older generation, so the next INVALIDATE waits for them.
-		c.gen = h.Generation
-		c.forgetApprovalsLocked()
-	}
+	// Writes approved before (still in flight) keep counting under their
+	// older generation, so the next INVALIDATE waits for them.
+	c.appr.setGeneration(h.Generation)
 	// Locations are trusted on the connection that taught them only: a
 	// new server (or term) may have reclaimed space meanwhile.
 	c.dropLocationsLocked()
@@ -922,24 +914,14 @@ func (c *Client) uninstall(cn *conn) {
 // it answers INVALIDATE_ACK.
 func (c *Client) invalidate(cn *conn, id, gen uint64) {
 	c.mu.Lock()
-	if gen > c.gen {
-		c.gen = gen
-		c.forgetApprovalsLocked()
-	}
+	c.appr.invalidate(gen)
 	c.mu.Unlock()
 	c.answerWhenDrained(cn, id, &wire.InvalidateAck{Generation: gen}, c.writersC,
-		func() bool { return c.oldWritersLocked(gen) > 0 },
+		func() bool { return c.appr.oldWriters(gen) > 0 },
 		func(waited time.Duration) {
 			c.log.WithFields(logrus.Fields{"generation": gen, "waited": waited}).Debug("invalidate acknowledged")
 			c.notifyChange()
 		})
-}
-
-// forgetApprovalsLocked drops every approval cached for the generation
-// that stops being current: the unique-chunk cache and ORIGIN_UNIQUE.
-func (c *Client) forgetApprovalsLocked() {
-	c.cache.clear()
-	c.unique = false
 }
 
 // answerWhenDrained answers the server's request id on cn with reply, in
@@ -969,23 +951,11 @@ func (c *Client) answerWhenDrained(cn *conn, id uint64, reply wire.Message, cond
 // ORIGIN_WRITE_OK that follows.
 func (c *Client) originUnique(gen uint64) {
 	c.mu.Lock()
-	if gen == c.gen && !c.unique {
-		c.unique = true
+	isNew := c.appr.originUnique(gen)
+	c.mu.Unlock()
+	if isNew {
 		c.log.WithField("generation", gen).Debug("no snapshot: origin writes approved locally")
 	}
-	c.mu.Unlock()
-}
-
-// oldWritersLocked counts origin writes in flight approved under a
-// generation below gen.
-func (c *Client) oldWritersLocked(gen uint64) int {
-	n := 0
-	for g, k := range c.writers {
-		if g < gen {
-			n += k
-		}
-	}
-	return n
 }
 
 func (c *Client) notifyChange() {

@@ -176,34 +176,11 @@ func (c *Client) approve(first, last uint64) (uint64, error) {
 			c.mu.Unlock()
 			return 0, ErrClosed
 		}
-		g0 := c.gen
-		if c.cn != nil && c.unique {
-			c.writers[g0]++
-			c.mu.Unlock()
-			return g0, nil
-		}
-		var need []wire.Range
-		hits := false
-		for ch := first; ch <= last; ch++ {
-			// The cache is trusted only while connected: approvals
-			// from before a disconnect are re-validated by the
-			// generation in the next HELLO_OK.
-			if c.cn != nil && c.cache.has(ch) {
-				hits = true
-				continue
-			}
-			if k := len(need) - 1; k >= 0 && need[k].Start+uint64(need[k].Count) == ch {
-				need[k].Count++
-			} else {
-				need = append(need, wire.Range{Start: ch, Count: 1})
-			}
-		}
-		if len(need) == 0 {
-			c.writers[g0]++
-			c.mu.Unlock()
-			return g0, nil
-		}
+		g0, need, hits := c.appr.local(first, last, c.cn != nil)
 		c.mu.Unlock()
+		if len(need) == 0 {
+			return g0, nil
+		}
 
 		approved, err := c.askOriginWrite(need, deadline)
 		if err != nil {
@@ -211,20 +188,14 @@ func (c *Client) approve(first, last uint64) (uint64, error) {
 		}
 
 		c.mu.Lock()
-		if approved >= c.gen && (!hits || g0 == c.gen) {
-			if approved == c.gen {
-				for _, r := range need {
-					c.cache.add(r.Start, r.Count)
-				}
-			}
-			g := c.gen
-			c.writers[g]++
-			c.mu.Unlock()
+		g, ok := c.appr.settle(approved, g0, hits, need)
+		current := c.appr.gen
+		c.mu.Unlock()
+		if ok {
 			return g, nil
 		}
-		c.log.WithFields(logrus.Fields{"approved": approved, "generation": c.gen, "chunk": first, "try": try}).
+		c.log.WithFields(logrus.Fields{"approved": approved, "generation": current, "chunk": first, "try": try}).
 			Debug("origin write approval is stale; asking again")
-		c.mu.Unlock()
 	}
 }
 
@@ -270,9 +241,7 @@ func (c *Client) askOriginWrite(ranges []wire.Range, deadline time.Time) (uint64
 
 func (c *Client) writeDone(gen uint64) {
 	c.mu.Lock()
-	if c.writers[gen]--; c.writers[gen] <= 0 {
-		delete(c.writers, gen)
-	}
+	c.appr.done(gen)
 	c.writersC.Broadcast()
 	c.mu.Unlock()
 }

@@ -15,16 +15,8 @@ import (
 func TestServerClock(t *testing.T) {
 	var clk testutil.Clock
 	e := start(t, Config{LockBound: wire.LockLease, Now: clk.Now})
-	a := connect(t, e.addr, cid(1), "n1")
-	b := connect(t, e.addr, cid(2), "n2")
-	s := createSnap(t, a, "s1")
-	_, rch := a.send(&wire.SnapshotRead{Snapshot: s.ID, Ranges: rng(5, 1)})
-	if r := mustType[*wire.SnapshotReadOK](t, a.wait(rch)); !r.HoldsLock() {
-		t.Fatalf("unchanged chunk not on the origin: %+v", r.Extents)
-	}
-	granted := time.Now()
-	_, wch := b.send(&wire.OriginWrite{Ranges: rng(5, 1)})
-	b.pending(wch, "write under a fresh read lock")
+	lw := writeBehindReadLock(t, e)
+	wch, granted := lw.wch, lw.granted
 	clk.Advance(2 * wire.LockLease)
 	select {
 	case m := <-wch:
