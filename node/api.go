@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/csnap/csnap/api"
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/snapstore/server"
@@ -251,13 +252,10 @@ func apiError(err error) error {
 // newAPI mounts the /v1/ API and the Prometheus metrics behind the
 // access policy (api.Protect: the token on every request but GET
 // /v1/health; JSON bodies; Origin and Host checked).
-func newAPI(svc api.Service, srv *iscsi.Server, access api.Access) http.Handler {
+func newAPI(svc api.Service, reg *metrics.Registry, access api.Access) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", api.Handler(svc))
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		fmt.Fprintf(w, "# HELP csnap_iscsi_targets Targets exported by this node.\n# TYPE csnap_iscsi_targets gauge\ncsnap_iscsi_targets %d\n", len(srv.TargetNames()))
-	})
+	mux.Handle("GET /metrics", reg.Handler())
 	return api.Protect(mux, access)
 }
 

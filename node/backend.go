@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/target/scsi"
 )
@@ -19,17 +21,40 @@ type volumeBackend struct {
 	// share its data (they keep it). Not yet settable per volume (see
 	// docs/notes-conform.md).
 	sanitizeShared bool
+	// io counts the LU's IO (nil: not counted).
+	io *metrics.IOMetrics
 }
 
-func (b *volumeBackend) ReadAt(p []byte, off int64) error { return senseFor(b.v.ReadAt(p, off)) }
-func (b *volumeBackend) WriteAt(p []byte, off int64, fua bool) error {
-	return senseFor(b.v.WriteAt(p, off, fua))
+func (b *volumeBackend) ReadAt(p []byte, off int64) error {
+	start := time.Now()
+	err := b.v.ReadAt(p, off)
+	b.io.Read(len(p), time.Since(start))
+	return senseFor(err)
 }
-func (b *volumeBackend) Flush() error                  { return senseFor(b.v.Flush()) }
-func (b *volumeBackend) Unmap(off, length int64) error { return senseFor(b.v.Unmap(off, length)) }
-func (b *volumeBackend) Size() int64                   { return b.v.Size() }
-func (b *volumeBackend) ReadOnly() bool                { return b.v.ReadOnly() }
-func (b *volumeBackend) Identity() scsi.Identity       { return b.id }
+
+func (b *volumeBackend) WriteAt(p []byte, off int64, fua bool) error {
+	start := time.Now()
+	err := b.v.WriteAt(p, off, fua)
+	b.io.Write(len(p), time.Since(start))
+	return senseFor(err)
+}
+
+func (b *volumeBackend) Flush() error {
+	start := time.Now()
+	err := b.v.Flush()
+	b.io.Flush(time.Since(start))
+	return senseFor(err)
+}
+
+func (b *volumeBackend) Unmap(off, length int64) error {
+	start := time.Now()
+	err := b.v.Unmap(off, length)
+	b.io.Unmap(time.Since(start))
+	return senseFor(err)
+}
+func (b *volumeBackend) Size() int64             { return b.v.Size() }
+func (b *volumeBackend) ReadOnly() bool          { return b.v.ReadOnly() }
+func (b *volumeBackend) Identity() scsi.Identity { return b.id }
 
 // LockBlocks makes COMPARE AND WRITE atomic across the cluster's nodes
 // (scsi.BlockLocker; the snapshot server's BLOCK_LOCK).

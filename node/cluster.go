@@ -22,6 +22,7 @@ import (
 	"github.com/csnap/csnap/api"
 	"github.com/csnap/csnap/consul"
 	"github.com/csnap/csnap/internal/clock"
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
@@ -213,7 +214,7 @@ func startCluster(ctx context.Context, o *Config, cc consul.Cluster, log *logrus
 	}
 	n.tokenFile, n.httpTLS, n.httpAddr = tokenFile, tlsCfg != nil, hl.Addr().String()
 	n.serverAddr = sl.Addr().String()
-	n.hs = newHTTPServer(newAPI(&clusterService{n: n}, n.isrv, apiAccess(hl.Addr(), token, o)), tlsCfg)
+	n.hs = newHTTPServer(newAPI(&clusterService{n: n}, o.Metrics, apiAccess(hl.Addr(), token, o)), tlsCfg)
 	r.serve(serveHTTP("HTTP API", n.hs, hl, tlsCfg != nil))
 	muxCtx, stopMux := context.WithCancel(context.Background())
 	n.stopMux = stopMux
@@ -453,6 +454,7 @@ func (n *clusterNode) syncVolumes(defs []consul.VolumeDef) {
 		}
 		delete(n.refused, d.Name)
 		n.vols[d.Name] = v
+		n.o.Metrics.SetVolumeState(d.Name, v.metricsState)
 		v.start()
 	}
 	for name := range n.vols {
@@ -523,6 +525,8 @@ type clusterVolume struct {
 	term      uint64
 	deposing  bool
 	stopWatch context.CancelFunc // ends watchEngine
+	// lastTerm is the last term this node served (elected only).
+	lastTerm uint64
 }
 
 func (n *clusterNode) newVolume(d consul.VolumeDef) (*clusterVolume, error) {
@@ -630,6 +634,7 @@ func (v *clusterVolume) runClient(ctx context.Context) {
 	}
 	v.mu.Lock()
 	exp := newExport(v.def.Name, v.uuid, cl, n.isrv, n.chap, v.def.Initiators, v.log)
+	exp.metrics = n.o.Metrics
 	v.cl, v.exp = cl, exp
 	v.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -723,10 +728,11 @@ func (v *clusterVolume) runElection(ctx context.Context) {
 func (v *clusterVolume) elected(term uint64, session string) error {
 	n := v.n
 	fo, fs := &fencedDev{Device: v.origin}, &fencedDev{Device: v.store}
-	eng, err := snapstore.Open(fo, fs, snapstore.Options{OnEvent: engineEvents(v.log)})
+	eng, err := snapstore.Open(fo, fs, snapstore.Options{OnEvent: engineEvents(v.log, n.o.Metrics.Volume(v.def.Name))})
 	if err != nil {
 		return fmt.Errorf("opening the snapshot store %s: %w", v.def.Store, err)
 	}
+	prevTerm := eng.Epoch()
 	kv, err := n.consul.ClientRegistry(v.def.Name, func() string { return session })
 	if err != nil {
 		eng.Close()
@@ -766,6 +772,9 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 	v.stopWatch = stopWatch
 	v.mu.Unlock()
 	go v.watchEngine(wctx, eng, term)
+	// A failover: the store's previous term is not one this node served.
+	n.o.Metrics.Volume(v.def.Name).TermBegun(prevTerm != 0 && prevTerm != v.lastTerm)
+	v.lastTerm = term
 	n.o.serving(ServingEvent{Volume: v.def.Name, Term: term, Serving: true})
 	n.mux.Handle(v.def.Name, srv)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
@@ -774,6 +783,18 @@ func (v *clusterVolume) elected(term uint64, session string) error {
 		v.log.WithError(err).Warn("registering as the volume's server in Consul")
 	}
 	return nil
+}
+
+// metricsState is what /metrics reports of the volume on this node.
+func (v *clusterVolume) metricsState() metrics.VolumeState {
+	v.mu.Lock()
+	eng, fences := v.eng, v.fences
+	v.mu.Unlock()
+	vs := engineVolumeState(eng, eng != nil)
+	if slices.ContainsFunc(fences, (*fencedDev).isFenced) {
+		vs.Engine = "fenced"
+	}
+	return vs
 }
 
 // fence stops the server of term once a client's newer term is confirmed

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/client"
@@ -260,7 +261,7 @@ func runDev(ctx context.Context, o *Config, log *logrus.Entry, stdout io.Writer)
 		return err
 	}
 	isrv := iscsi.NewServer(icfg)
-	cl, exp, err := devExport(ctx, vol, node, srvAddr, certs, isrv, chap, log)
+	cl, exp, err := devExport(ctx, vol, node, srvAddr, certs, isrv, chap, o.Metrics, log)
 	if err != nil {
 		return err
 	}
@@ -366,7 +367,7 @@ func openDevVolume(dir string, o *Config, log *logrus.Entry) (_ *devVolumeFiles,
 		log.WithFields(logrus.Fields{"store": v.storePath, "preallocated": prealloc, "elapsed": time.Since(t0).Round(time.Millisecond)}).
 			Info("snapshot store created and formatted")
 	}
-	if v.eng, err = snapstore.Open(v.origin, v.store, snapstore.Options{OnEvent: engineEvents(log)}); err != nil {
+	if v.eng, err = snapstore.Open(v.origin, v.store, snapstore.Options{OnEvent: engineEvents(log, o.Metrics.Volume(devVolume))}); err != nil {
 		return nil, fmt.Errorf("opening the snapshot store %s: %w", v.storePath, err)
 	}
 	return v, nil
@@ -408,7 +409,7 @@ func startDevServer(ctx context.Context, o *Config, eng *snapstore.Engine, node 
 
 // devExport connects the node's snapshot client to the -dev server and
 // exports the volume's targets.
-func devExport(ctx context.Context, vol *devVolumeFiles, node, srvAddr string, certs *pki.Holder, isrv *iscsi.Server, chap *iscsi.CHAP, log *logrus.Entry) (*client.Client, *export, error) {
+func devExport(ctx context.Context, vol *devVolumeFiles, node, srvAddr string, certs *pki.Holder, isrv *iscsi.Server, chap *iscsi.CHAP, reg *metrics.Registry, log *logrus.Entry) (*client.Client, *export, error) {
 	var exp *export
 	cl, err := client.New(ctx, client.Config{
 		Volume: devVolume, Node: node, ID: clientID(node, devVolume),
@@ -429,6 +430,8 @@ func devExport(ctx context.Context, vol *devVolumeFiles, node, srvAddr string, c
 		return nil, nil, fmt.Errorf("connecting to the snapshot server: %w", err)
 	}
 	exp = newExport(devVolume, vol.eng.UUID(), cl, isrv, chap, nil, log.WithField("volume", devVolume))
+	exp.metrics = reg
+	reg.SetVolumeState(devVolume, func() metrics.VolumeState { return engineVolumeState(vol.eng, true) })
 	if err := exp.start(ctx); err != nil {
 		cl.Close()
 		return nil, nil, err
@@ -468,7 +471,7 @@ func serveDev(ctx context.Context, r *runner, o *Config, svc *devService, stdout
 	if err != nil {
 		return nil, err
 	}
-	hs := newHTTPServer(newAPI(svc, svc.iscsi, apiAccess(hl.Addr(), token, o)), tlsCfg)
+	hs := newHTTPServer(newAPI(svc, o.Metrics, apiAccess(hl.Addr(), token, o)), tlsCfg)
 	for _, l := range portalLns {
 		r.serve(func() error { return svc.iscsi.Serve(ctx, l) })
 	}
@@ -499,11 +502,37 @@ func printDevBanner(stdout io.Writer, svc *devService, portals []string, p0, htt
 }
 
 // engineEvents logs what the store engine reports (drops, recovery,
-// reclamation) with structured fields.
-func engineEvents(log *logrus.Entry) func(snapstore.Event) {
+// reclamation) with structured fields, and counts drops (vm may be nil).
+func engineEvents(log *logrus.Entry, vm ...*metrics.VolumeMetrics) func(snapstore.Event) {
 	return func(ev snapstore.Event) {
+		if ev.Kind == snapstore.EventDropped {
+			for _, m := range vm {
+				m.SnapshotDropped()
+			}
+		}
 		log.WithField("component", "snapstore").WithField("event", fmt.Sprintf("%+v", ev)).Warn("snapshot store event")
 	}
+}
+
+// engineVolumeState is what /metrics reports of a volume whose engine
+// this node has open (nil: none).
+func engineVolumeState(eng *snapstore.Engine, serving bool) metrics.VolumeState {
+	if eng == nil {
+		return metrics.VolumeState{}
+	}
+	st, _ := eng.State()
+	vs := metrics.VolumeState{Serving: serving, Engine: st.String()}
+	if s := eng.Stats(); serving {
+		cs := int64(eng.ChunkSize())
+		vs.StoreSize = int64(s.DataChunks) * cs
+		vs.StoreUsed = int64(s.DataChunks-s.FreeChunks) * cs
+		for _, sn := range eng.Snapshots() {
+			if sn.State == snapstore.StateLive {
+				vs.Snapshots = append(vs.Snapshots, metrics.SnapshotState{Name: sn.Name, UniqueBytes: sn.UniqueBytes})
+			}
+		}
+	}
+	return vs
 }
 
 func plural(n int) string {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/snapstore/client"
 	"github.com/csnap/csnap/snapstore/wire"
 	"github.com/csnap/csnap/target/iscsi"
@@ -42,6 +43,8 @@ type export struct {
 	// copies holds the volume's targets: EXTENDED COPY between its LUs
 	// runs inside the node.
 	copies *scsi.CopyDomain
+	// metrics counts the targets' IO (nil: not counted).
+	metrics *metrics.Registry
 }
 
 func newExport(volume string, uuid [16]byte, cl *client.Client, srv *iscsi.Server, chap *iscsi.CHAP, initiators []string, log *logrus.Entry) *export {
@@ -94,7 +97,11 @@ func snapshotIQN(volume, snap string) string { return iqnPrefix + volume + ":" +
 
 // addTarget exports one client volume as LUN 0 of target iqn. e.mu is held.
 func (e *export) addTarget(iqn, alias string, v *client.Volume, snap uint64, product string) error {
-	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product)}
+	kind := metrics.Origin
+	if snap != 0 {
+		kind = metrics.Snapshot
+	}
+	be := &volumeBackend{v: v, id: lunIdentity(e.uuid, snap, product), io: e.metrics.IO(e.volume, kind)}
 	t, err := scsi.NewTarget(map[uint64]*scsi.LU{0: scsi.NewLU(be)}, e.store)
 	if err != nil {
 		return err

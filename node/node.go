@@ -18,6 +18,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/target/iscsi"
 )
@@ -83,6 +84,12 @@ type Config struct {
 	// first unless the stop was graceful). Tests take timestamps from it.
 	OnServing func(e ServingEvent)
 
+	// Version is the build's version (csnap_build_info).
+	Version string
+	// Metrics receives the node's Prometheus metrics, served at GET
+	// /metrics (default: a registry of its own).
+	Metrics *metrics.Registry
+
 	// Log receives the node's structured log (default: discarded).
 	Log *logrus.Entry
 	// Stdout receives the lines printed for the operator at start.
@@ -143,18 +150,26 @@ func (c *Config) stdout() io.Writer {
 // RunDev runs one standalone node with the embedded volume "dev" until ctx
 // ends: no Consul, the snapshot server in this process.
 func RunDev(ctx context.Context, cfg Config) error {
+	cfg.setMetrics()
 	return runDev(ctx, &cfg, cfg.log(), cfg.stdout())
 }
 
 // RunCluster runs a cluster node until ctx ends.
 func RunCluster(ctx context.Context, cfg Config) error {
+	cfg.setMetrics()
 	return runCluster(ctx, &cfg, cfg.log(), cfg.stdout())
+}
+
+func (c *Config) setMetrics() {
+	if c.Metrics == nil {
+		c.Metrics = metrics.New(c.Version)
+	}
 }
 
 // iscsiConfig is the iSCSI target configuration common to -dev and cluster
 // mode: CHAP on discovery sessions and the accepted CHAP algorithms.
 func iscsiConfig(o *Config, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi")}
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), Observer: o.Metrics.ISCSIObserver()}
 	if o.CHAPDiscovery {
 		if chap == nil {
 			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")

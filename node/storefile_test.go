@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/csnap/csnap/metrics"
 	"github.com/csnap/csnap/snapstore"
 )
 
@@ -59,6 +60,7 @@ func mountTmpfs(t *testing.T, size string) string {
 // writable after a restart.
 func TestStoreOnFullFileSystem(t *testing.T) {
 	ctx := context.Background()
+	reg := metrics.New("test")
 	fsDir := mountTmpfs(t, "40m")
 	const size = 64 << 20
 	if _, err := createStoreFile(filepath.Join(fsDir, "big.img"), size); !errors.Is(err, syscall.ENOSPC) {
@@ -100,7 +102,7 @@ func TestStoreOnFullFileSystem(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eng, err := snapstore.Open(origin, store, snapstore.Options{OnEvent: engineEvents(log)})
+		eng, err := snapstore.Open(origin, store, snapstore.Options{OnEvent: engineEvents(log, reg.Volume("v"))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,6 +131,9 @@ func TestStoreOnFullFileSystem(t *testing.T) {
 	fill(origin, eng, 2) // 64 MiB of copy-outs into a 40 MiB file system
 	if st := eng.Stats(); st.SnapshotsDropped != 1 {
 		t.Fatalf("snapshots dropped: %d, want 1", st.SnapshotsDropped)
+	}
+	if got := metricValue(t, reg, "csnap_snapshots_dropped_total", "v"); got != 1 {
+		t.Fatalf("csnap_snapshots_dropped_total{volume=\"v\"} = %v, want 1", got)
 	}
 	if s, err := eng.Lookup("s1"); err != nil || s.State != snapstore.StateDropped {
 		t.Fatalf("s1: %+v %v, want dropped", s, err)
@@ -161,4 +166,31 @@ func TestStoreOnFullFileSystem(t *testing.T) {
 	if err != nil || !r.Clean() {
 		t.Fatalf("check: %v %v", err, r.Problems)
 	}
+}
+
+// metricValue is the value of the series of a counter or gauge family
+// whose volume label is volume.
+func metricValue(t *testing.T, reg *metrics.Registry, family, volume string) float64 {
+	t.Helper()
+	fams, err := reg.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != family {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "volume" && l.GetValue() == volume {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no series %s{volume=%q}", family, volume)
+	return 0
 }

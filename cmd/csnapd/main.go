@@ -219,6 +219,6 @@ func (o *options) nodeConfig(log *logrus.Entry, stdout io.Writer) node.Config {
 		PortalGroupTag: o.portalGroupTag, ConsulPrefix: o.consulPrefix, LockDelay: o.lockDelay,
 		CheckInterval: o.checkInterval, Lease: o.lease, IOTimeout: o.ioTimeout, AwaitTimeout: o.awaitTimeout,
 		DirectIO: o.directIO, TLSCA: o.tlsCA, TLSCert: o.tlsCert, TLSKey: o.tlsKey, InsecureNoTLS: o.insecureNoTLS,
-		Log: log, Stdout: stdout,
+		Version: version, Log: log, Stdout: stdout,
 	}
 }
