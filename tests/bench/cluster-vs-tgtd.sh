@@ -13,6 +13,8 @@
 #          snapshot server for the volume, or the other one, whose queries
 #          go to the server over TCP.
 #        METRICS as for target-vs-tgtd.sh.
+#        NO_TLS=1: the snapshot-server protocol without TLS (-insecure-no-tls),
+#          to measure what mutual TLS costs.
 # Never run it while the cluster tests run: they use the same ports.
 set -euo pipefail
 ROUNDS=${1:-5}
@@ -38,16 +40,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/csnap-cluster" -bin "$BIN" -dir "$WORK/cluster" -nodes 2 > "$WORK/cluster.out" 2>&1 &
+"$BIN/csnap-cluster" -bin "$BIN" -dir "$WORK/cluster" -nodes 2 ${NO_TLS:+-insecure-no-tls} > "$WORK/cluster.out" 2>&1 &
 CL_PID=$!
 for _ in $(seq 300); do grep -q 'cluster of 2 nodes ready' "$WORK/cluster.out" && break; kill -0 $CL_PID || break; sleep 0.1; done
 grep -q 'cluster of 2 nodes ready' "$WORK/cluster.out" || { cat "$WORK/cluster.out" >&2; exit 1; }
 
-ORIGIN=$WORK/vol1.origin
+# Under the cluster's directory: the nodes' -volume-paths.
+ORIGIN=$WORK/cluster/vol1.origin
 truncate -s ${SIZE_MB}M "$ORIGIN"
 dd if=/dev/urandom of="$ORIGIN" bs=1M count=$SIZE_MB conv=notrunc oflag=direct status=none
+export CSNAP_HTTP_TOKEN_FILE="$WORK/cluster/n1/csnapd/api-token"
 ADMIN="$BIN/csnap-admin -addr 127.0.0.1:7862"
-$ADMIN volume create vol1 --origin "$ORIGIN" --store "$WORK/vol1.store" --size ${SIZE_MB}MiB >/dev/null
+$ADMIN volume create vol1 --origin "$ORIGIN" --store "$WORK/cluster/vol1.store" --size ${SIZE_MB}MiB >/dev/null
 srv=
 for _ in $(seq 100); do
 	srv=$($ADMIN server vol1 2>/dev/null | awk '$1 == "node" {print $2}') && [ -n "$srv" ] && break

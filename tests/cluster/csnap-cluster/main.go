@@ -34,6 +34,7 @@ type config struct {
 	dir, bin string
 	nodes    int
 	noCsnapd bool
+	noTLS    bool
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.bin, "bin", "./bin", "`directory` holding csnapd, csnap-admin and consul")
 	fs.IntVar(&cfg.nodes, "nodes", 3, "number of nodes (node i on 127.0.0.i)")
 	fs.BoolVar(&cfg.noCsnapd, "no-csnapd", false, "start the Consul agents only")
+	fs.BoolVar(&cfg.noTLS, "insecure-no-tls", false, "run the snapshot-server protocol without TLS (benchmarks of its cost)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: csnap-cluster [-dir DIR] [-bin DIR] [-nodes N] [-no-csnapd]\n\n"+
 			"Runs a local csnap cluster (Consul + csnapd per node on 127.0.0.i) until Ctrl-C.\n\n")
@@ -89,7 +91,7 @@ func serve(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		return err
 	}
 	c, err := cluster.Start(ctx, cluster.Options{Dir: dir, BinDir: cfg.bin, Nodes: cfg.nodes,
-		NoCsnapd: cfg.noCsnapd, Log: stderr})
+		NoCsnapd: cfg.noCsnapd, NoTLS: cfg.noTLS, Log: stderr})
 	if err != nil {
 		return err
 	}
