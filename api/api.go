@@ -149,16 +149,30 @@ type RecoverReport struct {
 	// Engine is the store engine's state afterwards ("ok").
 	Engine string `json:"engine"`
 	// ClearedIOError is the answering node's latched IO error that the
-	// recovery cleared ("" if none).
+	// recovery cleared ("" if none); cleared only when the request
+	// accepted data loss.
 	ClearedIOError string `json:"cleared_io_error,omitempty"`
+	// IOError is the latched IO error left in place (the request did not
+	// accept data loss): the node's flushes keep failing.
+	IOError string `json:"io_error,omitempty"`
+}
+
+// RecoverRequest is the optional body of POST /v1/volumes/V/recover.
+type RecoverRequest struct {
+	// AcceptDataLoss clears the answering node's latched IO error. After
+	// a failed write or flush, writes acknowledged before it without a
+	// good flush may be lost; the latch makes every later flush fail so
+	// that no initiator is told otherwise (SPEC "Durability"), and only
+	// an operator who accepts that loss may lift it.
+	AcceptDataLoss bool `json:"accept_data_loss,omitempty"`
 }
 
 // Recoverer is implemented by a Service that can recover a volume's failed
 // store engine in place (csnap-admin volume recover): the engine's journal
-// is replayed on the same devices, and the answering node's latched IO
-// error (which fails its flushes) is cleared.
+// is replayed on the same devices, and, with AcceptDataLoss, the answering
+// node's latched IO error (which fails its flushes) is cleared.
 type Recoverer interface {
-	Recover(ctx context.Context, volume string) (RecoverReport, error)
+	Recover(ctx context.Context, volume string, r RecoverRequest) (RecoverReport, error)
 }
 
 // Service is what a node does for the API. Implementations return errors

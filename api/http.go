@@ -109,7 +109,14 @@ func Handler(svc Service) http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{v}/reset-state", resetStateHandler(svc))
 	if rs, ok := svc.(Recoverer); ok {
 		mux.HandleFunc("POST /v1/volumes/{v}/recover", func(w http.ResponseWriter, r *http.Request) {
-			c, err := rs.Recover(r.Context(), r.PathValue("v"))
+			var req RecoverRequest
+			if r.ContentLength != 0 {
+				if err := decode(r, &req); err != nil {
+					reply(w, 0, nil, err)
+					return
+				}
+			}
+			c, err := rs.Recover(r.Context(), r.PathValue("v"), req)
 			reply(w, http.StatusOK, c, err)
 		})
 	}

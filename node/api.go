@@ -58,11 +58,11 @@ func engineStatus(v *api.Volume, eng *snapstore.Engine) {
 	}
 }
 
-func (d *devService) Recover(ctx context.Context, v string) (api.RecoverReport, error) {
+func (d *devService) Recover(ctx context.Context, v string, req api.RecoverRequest) (api.RecoverReport, error) {
 	if err := d.check(v); err != nil {
 		return api.RecoverReport{}, err
 	}
-	return d.ops().recover(ctx)
+	return d.ops().recover(ctx, req.AcceptDataLoss)
 }
 
 func (d *devService) Volumes(ctx context.Context) ([]api.Volume, error) {

@@ -31,12 +31,12 @@ func (s *clusterService) Health(context.Context) (api.Health, error) {
 	return h, nil
 }
 
-func (s *clusterService) Recover(ctx context.Context, volume string) (api.RecoverReport, error) {
+func (s *clusterService) Recover(ctx context.Context, volume string, req api.RecoverRequest) (api.RecoverReport, error) {
 	o, err := s.ops(volume)
 	if err != nil {
 		return api.RecoverReport{}, err
 	}
-	return o.recover(ctx)
+	return o.recover(ctx, req.AcceptDataLoss)
 }
 
 func (s *clusterService) consulErr(err error) error {

@@ -145,15 +145,30 @@ func TestFailedEngineHealthAndRecover(t *testing.T) {
 	if v.Engine != "failed" || v.EngineError == "" || v.IOError == "" {
 		t.Fatalf("volume status: engine %q (%q), io error %q", v.Engine, v.EngineError, v.IOError)
 	}
-	resp, err := http.Post(hs.URL+"/v1/volumes/dev/recover", "application/json", strings.NewReader(""))
-	if err != nil {
-		t.Fatal(err)
+	recoverVol := func(body string) api.RecoverReport {
+		resp, err := http.Post(hs.URL+"/v1/volumes/dev/recover", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rr api.RecoverReport
+		json.NewDecoder(resp.Body).Decode(&rr)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || rr.Engine != "ok" {
+			t.Fatalf("recover %s: %d %+v", body, resp.StatusCode, rr)
+		}
+		return rr
 	}
-	var rr api.RecoverReport
-	json.NewDecoder(resp.Body).Decode(&rr)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || rr.Engine != "ok" || rr.ClearedIOError == "" {
-		t.Fatalf("recover: %d %+v", resp.StatusCode, rr)
+	// Without accepting data loss the engine recovers but the latched IO
+	// error stays: SYNCHRONIZE CACHE still fails (no GOOD for data that
+	// may be lost).
+	if rr := recoverVol(""); rr.IOError == "" || rr.ClearedIOError != "" {
+		t.Fatalf("recover without accept_data_loss: %+v, want the IO error kept", rr)
+	}
+	if r := syncCache(); r.Status == scsi.StatusGood {
+		t.Fatal("SYNCHRONIZE CACHE GOOD after a recover that did not accept data loss")
+	}
+	if rr := recoverVol(`{"accept_data_loss":true}`); rr.ClearedIOError == "" {
+		t.Fatalf("recover with accept_data_loss: %+v, want the IO error cleared", rr)
 	}
 	if code := get("/v1/health", nil); code != http.StatusOK {
 		t.Fatalf("health after recovery: %d", code)

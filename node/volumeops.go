@@ -114,12 +114,16 @@ func (o volumeOps) clients(ctx context.Context) ([]api.ClientEntry, error) {
 
 // recover asks the server to recover its failed store engine in place,
 // then clears this node's latched IO error (client.ClearIOErrors).
-func (o volumeOps) recover(ctx context.Context) (api.RecoverReport, error) {
+func (o volumeOps) recover(ctx context.Context, acceptDataLoss bool) (api.RecoverReport, error) {
 	if err := o.cl.RecoverEngine(ctx); err != nil {
 		return api.RecoverReport{}, apiError(err)
 	}
 	r := api.RecoverReport{Volume: o.name, Engine: "ok"}
 	if err := o.cl.IOError(); err != nil {
+		if !acceptDataLoss {
+			r.IOError = err.Error()
+			return r, nil
+		}
 		r.ClearedIOError = err.Error()
 		o.cl.ClearIOErrors()
 	}

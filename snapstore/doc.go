@@ -116,7 +116,7 @@
 //     or store latches; every later flush of that device through the
 //     client (SYNCHRONIZE CACHE, FUA writes) fails until the latch is
 //     cleared by reopening (a new client: csnapd's restart) or by the
-//     operator (client.ClearIOErrors, csnap-admin volume recover), who
+//     operator (client.ClearIOErrors, csnap-admin volume recover --accept-data-loss), who
 //     accepts that writes acknowledged before the failure without a good
 //     flush may be lost. The client cannot rewrite what it does not keep,
 //     so only a reopen or an explicit decision clears it.

@@ -32,7 +32,7 @@ const usage = `usage: csnap-admin [-addr HOST:PORT] [-token-file FILE] [-ca-file
   volume list
   volume status NAME
   volume reset-state NAME [--snapshot SNAP]
-  volume recover NAME
+  volume recover NAME [--accept-data-loss]
   snapshot create VOLUME SNAP [--priority N] [--writable]
   snapshot delete VOLUME SNAP
   snapshot list VOLUME
@@ -227,7 +227,7 @@ func commands() map[string]command {
 		"volume set":      {1, map[string]bool{"initiators": true}, nil, volumeSet},
 		"volume list":     {0, nil, nil, volumeList},
 		"volume status":   {1, nil, nil, volumeStatus},
-		"volume recover":  {1, nil, nil, volumeRecover},
+		"volume recover":  {1, nil, []string{"accept-data-loss"}, volumeRecover},
 		"snapshot create": {2, map[string]bool{"priority": true}, []string{"writable"}, snapshotCreate},
 		"snapshot delete": {2, nil, nil, snapshotDelete},
 		"snapshot list":   {1, nil, nil, snapshotList},

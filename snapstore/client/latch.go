@@ -12,7 +12,7 @@ import (
 // writing them). So every later Flush of that device through this client,
 // and so every SYNCHRONIZE CACHE and FUA write of the volumes that use it,
 // fails, until the error is cleared by reopening (a new Client: csnapd's
-// restart) or by ClearIOErrors (`csnap-admin volume recover`), which an
+// restart) or by ClearIOErrors (`csnap-admin volume recover --accept-data-loss`), which an
 // operator runs once the cause is fixed, knowing that writes acknowledged
 // before the failure without a successful flush may be lost.
 
