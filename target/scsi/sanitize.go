@@ -243,8 +243,16 @@ func (lu *LU) doSanitize(r *request, n int) Result {
 	if immed {
 		return Result{Status: StatusGood}
 	}
-	<-op.done
-	return op.res
+	select {
+	case <-op.done:
+		return op.res
+	case <-r.ctx.Done():
+		// Aborted (or the connection went): the sanitize goes on in
+		// the background; nobody hears this result.
+		res := checkCondition(SenseAbortedCommand, ascNoAdditional, 0)
+		res.Err = r.ctx.Err()
+		return res
+	}
 }
 
 // overwrite writes pattern (repeated to fill each block, inverted on
