@@ -237,8 +237,6 @@ type commandSet struct {
 	hasSA [256]bool
 }
 
-func newCommandSet() *commandSet { return newCommandSetOf(commandTable()) }
-
 // newCommandSetFor returns the commands a logical unit over b supports:
 // SANITIZE BLOCK ERASE only when b reports deallocated blocks (GET LBA
 // STATUS is how an initiator sees a block erase done).
