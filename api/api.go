@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/csnap/csnap/internal/names"
 )
 
 // Volume is a volume's definition and state.
@@ -188,13 +190,11 @@ var (
 	ErrForbidden = errors.New("forbidden")
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
 // ValidName checks a volume or snapshot name (SPEC.md: 1-63 characters of
-// a-z 0-9 -, starting with a letter or digit).
+// a-z 0-9 -, starting with a letter or digit; the rule is internal/names').
 func ValidName(kind, name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%w: %s name %q must be 1-63 characters of a-z, 0-9 and -, starting with a letter or digit", ErrBadRequest, kind, name)
+	if !names.Valid(name) {
+		return fmt.Errorf("%w: %s name %q must be %s", ErrBadRequest, kind, name, names.Rule)
 	}
 	return nil
 }

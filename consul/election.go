@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/internal/clock"
 )
 
 // LockAPI is what the election needs of Consul. The implementation over
@@ -92,7 +94,7 @@ func RunElection(ctx context.Context, api LockAPI, cfg ElectionConfig) error {
 			log.WithError(err).Warn("election round failed; retrying")
 		}
 		e.stop()
-		sleep(ctx, cfg.Retry)
+		clock.Sleep(ctx, cfg.Retry)
 	}
 	return nil
 }
@@ -154,7 +156,7 @@ func (e *election) round(ctx context.Context) error {
 			e.lease.Acquired(sent, idx)
 			break
 		}
-		sleep(ctx, e.cfg.Retry)
+		clock.Sleep(ctx, e.cfg.Retry)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -282,13 +284,4 @@ func (e *election) stop() {
 		e.stale = append(e.stale, e.session)
 	}
 	e.session = ""
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

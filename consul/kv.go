@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/sirupsen/logrus"
+
+	"github.com/csnap/csnap/internal/clock"
 )
 
 // Keys is csnap's layout in Consul KV under a prefix (default "csnap/"):
@@ -178,7 +180,7 @@ func blockingLoop(ctx context.Context, log *logrus.Entry, fetch func(q *api.Quer
 				log.WithError(err).WithField("failures", failures).Warn("Consul query failed; retrying")
 			}
 			index = 0
-			sleep(ctx, blockBackoff)
+			clock.Sleep(ctx, blockBackoff)
 			continue
 		}
 		failures = 0

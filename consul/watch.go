@@ -17,8 +17,8 @@ import (
 // follows the volume's server across failovers.
 type ServerWatch struct {
 	volume string
-	c      *api.Client
-	key    string
+	// read reads the lock key afresh (nil: a watch fed through Set).
+	read func(ctx context.Context) (si ServerInfo, held bool, err error)
 
 	mu      sync.Mutex
 	cur     ServerInfo
@@ -29,7 +29,16 @@ type ServerWatch struct {
 // WatchServer starts following the lock key of volume until ctx ends.
 func WatchServer(ctx context.Context, c *api.Client, k Keys, volume string, log *logrus.Entry) *ServerWatch {
 	key := k.ServerLock(volume)
-	w := &ServerWatch{volume: volume, c: c, key: key, changed: make(chan struct{})}
+	w := NewServerWatch(volume)
+	w.read = func(ctx context.Context) (ServerInfo, bool, error) {
+		p, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return ServerInfo{}, false, err
+		}
+		var si ServerInfo
+		held := p != nil && p.Session != "" && json.Unmarshal(p.Value, &si) == nil
+		return si, held, nil
+	}
 	go blockingLoop(ctx, log.WithField("watch", key), func(q *api.QueryOptions) (uint64, error) {
 		p, meta, err := c.KV().Get(key, q)
 		if err != nil {
@@ -42,6 +51,15 @@ func WatchServer(ctx context.Context, c *api.Client, k Keys, volume string, log 
 	})
 	return w
 }
+
+// NewServerWatch returns a watch of volume's server that its owner feeds
+// through Set (a Cluster other than Agent; WatchServer feeds its own).
+func NewServerWatch(volume string) *ServerWatch {
+	return &ServerWatch{volume: volume, changed: make(chan struct{})}
+}
+
+// Set records the lock key's holder as seen now (held: a session holds it).
+func (w *ServerWatch) Set(si ServerInfo, held bool) { w.set(si, held) }
 
 func (w *ServerWatch) set(si ServerInfo, held bool) {
 	w.mu.Lock()
@@ -77,10 +95,10 @@ func (w *ServerWatch) Server(ctx context.Context) (string, error) {
 // ServerNode is Server that also returns the node holding the lock: with
 // TLS, the client accepts only a server whose certificate names it.
 func (w *ServerWatch) ServerNode(ctx context.Context) (addr, node string, err error) {
-	if p, _, err := w.c.KV().Get(w.key, (&api.QueryOptions{}).WithContext(ctx)); err == nil {
-		var si ServerInfo
-		held := p != nil && p.Session != "" && json.Unmarshal(p.Value, &si) == nil
-		w.set(si, held)
+	if w.read != nil {
+		if si, held, err := w.read(ctx); err == nil {
+			w.set(si, held)
+		}
 	}
 	for {
 		w.mu.Lock()
@@ -114,7 +132,7 @@ type Members struct {
 // WatchMembers starts following service until ctx ends; onLeft (may be
 // nil) is called, from the watch goroutine, for every departure.
 func WatchMembers(ctx context.Context, c *api.Client, service string, log *logrus.Entry, onLeft func(node string)) *Members {
-	m := &Members{live: map[string]bool{}, ready: make(chan struct{})}
+	m := NewMembers()
 	log = log.WithField("watch", "service "+service)
 	go blockingLoop(ctx, log, func(q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := c.Health().Service(service, "", false, q)
@@ -137,6 +155,13 @@ func WatchMembers(ctx context.Context, c *api.Client, service string, log *logru
 	})
 	return m
 }
+
+// NewMembers returns a member set that its owner feeds through Update (a
+// Cluster other than Agent; WatchMembers feeds its own).
+func NewMembers() *Members { return &Members{live: map[string]bool{}, ready: make(chan struct{})} }
+
+// Update installs the live set and returns the nodes that left, sorted.
+func (m *Members) Update(live map[string]bool) []string { return m.update(live) }
 
 // update installs the live set and returns the nodes that left.
 func (m *Members) update(live map[string]bool) []string {

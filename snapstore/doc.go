@@ -49,6 +49,9 @@
 //	err = e.DeleteSnapshot(ctx, si.ID)
 //	list := e.Snapshots()
 //	res, err := e.Check(ctx, func(p string) { fmt.Println(p) })
+//	// changed-block query (diff.go): byte ranges where snapshot b may
+//	// differ from a (NoSnapshot: where b may hold data), paginated:
+//	exts, next, err := e.Diff(ctx, a, b, offset, limit)
 //
 // Every method is safe for concurrent use; copy-outs of different chunks
 // run in parallel and share journal commits, and the chunks of one call

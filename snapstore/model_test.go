@@ -33,6 +33,8 @@ type msnap struct {
 	writable bool
 	prio     int32
 	dropped  bool
+	// ver: per chunk, the write that produced its content (diff oracle)
+	ver []uint64
 }
 
 // model drives an engine and an in-memory oracle of the expected bytes of
@@ -51,6 +53,11 @@ type model struct {
 	mu      sync.Mutex
 	drops   int // drops seen by the model
 	dropEvs int // EventDropped received
+	// ver: per origin chunk, the write that produced its content (0: the
+	// initial content); verSeq numbers writes. Two snapshots differ at a
+	// chunk exactly when their versions there differ (the diff oracle).
+	ver    []uint64
+	verSeq uint64
 }
 
 func newModel(t testing.TB, seed int64, chunk, originChunks int, storeBytes int64, fo FormatOptions, o Options) *model {
@@ -58,6 +65,7 @@ func newModel(t testing.TB, seed int64, chunk, originChunks int, storeBytes int6
 	m.od = NewMemDevice(int64(chunk*originChunks) - int64(chunk/2)) // partial last chunk
 	m.sd = NewMemDevice(storeBytes)
 	m.origin = make([]byte, chunk*originChunks-chunk/2)
+	m.ver = make([]uint64, originChunks)
 	m.rng.Read(m.origin)
 	if _, err := m.od.WriteAt(m.origin, 0); err != nil {
 		t.Fatal(err)
@@ -154,6 +162,10 @@ func (m *model) originWrite() {
 		m.t.Fatal(err)
 	}
 	copy(m.origin[off:], buf)
+	m.verSeq++
+	for c := first; c <= last; c++ {
+		m.ver[c] = m.verSeq
+	}
 }
 
 func (m *model) create() {
@@ -168,7 +180,8 @@ func (m *model) create() {
 	if err != nil {
 		m.t.Fatalf("create: %v", err)
 	}
-	m.snaps[si.ID] = &msnap{name: name, data: append([]byte(nil), m.origin...), writable: w, prio: prio}
+	m.snaps[si.ID] = &msnap{name: name, data: append([]byte(nil), m.origin...), writable: w, prio: prio,
+		ver: append([]uint64(nil), m.ver...)}
 }
 
 func (m *model) pick() (SnapID, *msnap) {
@@ -232,6 +245,10 @@ func (m *model) snapWrite() {
 		}
 	}
 	copy(s.data[off:], buf)
+	m.verSeq++
+	for c := first; c <= last; c++ {
+		s.ver[c] = m.verSeq
+	}
 }
 
 func (m *model) setPrio() {
@@ -315,6 +332,7 @@ func (m *model) verifyAll() {
 	if !bytes.Equal(got, m.origin) {
 		m.t.Fatalf("origin differs from the oracle")
 	}
+	m.verifyDiffs()
 }
 
 func (m *model) check() {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/csnap/csnap/internal/names"
 )
 
 // Snapshot accounting.
@@ -246,19 +248,8 @@ func (e *Engine) Lookup(name string) (SnapshotInfo, error) {
 }
 
 // ValidName reports whether name is a valid snapshot name: 1-63 characters
-// of a-z 0-9 '-', starting with a letter or digit.
-func ValidName(name string) bool {
-	if len(name) == 0 || len(name) > maxNameLen || name[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// of a-z 0-9 '-', starting with a letter or digit (names.Valid).
+func ValidName(name string) bool { return names.Valid(name) }
 
 // CreateOptions configure CreateSnapshot.
 type CreateOptions struct {

@@ -40,7 +40,13 @@ func TestCHAPWithRealInitiators(t *testing.T) {
 	// offers MD5 only (if it offers more, it must still log in).
 	m := startDevEnv(t, n.dataDir, env, "-chap-algorithms", "sha256")
 	out, err = runCmd(t, 30*time.Second, "iscsi-inq", "iscsi://guest%initiator-secret@"+m.iscsiAddr+"/iqn.2026-11.io.csnap:dev/0")
+	// csnapd logs the refusal as it answers the login: the line may reach
+	// its output pipe just after iscsi-inq has exited.
 	logs := m.proc.out.String()
+	for deadline := time.Now().Add(2 * time.Second); err != nil && !strings.Contains(logs, "no supported CHAP algorithm") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		logs = m.proc.out.String()
+	}
 	switch {
 	case err == nil && strings.Contains(logs, "no supported CHAP algorithm"):
 		t.Fatalf("iscsi-inq logged in although the target refused its algorithm:\n%s", out)

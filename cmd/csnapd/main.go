@@ -16,7 +16,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/csnap/csnap/target/iscsi"
+	"github.com/csnap/csnap/node"
 )
 
 // version is set at build time (make build: git describe).
@@ -47,7 +47,7 @@ type options struct {
 	// ping before it drops the connection (0: the iscsi default).
 	pingTimeout time.Duration
 
-	// HTTP API security (SPEC.md "Security"; cmd/csnapd/httpapi.go).
+	// HTTP API security (SPEC.md "Security"; node/httpapi.go).
 	httpTokenFile   string     // file holding the API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token)
 	httpHosts       stringList // names accepted in the Host header besides the listen address
 	httpOrigins     stringList // browser origins allowed to call the API
@@ -75,18 +75,15 @@ type options struct {
 	insecureNoTLS          bool // cluster: run the protocol without TLS (tests only)
 }
 
-// defaultCHAPAlgorithms are the CHAP hashes accepted unless
-// -chap-algorithms says otherwise, in order of preference.
-const defaultCHAPAlgorithms = "sha256,sha1,md5"
-
-// Cluster-mode defaults (docs/CLUSTER.md explains the timings).
+// Flag defaults (the node's own: docs/CLUSTER.md explains the timings).
 const (
-	defaultConsulPrefix  = "csnap/"
-	defaultLockDelay     = time.Second
-	defaultCheckInterval = time.Second
-	defaultLease         = 2 * time.Second
-	defaultIOTimeout     = 25 * time.Second
-	defaultAwaitTimeout  = 30 * time.Second
+	defaultCHAPAlgorithms = node.DefaultCHAPAlgorithms
+	defaultConsulPrefix   = node.DefaultConsulPrefix
+	defaultLockDelay      = node.DefaultLockDelay
+	defaultCheckInterval  = node.DefaultCheckInterval
+	defaultLease          = node.DefaultLease
+	defaultIOTimeout      = node.DefaultIOTimeout
+	defaultAwaitTimeout   = node.DefaultAwaitTimeout
 )
 
 // newFlagSet defines csnapd's flags, each bound to its field of o.
@@ -201,9 +198,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case o.dev:
-		err = runDev(ctx, o, log, stdout)
+		err = node.RunDev(ctx, o.nodeConfig(log, stdout))
 	case o.cluster:
-		err = runCluster(ctx, o, log, stdout)
+		err = node.RunCluster(ctx, o.nodeConfig(log, stdout))
 	default:
 		fmt.Fprintln(stderr, "csnapd: give -dev (one node, no Consul), or -config FILE or cluster flags (cluster mode)")
 		return 2
@@ -215,24 +212,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// iscsiConfig is the iSCSI target configuration common to -dev and cluster
-// mode: CHAP on discovery sessions and the accepted CHAP algorithms.
-func iscsiConfig(o *options, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), PingTimeout: o.pingTimeout}
-	if o.chapDiscovery {
-		if chap == nil {
-			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")
-		}
-		icfg.DiscoveryCHAP = chap
+// nodeConfig maps the settings to the node's configuration.
+func (o *options) nodeConfig(log *logrus.Entry, stdout io.Writer) node.Config {
+	return node.Config{
+		NodeName: o.nodeName, DataDir: o.dataDir, ISCSIAddr: o.iscsiAddr, HTTPAddr: o.httpAddr,
+		ServerAddr: o.serverAddr, ConsulAddr: o.consulAddr,
+		CHAPDiscovery: o.chapDiscovery, CHAPAlgorithms: o.chapAlgorithms, ISCSIPingTimeout: o.pingTimeout,
+		HTTPTokenFile: o.httpTokenFile, HTTPHosts: o.httpHosts, HTTPOrigins: o.httpOrigins,
+		HTTPTLSCertFile: o.httpTLSCertFile, HTTPTLSKeyFile: o.httpTLSKeyFile, VolumePaths: o.volumePaths,
+		PortalGroupTag: o.portalGroupTag, ConsulPrefix: o.consulPrefix, LockDelay: o.lockDelay,
+		CheckInterval: o.checkInterval, Lease: o.lease, IOTimeout: o.ioTimeout, AwaitTimeout: o.awaitTimeout,
+		DirectIO: o.directIO, TLSCA: o.tlsCA, TLSCert: o.tlsCert, TLSKey: o.tlsKey, InsecureNoTLS: o.insecureNoTLS,
+		Log: log, Stdout: stdout,
 	}
-	list := o.chapAlgorithms
-	if list == "" {
-		list = defaultCHAPAlgorithms
-	}
-	algs, err := iscsi.ParseCHAPAlgorithms(list)
-	if err != nil {
-		return icfg, fmt.Errorf("-chap-algorithms: %w", err)
-	}
-	icfg.CHAPAlgorithms = algs
-	return icfg, nil
 }

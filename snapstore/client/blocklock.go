@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -38,7 +37,7 @@ func (v *Volume) LockBlocks(ctx context.Context, off int64, n int) (check func()
 	if err != nil {
 		return nil, nil, v.errorf("block lock", off, int64(n), err)
 	}
-	m, err := c.wait(ctx, cl, time.Now().Add(c.cfg.IOTimeout))
+	m, err := c.wait(ctx, cl, c.cfg.Now().Add(c.cfg.IOTimeout))
 	if errors.Is(err, errNoBlockLocks) {
 		c.noBlocksLog.Do(func() {
 			c.log.Warn("the snapshot server is too old for block locks: COMPARE AND WRITE is atomic on this node only")
@@ -57,9 +56,7 @@ func (v *Volume) LockBlocks(ctx context.Context, off int64, n int) (check func()
 	check = func() error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		until, held := c.blocks[h]
-		_, broken := c.blocksBroken[h]
-		if !held || broken || time.Now().After(until) {
+		if !c.held.blockTrusted(h, c.cfg.Now()) {
 			return ErrBlockLockLost
 		}
 		return nil
@@ -75,11 +72,9 @@ func (v *Volume) LockBlocks(ctx context.Context, off int64, n int) (check func()
 // unlockBlockLocked forgets block lock h and tells the current connection
 // (with none, the server ends it with the connection it was granted on).
 func (c *Client) unlockBlockLocked(h uint64) {
-	if _, ok := c.blocks[h]; !ok {
+	if !c.held.releaseBlock(h) {
 		return
 	}
-	delete(c.blocks, h)
-	delete(c.blocksBroken, h)
 	if c.cn != nil {
 		if err := c.cn.send(0, &wire.BlockUnlock{Handle: h}); err != nil {
 			c.log.WithError(err).WithField("handle", h).Error("sending BLOCK_UNLOCK")

@@ -6,26 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/clock"
+	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/wire"
 )
 
 // Device is an origin or store device the client reads and writes
-// directly. It has the shape of snapstore.Device, so a *snapstore.FileDevice
-// or *snapstore.MemDevice fits. Implementations must be safe for concurrent
+// directly: snapstore.Device, so a *snapstore.FileDevice or
+// *snapstore.MemDevice fits. Implementations must be safe for concurrent
 // use. A Device that also implements PunchHoler gets unmapped origin chunks
 // punched instead of zero-filled.
-type Device interface {
-	ReadAt(p []byte, off int64) (int, error)
-	WriteAt(p []byte, off int64) (int, error)
-	Flush() error
-	Size() (int64, error)
-}
+type Device = snapstore.Device
 
 // PunchHoler is implemented by devices that can deallocate a byte range so
 // that it reads back as zeros (fallocate PUNCH_HOLE, BLKDISCARD with
@@ -109,10 +105,12 @@ type Config struct {
 	// connection is made again.
 	IOTimeout time.Duration
 
-	// OnChange is called, from a goroutine of its own and never
-	// concurrently, after the client acknowledged an INVALIDATE (a
-	// snapshot was created) and after every reconnection (snapshots may
-	// have come and gone meanwhile), with the generation then current.
+	// OnChange is the subscription to the snapshot list: it is called,
+	// from a goroutine of its own and never concurrently, after the
+	// client acknowledged an INVALIDATE (a snapshot was created, or one
+	// was deleted: the server announces both) and after every
+	// reconnection (snapshots may have come and gone meanwhile), with
+	// the generation then current.
 	// Not called for the connection New makes. Calls are coalesced: a
 	// slow OnChange sees only the latest generation.
 	OnChange func(generation uint64)
@@ -140,6 +138,11 @@ type Config struct {
 	// wire.MaxChunks chunks and the volume end; negative: none).
 	LocationReadahead int64
 
+	// Now is the client's clock (default time.Now). Every time the
+	// client reads (trust times, deadlines, outage lengths) comes from
+	// it; timers and socket deadlines still run on the system clock.
+	Now func() time.Time
+
 	maxVersion uint16 // test knob: offer at most this protocol version
 }
 
@@ -165,8 +168,8 @@ type call struct {
 	seq      uint64 // issue order, for fair resend
 	kind     callKind
 	msg      wire.Message
-	cn       *conn // the connection it is outstanding on; nil: waiting to be sent
-	sent     bool  // sent at least once (so a resend is a resend)
+	on       uint64 // the connection (callBook number) it is outstanding on; 0: none
+	sent     bool   // sent at least once (so a resend is a resend)
 	resent   bool
 	sentAt   time.Time    // when it was last put on a connection
 	done     chan result  // buffered; nil for internal calls
@@ -201,36 +204,22 @@ type Client struct {
 	writersC *sync.Cond // signalled when an origin write completes
 	closed   bool
 	term     uint64 // newest server term seen
-	gen      uint64 // current snapshot generation
-	cache    *chunkCache
-	// unique: the server said (ORIGIN_UNIQUE) that at generation gen the
-	// volume has no live snapshot, so every origin chunk is in the cache
-	// in effect. Cleared with the cache.
-	unique   bool
-	writers  map[uint64]int // origin writes in flight, by the generation they were approved under
-	nextID   uint64         // request id counter: never reset
-	nextSeq  uint64
-	cn       *conn // nil while disconnected
-	server   string
-	lastErr  error     // why the last connection attempt failed
-	down     time.Time // when the last connection was lost (or the client started); zero while connected
-	unreach  bool      // disconnected for IOTimeout or longer: fail fast
-	pending  map[uint64]*call
-	waiting  []*call // unsent calls, issue order
-	inflight int     // requests outstanding on cn (internal ones included)
-	readsOut int     // SNAPSHOT_READs outstanding on cn
-	locks    map[uint64]wire.HeldLock
-	broken   map[uint64]struct{}  // locks held across a lost connection: the read must be redone
-	trusted  map[uint64]time.Time // per lock: reads under it finished later are redone (wire.LockTrust)
-	// Block locks granted (blocklock.go): handle -> until when it is
-	// trusted; blocksBroken: held across a lost connection.
-	blocks       map[uint64]time.Time
-	blocksBroken map[uint64]struct{}
-	noBlocksLog  sync.Once
-	maxIn        int    // requests the server allows in flight (for our calls, minus reserve)
-	maxLocks     int    // 0: no limit announced
-	proto        uint16 // protocol version of the last HELLO_OK; 0 before the first
-	shared       map[string]sharedEntry
+	// appr: the generation, the unique-chunk cache and the origin writes
+	// in flight (approvals.go), a pure ledger.
+	appr    *approvals
+	cn      *conn  // nil while disconnected
+	conns   uint64 // connections made (cn.num of the newest)
+	server  string
+	lastErr error     // why the last connection attempt failed
+	down    time.Time // when the last connection was lost (or the client started); zero while connected
+	unreach bool      // disconnected for IOTimeout or longer: fail fast
+	// calls: every request from issue to answer (calls.go); held: the
+	// read and block locks held (held.go). Both are pure ledgers.
+	calls       *callBook
+	held        *heldLocks
+	noBlocksLog sync.Once
+	proto       uint16 // protocol version of the last HELLO_OK; 0 before the first
+	shared      map[string]sharedEntry
 
 	// The location cache of read-only snapshots (nil: none) and what keeps
 	// it right (volume.go): locEpoch changes whenever locations may have
@@ -297,23 +286,20 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	log = log.WithFields(logrus.Fields{"component": "snapclient", "volume": cfg.Volume})
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	c := &Client{
 		cfg:         cfg,
 		log:         log,
 		originLatch: originLatch,
 		storeLatch:  storeLatch,
-		cache:       newChunkCache(cfg.CacheBytes),
-		writers:     make(map[uint64]int),
-		pending:     make(map[uint64]*call),
-		locks:       make(map[uint64]wire.HeldLock),
-		broken:      make(map[uint64]struct{}),
-		trusted:     make(map[uint64]time.Time),
-
-		blocks:       make(map[uint64]time.Time),
-		blocksBroken: make(map[uint64]struct{}),
-		shared:       make(map[string]sharedEntry),
-		loc:          newLocCache(cfg.LocationCacheBytes),
-		down:         time.Now(),
+		appr:        newApprovals(cfg.CacheBytes),
+		calls:       newCallBook(),
+		held:        newHeldLocks(),
+		shared:      make(map[string]sharedEntry),
+		loc:         newLocCache(cfg.LocationCacheBytes),
+		down:        cfg.Now(),
 
 		storeReading: make(map[uint32]int),
 		raWin:        make(map[uint32][]wire.Range),
@@ -363,10 +349,9 @@ func (c *Client) Close() {
 	}
 	c.closed = true
 	cn := c.cn
-	for _, cl := range c.pending {
-		c.finishLocked(cl, result{err: fmt.Errorf("client: %w", ErrClosed)})
+	for _, cl := range c.calls.takeAll() {
+		c.complete(cl, result{err: fmt.Errorf("client: %w", ErrClosed)})
 	}
-	c.waiting = nil
 	c.writersC.Broadcast()
 	c.readsC.Broadcast()
 	c.mu.Unlock()
@@ -398,7 +383,7 @@ func (c *Client) Size() int64 { return c.volSize }
 func (c *Client) Generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.appr.gen
 }
 
 // Term returns the newest server term the client has seen.
@@ -433,21 +418,10 @@ func (c *Client) startLocked(kind callKind, msg wire.Message) (*call, error) {
 		return nil, ErrClosed
 	}
 	if c.unreach && kind != kindInternal {
-		return nil, fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
+		return nil, fmt.Errorf("no server for %v: %w", c.cfg.Now().Sub(c.down).Round(time.Millisecond), ErrTimeout)
 	}
-	cl := &call{kind: kind, msg: msg, done: make(chan result, 1)}
-	switch r := msg.(type) {
-	case *wire.SnapshotRead:
-		cl.snapshot = r.Snapshot
-	case *wire.SnapshotWrite:
-		cl.snapshot = r.Snapshot
-	}
-	c.nextSeq++
-	cl.seq = c.nextSeq
-	c.nextID++
-	cl.id = c.nextID
-	c.pending[cl.id] = cl
-	c.waiting = append(c.waiting, cl)
+	cl := c.calls.issue(kind, msg)
+	cl.done = make(chan result, 1)
 	c.pumpLocked()
 	return cl, nil
 }
@@ -457,7 +431,7 @@ func (c *Client) startLocked(kind callKind, msg wire.Message) (*call, error) {
 func (c *Client) wait(ctx context.Context, cl *call, deadline time.Time) (wire.Message, error) {
 	var tc <-chan time.Time
 	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
+		t := time.NewTimer(deadline.Sub(c.cfg.Now()))
 		defer t.Stop()
 		tc = t.C
 	}
@@ -479,7 +453,7 @@ func (c *Client) wait(ctx context.Context, cl *call, deadline time.Time) (wire.M
 		return r.msg, r.err
 	default:
 	}
-	c.abandonLocked(cl)
+	c.calls.abandon(cl)
 	return nil, err
 }
 
@@ -492,36 +466,15 @@ func (c *Client) do(ctx context.Context, kind callKind, msg wire.Message, deadli
 	return c.wait(ctx, cl, deadline)
 }
 
-// abandonLocked forgets a call whose caller gave up. A call outstanding on
-// the connection stays registered (it still counts against the server's
-// in-flight limit) until its answer comes, which is then dropped, except
-// that a read lock it granted is released at once.
-func (c *Client) abandonLocked(cl *call) {
-	if c.pending[cl.id] != cl {
-		return
-	}
-	if cl.cn != nil {
-		cl.abandon = true
-		return
-	}
-	delete(c.pending, cl.id)
-	c.removeWaitingLocked(cl)
-}
-
-func (c *Client) removeWaitingLocked(cl *call) {
-	for i, w := range c.waiting {
-		if w == cl {
-			c.waiting = append(c.waiting[:i], c.waiting[i+1:]...)
-			return
-		}
-	}
-}
-
 // finishLocked completes cl with r and unregisters it.
 func (c *Client) finishLocked(cl *call, r result) {
-	if c.pending[cl.id] == cl {
-		delete(c.pending, cl.id)
-	}
+	c.calls.finish(cl)
+	c.complete(cl, r)
+}
+
+// complete hands r to the caller of cl (already unregistered): its
+// channel, or its callback, run in a goroutine of its own.
+func (c *Client) complete(cl *call, r result) {
 	if cl.done != nil {
 		select {
 		case cl.done <- r:
@@ -535,63 +488,27 @@ func (c *Client) finishLocked(cl *call, r result) {
 	}
 }
 
-// canSendLocked reports whether flow control lets cl go out now.
-func (c *Client) canSendLocked(cl *call) bool {
-	if cl.kind == kindInternal {
-		return true
-	}
-	if c.inflight >= c.maxIn {
-		return false
-	}
-	if cl.kind == kindSnapRead && c.maxLocks > 0 && c.readsOut+len(c.locks) >= c.maxLocks {
-		return false
-	}
-	return true
-}
-
-// pumpLocked sends the waiting calls that flow control admits, in order,
-// skipping (not blocking on) snapshot reads that wait for a lock slot.
+// pumpLocked sends the waiting calls that flow control admits, in order.
+// Sending only queues the frame on the connection (its writer goroutine
+// does the network I/O); it is done under c.mu so that the order on the
+// wire is the order the client decided things in.
 func (c *Client) pumpLocked() {
-	if c.cn == nil || len(c.waiting) == 0 {
-		return
-	}
-	kept := c.waiting[:0]
-	for i, cl := range c.waiting {
-		if c.cn == nil || (cl.kind != kindInternal && c.inflight >= c.maxIn) {
-			kept = append(kept, c.waiting[i:]...)
-			break
-		}
-		if !c.canSendLocked(cl) {
-			kept = append(kept, cl)
-			continue
-		}
+	for _, cl := range c.calls.pump(c.held.readCount(), c.cfg.Now()) {
 		c.sendLocked(cl)
 	}
-	clear(c.waiting[len(kept):])
-	c.waiting = kept
 }
 
-// sendLocked puts cl on the current connection.
+// sendLocked puts cl, which the call book has just marked outstanding, on
+// the current connection.
 func (c *Client) sendLocked(cl *call) {
-	cn := c.cn
 	if cl.kind == kindBlockLock && c.proto < wire.VersionBlockLock {
 		c.finishLocked(cl, result{err: errNoBlockLocks})
 		return
 	}
-	if err := cn.send(cl.id, cl.msg); err != nil {
+	if err := c.cn.send(cl.id, cl.msg); err != nil {
 		// Only an invalid message fails here (the connection's own
 		// failures surface in its writer): a bug of ours.
 		c.finishLocked(cl, result{err: fmt.Errorf("%v: %w", cl.msg.Type(), err)})
-		return
-	}
-	cl.cn = cn
-	if cl.sent {
-		cl.resent = true
-	}
-	cl.sent, cl.sentAt = true, time.Now()
-	c.inflight++
-	if cl.kind == kindSnapRead {
-		c.readsOut++
 	}
 }
 
@@ -599,8 +516,8 @@ func (c *Client) sendLocked(cl *call) {
 func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := c.pending[id]
-	if cl == nil || cl.cn != cn {
+	cl := c.calls.outstanding(id, cn.num)
+	if cl == nil {
 		// A call abandoned and then lost with an old connection, or a
 		// server bug. A read lock granted to nobody is released at once.
 		if ok, is := m.(*wire.SnapshotReadOK); is && ok.HoldsLock() {
@@ -615,17 +532,12 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 	if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeLimit && cl.kind != kindInternal && !cl.abandon {
 		// Busy (a server may free a slot only after its reply is on the
 		// way): ask again shortly, within the caller's deadline.
-		c.inflight--
-		if cl.kind == kindSnapRead {
-			c.readsOut--
-		}
-		cl.cn = nil
+		c.calls.park(cl)
 		c.log.WithFields(logrus.Fields{"id": id, "type": cl.msg.Type(), "reason": e.Message}).Debug("server busy; retrying")
 		time.AfterFunc(busyRetry, func() {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			if c.pending[cl.id] == cl && cl.cn == nil && !c.closed {
-				c.waiting = append(c.waiting, cl)
+			if !c.closed && c.calls.requeue(cl) {
 				c.pumpLocked()
 			}
 		})
@@ -639,16 +551,12 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 		cn.close()
 		return
 	}
-	c.inflight--
-	if cl.kind == kindSnapRead {
-		c.readsOut--
-	}
-	cl.cn = nil
+	c.calls.land(cl)
 	r := result{msg: m}
 	if !isReplyTo(cl.msg.Type(), m.Type()) {
 		r = result{err: fmt.Errorf("%v answered with %v: %w", cl.msg.Type(), m.Type(), ErrProtocol)}
 	} else if ok, is := m.(*wire.BlockLockOK); is {
-		c.blocks[id] = cl.sentAt.Add(ok.Waited + wire.LockTrust)
+		c.held.grantBlock(id, cl.sentAt.Add(ok.Waited+wire.LockTrust))
 		if cl.abandon {
 			c.unlockBlockLocked(id)
 		}
@@ -656,8 +564,8 @@ func (c *Client) deliver(cn *conn, id uint64, m wire.Message) {
 		if ok.HoldsLock() {
 			// Record the lock before anyone can see the answer, so that a
 			// reconnection from now on re-declares it.
-			c.locks[id] = wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)}
-			c.trusted[id] = cl.sentAt.Add(wire.LockTrust)
+			c.held.grantRead(wire.HeldLock{Handle: id, Snapshot: cl.snapshot, Ranges: lockRanges(ok.Extents)},
+				cl.sentAt.Add(wire.LockTrust))
 			if cl.abandon {
 				c.releaseLockLocked(id)
 			}
@@ -720,25 +628,12 @@ func lockRanges(xs []wire.Extent) []wire.Range {
 // releaseLockLocked releases the read lock with handle h: forgets it and
 // tells the current connection (if any; with none, the next upload leaves
 // it out, which releases it too). It returns why what was read under the
-// lock cannot be trusted, if it cannot: errLockBroken, a connection was
-// lost while it was held, so the server may have released it (a server
-// drops a connection's locks with it) and let the chunks be overwritten;
-// errLockExpired, it is released later than wire.LockTrust after its
-// request was sent, so the server may have struck this client off and
-// released it meanwhile (see wire.LockLease).
+// lock cannot be trusted, if it cannot (heldLocks.releaseRead).
 func (c *Client) releaseLockLocked(h uint64) error {
-	if _, ok := c.locks[h]; !ok {
+	held, err := c.held.releaseRead(h, c.cfg.Now())
+	if !held {
 		return nil
 	}
-	var err error
-	if _, broken := c.broken[h]; broken {
-		err = errLockBroken
-	} else if time.Now().After(c.trusted[h]) {
-		err = errLockExpired
-	}
-	delete(c.locks, h)
-	delete(c.broken, h)
-	delete(c.trusted, h)
 	if c.cn != nil {
 		if err := c.cn.send(0, &wire.FinishSnapshotRead{Handle: h}); err != nil {
 			c.log.WithError(err).WithField("handle", h).Error("sending FINISH_SNAPSHOT_READ")
@@ -785,10 +680,8 @@ func (c *Client) run(ready chan<- error) {
 				l.Debug("cannot reach the snapshot server; retrying")
 			}
 			c.checkOutage()
-			select {
-			case <-c.ctx.Done():
+			if !clock.Sleep(c.ctx, backoff) {
 				return
-			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, c.cfg.MaxBackoff)
 			continue
@@ -815,17 +708,19 @@ func (c *Client) run(ready chan<- error) {
 // a server for IOTimeout, and makes new calls fail fast until it has one.
 func (c *Client) checkOutage() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cn != nil || c.down.IsZero() || c.unreach || time.Since(c.down) < c.cfg.IOTimeout {
+	now := c.cfg.Now()
+	if c.cn != nil || c.down.IsZero() || c.unreach || now.Sub(c.down) < c.cfg.IOTimeout {
+		c.mu.Unlock()
 		return
 	}
 	c.unreach = true
-	c.log.WithField("down_for", time.Since(c.down).Round(time.Millisecond)).Error("snapshot server unreachable; failing IO until it is back")
-	err := fmt.Errorf("no server for %v: %w", time.Since(c.down).Round(time.Millisecond), ErrTimeout)
-	for _, cl := range c.waiting {
-		c.finishLocked(cl, result{err: err})
+	downFor := now.Sub(c.down).Round(time.Millisecond)
+	err := fmt.Errorf("no server for %v: %w", downFor, ErrTimeout)
+	for _, cl := range c.calls.takeWaiting() {
+		c.complete(cl, result{err: err})
 	}
-	c.waiting = nil
+	c.mu.Unlock()
+	c.log.WithField("down_for", downFor).Error("snapshot server unreachable; failing IO until it is back")
 }
 
 // connect finds the server, dials it and does the HELLO exchange.
@@ -849,8 +744,7 @@ func (c *Client) connect() (*conn, *wire.HelloOK, error) {
 		nc = tc
 	}
 	c.mu.Lock()
-	c.nextID++
-	id := c.nextID
+	id := c.calls.newID()
 	maxV := wire.MaxVersion
 	if c.cfg.maxVersion != 0 {
 		maxV = c.cfg.maxVersion
@@ -893,91 +787,78 @@ func (c *Client) locate(ctx context.Context) (addr, node string, err error) {
 // and generation, re-declares the read locks still held, and (re-)sends
 // every unanswered request, all before any other frame can go out on cn.
 func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
-	}
-	cs := int64(h.ChunkSize)
+	var originSize int64
 	if first {
+		// Device I/O, before taking c.mu.
 		sz, err := c.cfg.Origin.Size()
 		if err != nil {
 			return fmt.Errorf("origin device size: %w", err)
 		}
-		if sz < int64(h.VolumeSize) {
-			return fmt.Errorf("origin device holds %d bytes, the volume is %d", sz, h.VolumeSize)
+		originSize = sz
+	}
+	c.mu.Lock()
+	info, err := c.installLocked(cn, h, first, originSize)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	cn.start()
+	c.log.WithFields(logrus.Fields{"server": cn.addr, "server_node": h.Node, "term": h.Term,
+		"generation": h.Generation, "chunk_size": h.ChunkSize, "locks_uploaded": info.locks,
+		"resent": info.resend, "waiting": info.waiting}).Info("connected to the snapshot server")
+	return nil
+}
+
+type installInfo struct{ locks, resend, waiting int }
+
+func (c *Client) installLocked(cn *conn, h *wire.HelloOK, first bool, originSize int64) (installInfo, error) {
+	if c.closed {
+		return installInfo{}, ErrClosed
+	}
+	cs := int64(h.ChunkSize)
+	if first {
+		if originSize < int64(h.VolumeSize) {
+			return installInfo{}, fmt.Errorf("origin device holds %d bytes, the volume is %d", originSize, h.VolumeSize)
 		}
 		c.chunkSize, c.volSize = cs, int64(h.VolumeSize)
 		for c.chunkShift = 0; int64(1)<<c.chunkShift < cs; c.chunkShift++ {
 		}
 	} else if cs != c.chunkSize || int64(h.VolumeSize) != c.volSize {
-		return fmt.Errorf("server %s announces chunk size %d and volume size %d, the volume has %d and %d",
+		return installInfo{}, fmt.Errorf("server %s announces chunk size %d and volume size %d, the volume has %d and %d",
 			cn.addr, cs, h.VolumeSize, c.chunkSize, c.volSize)
 	}
 	if h.Term > c.term {
 		c.term = h.Term
 	}
-	if h.Generation != c.gen {
-		// Writes approved before (still in flight) keep counting under
-		// their older generation, so the next INVALIDATE waits for them.
-		c.gen = h.Generation
-		c.forgetApprovalsLocked()
-	}
+	// Writes approved before (still in flight) keep counting under their
+	// older generation, so the next INVALIDATE waits for them.
+	c.appr.setGeneration(h.Generation)
 	// Locations are trusted on the connection that taught them only: a
 	// new server (or term) may have reclaimed space meanwhile.
 	c.dropLocationsLocked()
-	c.maxIn = int(min(h.MaxInFlight, 1<<20))
-	if c.maxIn > 2 {
-		c.maxIn -= 2 // kept for PING and UPLOAD_DONE
-	}
-	c.maxLocks = int(min(h.MaxLocks, 1<<30))
 	c.proto = h.Version
 
-	// Re-declare the locks still held, ascending by handle, in frames
-	// bounded by count and size.
-	hs := make([]uint64, 0, len(c.locks))
-	for h := range c.locks {
-		hs = append(hs, h)
-	}
-	sort.Slice(hs, func(i, j int) bool { return hs[i] < hs[j] })
-	var batch []wire.HeldLock
-	size := 0
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	// Re-declare the locks still held, then the shared state this client
+	// knows (a new server rebuilds its copy from these).
+	frames, nlocks := c.held.upload()
+	for _, f := range frames {
+		if err := cn.send(0, &wire.UploadLocks{Locks: f}); err != nil {
+			return installInfo{}, err
 		}
-		err := cn.send(0, &wire.UploadLocks{Locks: batch})
-		batch, size = nil, 0
-		return err
 	}
-	for _, h := range hs {
-		l := c.locks[h]
-		n := 14 + 12*len(l.Ranges)
-		if len(batch) == wire.MaxUploadLocks || size+n > wire.MaxBody-64 {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		batch = append(batch, l)
-		size += n
-	}
-	if err := flush(); err != nil {
-		return err
-	}
-	// Declare the shared state this client knows (a new server rebuilds
-	// its copy from these).
 	if h.Version >= wire.VersionShared {
 		for k, e := range c.shared {
 			if err := cn.send(0, &wire.UploadShared{SharedValue: wire.SharedValue{Key: k, Version: e.version, Value: e.value}}); err != nil {
-				return err
+				return installInfo{}, err
 			}
 		}
 	}
+	c.conns++
+	cn.num = c.conns
 	c.cn, c.server = cn, cn.addr
 	c.down, c.unreach = time.Time{}, false
-	c.inflight, c.readsOut = 0, 0
-	c.nextID++
-	done := &call{id: c.nextID, kind: kindInternal, msg: &wire.UploadDone{Locks: uint32(len(hs))}}
+	resend := c.calls.connect(cn.num, h.MaxInFlight, h.MaxLocks)
+	done := c.calls.issueNow(&wire.UploadDone{Locks: uint32(nlocks)}, c.cfg.Now())
 	done.cb = func(r result) {
 		if r.err == nil {
 			if e, ok := r.msg.(*wire.Error); ok {
@@ -989,31 +870,11 @@ func (c *Client) install(cn *conn, h *wire.HelloOK, first bool) error {
 			cn.close()
 		}
 	}
-	c.pending[done.id] = done
 	c.sendLocked(done)
-
-	// Re-send everything unanswered. A snapshot read gets a new id: its
-	// id is the handle of the lock it may be granted, and a lock granted
-	// under the old id (if the old server answered into the void) must
-	// not be confused with this one.
-	resend := 0
-	for _, cl := range c.waiting {
-		if cl.sent && (cl.kind == kindSnapRead || cl.kind == kindBlockLock) {
-			delete(c.pending, cl.id)
-			c.nextID++
-			cl.id = c.nextID
-			c.pending[cl.id] = cl
-		}
-		if cl.sent {
-			resend++
-		}
-	}
+	// Re-send everything unanswered (the call book gave snapshot reads
+	// and block locks new ids).
 	c.pumpLocked()
-	cn.start()
-	c.log.WithFields(logrus.Fields{"server": cn.addr, "server_node": h.Node, "term": h.Term,
-		"generation": h.Generation, "chunk_size": h.ChunkSize, "locks_uploaded": len(hs),
-		"resent": resend, "waiting": len(c.waiting)}).Info("connected to the snapshot server")
-	return nil
+	return installInfo{locks: nlocks, resend: resend, waiting: len(c.calls.waiting)}, nil
 }
 
 // errConnLost completes internal calls of a connection that died.
@@ -1023,44 +884,23 @@ var errConnLost = errors.New("connection lost")
 // the waiting queue, to be re-sent on the next connection.
 func (c *Client) uninstall(cn *conn) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.cn != cn {
+		c.mu.Unlock()
 		return
 	}
 	c.cn = nil
-	c.down = time.Now()
-	c.inflight, c.readsOut = 0, 0
+	c.down = c.cfg.Now()
 	c.writersC.Broadcast() // barriers of cn stop waiting
 	c.readsC.Broadcast()   // RECLAIMs of cn stop waiting
 	c.dropLocationsLocked()
-	for h := range c.locks {
-		c.broken[h] = struct{}{}
+	c.held.connLost()
+	for _, cl := range c.calls.disconnect(cn.num) {
+		c.complete(cl, result{err: errConnLost})
 	}
-	for h := range c.blocks {
-		c.blocksBroken[h] = struct{}{}
-	}
-	var back []*call
-	for _, cl := range c.pending {
-		if cl.cn != cn {
-			continue
-		}
-		cl.cn = nil
-		switch {
-		case cl.kind == kindInternal:
-			c.finishLocked(cl, result{err: errConnLost})
-		case cl.abandon:
-			delete(c.pending, cl.id)
-		default:
-			back = append(back, cl)
-		}
-	}
-	if len(back) > 0 {
-		back = append(back, c.waiting...)
-		sort.Slice(back, func(i, j int) bool { return back[i].seq < back[j].seq })
-		c.waiting = back
-	}
-	if !c.closed {
-		c.log.WithFields(logrus.Fields{"server": cn.addr, "unanswered": len(c.waiting), "locks_held": len(c.locks)}).
+	closed, unanswered, locks := c.closed, len(c.calls.waiting), c.held.readCount()
+	c.mu.Unlock()
+	if !closed {
+		c.log.WithFields(logrus.Fields{"server": cn.addr, "unanswered": unanswered, "locks_held": locks}).
 			Warn("lost the connection to the snapshot server; reconnecting")
 	}
 }
@@ -1074,24 +914,14 @@ func (c *Client) uninstall(cn *conn) {
 // it answers INVALIDATE_ACK.
 func (c *Client) invalidate(cn *conn, id, gen uint64) {
 	c.mu.Lock()
-	if gen > c.gen {
-		c.gen = gen
-		c.forgetApprovalsLocked()
-	}
+	c.appr.invalidate(gen)
 	c.mu.Unlock()
 	c.answerWhenDrained(cn, id, &wire.InvalidateAck{Generation: gen}, c.writersC,
-		func() bool { return c.oldWritersLocked(gen) > 0 },
+		func() bool { return c.appr.oldWriters(gen) > 0 },
 		func(waited time.Duration) {
 			c.log.WithFields(logrus.Fields{"generation": gen, "waited": waited}).Debug("invalidate acknowledged")
 			c.notifyChange()
 		})
-}
-
-// forgetApprovalsLocked drops every approval cached for the generation
-// that stops being current: the unique-chunk cache and ORIGIN_UNIQUE.
-func (c *Client) forgetApprovalsLocked() {
-	c.cache.clear()
-	c.unique = false
 }
 
 // answerWhenDrained answers the server's request id on cn with reply, in
@@ -1102,7 +932,7 @@ func (c *Client) answerWhenDrained(cn *conn, id uint64, reply wire.Message, cond
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		start := time.Now()
+		start := c.cfg.Now()
 		c.mu.Lock()
 		for busy() && !c.closed && !cn.isDead() {
 			cond.Wait()
@@ -1111,7 +941,7 @@ func (c *Client) answerWhenDrained(cn *conn, id uint64, reply wire.Message, cond
 		if err := cn.send(id, reply); err != nil {
 			c.log.WithError(err).WithField("reply", reply.Type()).Error("answering the server")
 		}
-		done(time.Since(start).Round(time.Microsecond))
+		done(c.cfg.Now().Sub(start).Round(time.Microsecond))
 	}()
 }
 
@@ -1121,23 +951,11 @@ func (c *Client) answerWhenDrained(cn *conn, id uint64, reply wire.Message, cond
 // ORIGIN_WRITE_OK that follows.
 func (c *Client) originUnique(gen uint64) {
 	c.mu.Lock()
-	if gen == c.gen && !c.unique {
-		c.unique = true
+	isNew := c.appr.originUnique(gen)
+	c.mu.Unlock()
+	if isNew {
 		c.log.WithField("generation", gen).Debug("no snapshot: origin writes approved locally")
 	}
-	c.mu.Unlock()
-}
-
-// oldWritersLocked counts origin writes in flight approved under a
-// generation below gen.
-func (c *Client) oldWritersLocked(gen uint64) int {
-	n := 0
-	for g, k := range c.writers {
-		if g < gen {
-			n += k
-		}
-	}
-	return n
 }
 
 func (c *Client) notifyChange() {

@@ -24,6 +24,7 @@ type conn struct {
 	c    *Client
 	nc   net.Conn
 	addr string
+	num  uint64 // its number in the client's call book (set by install)
 	rd   *wire.Reader
 
 	mu   sync.Mutex
@@ -38,14 +39,14 @@ type conn struct {
 func newConn(c *Client, nc net.Conn, addr string) *conn {
 	cn := &conn{c: c, nc: nc, addr: addr, wake: make(chan struct{}, 1), dead: make(chan struct{})}
 	cn.rd = wire.NewReader(bufio.NewReaderSize(nc, 64<<10))
-	cn.lastRecv.Store(time.Now().UnixNano())
+	cn.lastRecv.Store(cn.c.cfg.Now().UnixNano())
 	return cn
 }
 
 // handshake sends HELLO and reads the answer, synchronously, before any
 // goroutine of the connection runs.
 func (cn *conn) handshake(id uint64, h *wire.Hello, timeout time.Duration) (*wire.HelloOK, error) {
-	_ = cn.nc.SetDeadline(time.Now().Add(timeout))
+	_ = cn.nc.SetDeadline(time.Now().Add(timeout)) // socket deadlines: the system clock
 	b, err := wire.Encode(id, h)
 	if err != nil {
 		return nil, err
@@ -170,7 +171,7 @@ func (cn *conn) reader() {
 		if err != nil {
 			var me *wire.MessageError
 			if errors.As(err, &me) {
-				cn.lastRecv.Store(time.Now().UnixNano())
+				cn.lastRecv.Store(cn.c.cfg.Now().UnixNano())
 				cn.badFrame(me)
 				continue
 			}
@@ -180,7 +181,7 @@ func (cn *conn) reader() {
 			cn.logDeath("reading", err)
 			return
 		}
-		cn.lastRecv.Store(time.Now().UnixNano())
+		cn.lastRecv.Store(cn.c.cfg.Now().UnixNano())
 		switch m := m.(type) {
 		case *wire.Invalidate:
 			c.invalidate(cn, id, m.Generation)
@@ -227,8 +228,8 @@ func (cn *conn) badFrame(me *wire.MessageError) {
 	case wire.KindReply:
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		cl := c.pending[me.ID]
-		if cl == nil || cl.cn != cn {
+		cl := c.calls.outstanding(me.ID, cn.num)
+		if cl == nil {
 			return
 		}
 		// The server may have granted a lock we cannot see: declare the
@@ -237,8 +238,6 @@ func (cn *conn) badFrame(me *wire.MessageError) {
 			cn.close()
 			return
 		}
-		c.inflight--
-		cl.cn = nil
 		c.finishLocked(cl, result{err: fmt.Errorf("%v: %w: %w", cl.msg.Type(), ErrProtocol, me)})
 		c.pumpLocked()
 	case wire.KindRequest:
@@ -260,7 +259,7 @@ func (cn *conn) pinger() {
 			return
 		case <-t.C:
 		}
-		quiet := time.Since(time.Unix(0, cn.lastRecv.Load()))
+		quiet := cn.c.cfg.Now().Sub(time.Unix(0, cn.lastRecv.Load()))
 		switch {
 		case quiet >= 3*iv:
 			cn.logDeath("(silent)", fmt.Errorf("nothing received for %v", quiet.Round(time.Millisecond)))
@@ -268,8 +267,7 @@ func (cn *conn) pinger() {
 			return
 		case quiet >= iv:
 			cn.c.mu.Lock()
-			cn.c.nextID++
-			id := cn.c.nextID
+			id := cn.c.calls.newID()
 			cn.c.mu.Unlock()
 			_ = cn.send(id, &wire.Ping{})
 		}

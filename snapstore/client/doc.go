@@ -142,6 +142,25 @@
 // long outage gives quick errors, not a pile of commands each waiting
 // IOTimeout.
 //
+// # Structure: ledgers and the clock
+//
+// The bookkeeping lives in three pure ledgers, types without goroutines,
+// clock or I/O, each checked against a brute-force oracle by a randomized
+// model test: callBook (calls.go: request ids, the waiting queue in issue
+// order, what is outstanding on which connection, flow control, re-sending
+// after a reconnection), heldLocks (held.go: the read and block locks
+// held, their trust times, which were held across a lost connection, the
+// UPLOAD_LOCKS frames that re-declare them) and approvals (approvals.go:
+// the generation, the unique-chunk cache, ORIGIN_UNIQUE and the origin
+// writes in flight by generation, which the barrier waits for). The
+// Client holds them under its mutex, passes the time in, and does the
+// sending: sending only queues an encoded frame for the connection's
+// writer goroutine (no socket I/O under the mutex), so that the order on
+// the wire is the order decided; device I/O (the origin's size) and the
+// connection's Info, Warn and Error logs (connected, lost, unreachable)
+// happen outside it. Every time the client reads comes from Config.Now;
+// timers and socket deadlines run on the system clock.
+//
 // # Errors
 //
 // IO to a deleted or dropped snapshot fails with ErrSnapshotGone (never

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/server"
 	"github.com/csnap/csnap/snapstore/wire"
@@ -40,27 +41,22 @@ func newE2EWith(t *testing.T, mem server.Membership) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.eng = eng
+	return startE2E(t, e.origin, e.store, eng, mem)
+}
+
+// startE2E serves eng (over origin and store) on a loopback port with the
+// server's cluster membership mem, and connects the main client.
+func startE2E(t *testing.T, origin, store *snapstore.MemDevice, eng *snapstore.Engine, mem server.Membership) *e2e {
+	t.Helper()
+	e := &e2e{origin: origin, store: store, eng: eng}
 	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
 		BarrierTimeout: 5 * time.Second, Membership: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.srv = srv
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
-		eng.Close()
-	})
+	t.Cleanup(func() { eng.Close() }) // after serving stops
+	e.addr, _ = testutil.Serve(t, srv, nil)
 	e.c = e.client(t, wire.ClientID{1}, "node-1")
 	return e
 }
@@ -358,7 +354,7 @@ func TestE2EStruckOffReaderReadsAgain(t *testing.T) {
 	eventually(t, "the read lock released", func() bool {
 		c3.mu.Lock()
 		defer c3.mu.Unlock()
-		return len(c3.locks) == 0
+		return c3.held.readCount() == 0
 	})
 	close(thaw)
 	left.Store(false)

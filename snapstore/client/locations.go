@@ -50,7 +50,7 @@ func (c *Client) leaseLocked() (time.Time, bool) {
 		return time.Time{}, false
 	}
 	until := time.Unix(0, c.cn.lastRecv.Load()).Add(3 * c.cfg.PingInterval)
-	return until, time.Now().Before(until)
+	return until, c.cfg.Now().Before(until)
 }
 
 // dropLocationsLocked forgets every cached location (connection lost or
@@ -185,7 +185,7 @@ func (v *Volume) readahead(last uint64) {
 	}
 	c.raWin[v.snap] = append(c.raWin[v.snap], r)
 	epoch := c.locEpoch
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

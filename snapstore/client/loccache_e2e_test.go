@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/snapstore/wire"
 )
 
@@ -405,11 +406,5 @@ func TestE2EVersion2Client(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, what, cond)
 }

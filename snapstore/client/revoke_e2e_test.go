@@ -2,11 +2,10 @@ package client
 
 import (
 	"bytes"
-	"context"
-	"net"
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/server"
 	"github.com/csnap/csnap/snapstore/wire"
@@ -32,20 +31,9 @@ func TestE2ERevokedLockReadsAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
-		eng.Close()
-	})
-	e := &e2e{origin: origin, store: store, eng: eng, srv: srv, addr: ln.Addr().String()}
+	t.Cleanup(func() { eng.Close() }) // after serving stops
+	addr, _ := testutil.Serve(t, srv, nil)
+	e := &e2e{origin: origin, store: store, eng: eng, srv: srv, addr: addr}
 	writer := e.client(t, wire.ClientID{1}, "node-1")
 	ctx := ctx5(t)
 	if err := writer.Origin().WriteAt(fill(e2eChunk, 'A'), 0, false); err != nil {

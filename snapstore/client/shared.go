@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -43,7 +42,7 @@ func (c *Client) UpdateShared(ctx context.Context, key string, fn func(cur []byt
 	if len(key) == 0 || len(key) > wire.MaxSharedKey {
 		return fmt.Errorf("shared state: key of %d bytes (1-%d)", len(key), wire.MaxSharedKey)
 	}
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	for range maxSharedRetries {
 		c.mu.Lock()
 		e, proto := c.shared[key], c.proto

@@ -3,7 +3,6 @@ package client
 import (
 	"bytes"
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -45,37 +44,8 @@ func newE2EExactStore(t *testing.T) *e2e {
 			size += (e2eChunks - free) * e2eChunk
 			continue
 		}
-		return startE2E(t, origin, store, eng)
+		return startE2E(t, origin, store, eng, server.AllowAll{})
 	}
-}
-
-// startE2E serves eng (over origin and store) on a loopback port and
-// connects the main client, as newE2E does.
-func startE2E(t *testing.T, origin, store *snapstore.MemDevice, eng *snapstore.Engine) *e2e {
-	t.Helper()
-	e := &e2e{origin: origin, store: store, eng: eng}
-	srv, err := server.New(server.Config{Engine: eng, Volume: "vol", Term: 1, Node: "srv", Log: testLog(),
-		BarrierTimeout: 5 * time.Second, Membership: server.AllowAll{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = srv
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
-		eng.Close()
-	})
-	e.c = e.client(t, wire.ClientID{1}, "node-1")
-	return e
 }
 
 // heldStoreWrite is a store device whose first write while armed signals

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/server"
@@ -18,29 +19,7 @@ import (
 // holders makes a CA and the certificates of nodes.
 func holders(t testing.TB, nodes ...string) map[string]*pki.Holder {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.Write(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*pki.Holder{}
-	for _, n := range nodes {
-		nc, err := ca.Sign(n, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := pki.NodePaths(dir, n)
-		if err := nc.Write(p, false); err != nil {
-			t.Fatal(err)
-		}
-		if out[n], err = pki.NewHolder(p, n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
+	return testutil.Holders(t, nodes...)
 }
 
 // tlsServer serves a volume over TLS as node srvNode, with certificate h
@@ -63,24 +42,13 @@ func tlsServer(t testing.TB, h *pki.Holder, srvNode string) (string, *snapstore.
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var l net.Listener = ln
+	t.Cleanup(func() { eng.Close() }) // after serving stops
+	var wrap func(net.Listener) net.Listener
 	if h != nil {
-		l = tls.NewListener(ln, h.ServerConfig())
+		wrap = func(ln net.Listener) net.Listener { return tls.NewListener(ln, h.ServerConfig()) }
 	}
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
-		eng.Close()
-	})
-	return ln.Addr().String(), origin, store
+	addr, _ := testutil.Serve(t, srv, wrap)
+	return addr, origin, store
 }
 
 // The client talks to the server over mutual TLS, and only to the node

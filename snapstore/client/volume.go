@@ -169,41 +169,18 @@ func (c *Client) originModify(off, n int64, fn func() error) error {
 // are asked for. An approval older than the generation the client knows
 // (an INVALIDATE came in meanwhile) is stale: ask again.
 func (c *Client) approve(first, last uint64) (uint64, error) {
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	for try := 0; ; try++ {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
 			return 0, ErrClosed
 		}
-		g0 := c.gen
-		if c.cn != nil && c.unique {
-			c.writers[g0]++
-			c.mu.Unlock()
-			return g0, nil
-		}
-		var need []wire.Range
-		hits := false
-		for ch := first; ch <= last; ch++ {
-			// The cache is trusted only while connected: approvals
-			// from before a disconnect are re-validated by the
-			// generation in the next HELLO_OK.
-			if c.cn != nil && c.cache.has(ch) {
-				hits = true
-				continue
-			}
-			if k := len(need) - 1; k >= 0 && need[k].Start+uint64(need[k].Count) == ch {
-				need[k].Count++
-			} else {
-				need = append(need, wire.Range{Start: ch, Count: 1})
-			}
-		}
-		if len(need) == 0 {
-			c.writers[g0]++
-			c.mu.Unlock()
-			return g0, nil
-		}
+		g0, need, hits := c.appr.local(first, last, c.cn != nil)
 		c.mu.Unlock()
+		if len(need) == 0 {
+			return g0, nil
+		}
 
 		approved, err := c.askOriginWrite(need, deadline)
 		if err != nil {
@@ -211,20 +188,14 @@ func (c *Client) approve(first, last uint64) (uint64, error) {
 		}
 
 		c.mu.Lock()
-		if approved >= c.gen && (!hits || g0 == c.gen) {
-			if approved == c.gen {
-				for _, r := range need {
-					c.cache.add(r.Start, r.Count)
-				}
-			}
-			g := c.gen
-			c.writers[g]++
-			c.mu.Unlock()
+		g, ok := c.appr.settle(approved, g0, hits, need)
+		current := c.appr.gen
+		c.mu.Unlock()
+		if ok {
 			return g, nil
 		}
-		c.log.WithFields(logrus.Fields{"approved": approved, "generation": c.gen, "chunk": first, "try": try}).
+		c.log.WithFields(logrus.Fields{"approved": approved, "generation": current, "chunk": first, "try": try}).
 			Debug("origin write approval is stale; asking again")
-		c.mu.Unlock()
 	}
 }
 
@@ -270,9 +241,7 @@ func (c *Client) askOriginWrite(ranges []wire.Range, deadline time.Time) (uint64
 
 func (c *Client) writeDone(gen uint64) {
 	c.mu.Lock()
-	if c.writers[gen]--; c.writers[gen] <= 0 {
-		delete(c.writers, gen)
-	}
+	c.appr.done(gen)
 	c.writersC.Broadcast()
 	c.mu.Unlock()
 }
@@ -310,7 +279,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 	if v.gone.Load() {
 		return ErrSnapshotGone
 	}
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
 	defer v.readahead(last)
@@ -325,7 +294,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 			if err != nil {
 				return err
 			}
-			if time.Now().After(until) {
+			if c.cfg.Now().After(until) {
 				// Finished past the cache's lease: the server may have
 				// reused the space meanwhile. Ask it.
 				c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
@@ -354,7 +323,7 @@ func (v *Volume) snapRead(p []byte, off int64) error {
 			c.storeReadDone(v.snap)
 		}
 		if redo(err) {
-			if time.Now().After(deadline) {
+			if c.cfg.Now().After(deadline) {
 				return fmt.Errorf("snapshot read of chunk %d: %w, and the IO time limit has passed", r.Start, err)
 			}
 			c.log.WithError(err).WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start, "handle": cl.id}).
@@ -453,7 +422,7 @@ func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 	if v.gone.Load() {
 		return ErrSnapshotGone
 	}
-	deadline := time.Now().Add(c.cfg.IOTimeout)
+	deadline := c.cfg.Now().Add(c.cfg.IOTimeout)
 	end := off + int64(len(p))
 	first, last := uint64(off>>c.chunkShift), uint64((end-1)>>c.chunkShift)
 	for b := first; b <= last; {
@@ -479,7 +448,7 @@ func (v *Volume) snapWrite(p []byte, off int64, fua bool) error {
 			return err
 		}
 		if late {
-			if time.Now().After(deadline) {
+			if c.cfg.Now().After(deadline) {
 				return fmt.Errorf("snapshot write of chunk %d: approval not trusted any more, and the IO time limit has passed", r.Start)
 			}
 			c.log.WithFields(logrus.Fields{"snapshot": v.snap, "chunk": r.Start}).
@@ -525,7 +494,7 @@ func (c *Client) storeWriteTrusted(cl *call) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return cl.answeredOn != nil && c.cn == cl.answeredOn && !cl.answeredOn.isDead() &&
-		time.Now().Before(cl.sentAt.Add(wire.LockTrust))
+		c.cfg.Now().Before(cl.sentAt.Add(wire.LockTrust))
 }
 
 // snapError maps a server ERROR for a snapshot IO.

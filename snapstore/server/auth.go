@@ -23,7 +23,7 @@ func TLSPeerNode(conn net.Conn) (string, error) { return pki.PeerNode(conn) }
 // connection wrapping one, see pki.PeerNode) within timeout, so that a
 // peer without a valid certificate is logged as such (through lim). Other
 // connections pass untouched.
-func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry, lim *logLimiter) bool {
+func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry, lim *logLimiter, now func() time.Time) bool {
 	tc := tlsConn(conn)
 	if tc == nil {
 		return true
@@ -32,7 +32,7 @@ func tlsHandshake(conn net.Conn, timeout time.Duration, log *logrus.Entry, lim *
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		lvl := logrus.WarnLevel
-		if host, _, _ := net.SplitHostPort(conn.RemoteAddr().String()); !lim.allow(host, time.Now()) {
+		if host, _, _ := net.SplitHostPort(conn.RemoteAddr().String()); !lim.allow(host, now()) {
 			lvl = logrus.DebugLevel
 		}
 		log.WithError(err).Log(lvl, "TLS handshake failed; connection closed")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/pki"
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -22,31 +23,7 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T, nodes ...string) *testPKI {
 	t.Helper()
-	mk := func(dir string, nodes ...string) map[string]*pki.Holder {
-		ca, err := pki.NewCA("test", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ca.Write(dir, false); err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]*pki.Holder{}
-		for _, n := range nodes {
-			nc, err := ca.Sign(n, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := pki.NodePaths(dir, n)
-			if err := nc.Write(p, false); err != nil {
-				t.Fatal(err)
-			}
-			if out[n], err = pki.NewHolder(p, n); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return out
-	}
-	return &testPKI{holders: mk(t.TempDir(), nodes...), foreign: mk(t.TempDir(), "n1")["n1"]}
+	return &testPKI{holders: testutil.Holders(t, nodes...), foreign: testutil.Holders(t, "n1")["n1"]}
 }
 
 // startTLS is start with a TLS listener (the server node "srv"'s
@@ -64,19 +41,9 @@ func startTLS(t *testing.T, p *testPKI, cfg Config, deposed *atomic.Int32) *env 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, eng: eng, origin: od, store: sd, reg: reg, srv: srv, addr: ln.Addr().String()}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, tls.NewListener(ln, p.holders["srv"].ServerConfig())) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		<-done
+	e := &env{t: t, eng: eng, origin: od, store: sd, reg: reg, srv: srv}
+	e.addr, e.cancel = testutil.Serve(t, srv, func(ln net.Listener) net.Listener {
+		return tls.NewListener(ln, p.holders["srv"].ServerConfig())
 	})
 	return e
 }

@@ -22,7 +22,7 @@ import (
 // blockLock handles BLOCK_LOCK: it returns once the lock is granted (the
 // request id is its handle), or when the session ends.
 func (s *Server) blockLock(ctx context.Context, ss *session, id uint64, m *wire.BlockLock) (wire.Message, error) {
-	start := time.Now()
+	start := s.cfg.Now()
 	if ss.version < wire.VersionBlockLock {
 		return nil, &wire.Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("BLOCK_LOCK needs protocol version %d", wire.VersionBlockLock)}
 	}
@@ -52,7 +52,7 @@ func (s *Server) blockLock(ctx context.Context, ss *session, id uint64, m *wire.
 	ss.blockKeys[id] = struct{}{}
 	var ch chan struct{}
 	if ok {
-		s.blockAt[k] = time.Now()
+		s.blockAt[k] = s.cfg.Now()
 	} else {
 		ch = make(chan struct{})
 		s.blockWait[k] = ch
@@ -95,7 +95,7 @@ func (s *Server) unlockBlockLocked(k locks.Key) {
 		delete(s.blockWait, k) // its request ends with its session
 	}
 	for _, g := range s.blocks.Unlock(k) {
-		s.blockAt[g] = time.Now()
+		s.blockAt[g] = s.cfg.Now()
 		if ch := s.blockWait[g]; ch != nil {
 			close(ch)
 			delete(s.blockWait, g)

@@ -281,4 +281,15 @@
 // NodeLeft (the cluster layer calls it when Consul reports a node gone)
 // closes that node's connections, drops their locks (approving the writes
 // they held back), deletes them from the registry and stops awaiting them.
+//
+// # Structure: ledgers and the clock
+//
+// The server's own requests to a client (INVALIDATE, SHARED_STATE, RECLAIM)
+// are recorded in one ledger per connection (clientCalls, clientcalls.go):
+// a pure type, no goroutines, clock or I/O, that hands out their request
+// ids and judges every answer (accepted, refused with ERROR, or a protocol
+// violation); one handler (session.clientReply) acts on the verdict. Read
+// and block locks live in package locks (locks.Table, locks.Blocks), in
+// the same style. Every time the server reads comes from Config.Now;
+// timers and socket deadlines run on the system clock.
 package server

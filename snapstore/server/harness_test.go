@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/testutil"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/wire"
 )
@@ -97,24 +98,7 @@ func start(t *testing.T, cfg Config) *env {
 		t.Fatal(err)
 	}
 	e.srv = srv
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		srv.Close()
-		select {
-		case <-done:
-		case <-time.After(waitLong):
-			t.Error("Serve did not return")
-		}
-	})
+	e.addr, e.cancel = testutil.Serve(t, srv, nil)
 	return e
 }
 
@@ -332,11 +316,5 @@ func wantErr(t *testing.T, m wire.Message, code wire.ErrorCode) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, waitLong, what, cond)
 }

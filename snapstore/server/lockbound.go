@@ -51,7 +51,7 @@ func (s *Server) sweepLocks() {
 		case <-s.closeCh:
 			return
 		case <-t.C:
-			s.revokeExpired(time.Now())
+			s.revokeExpired(s.cfg.Now())
 		}
 	}
 }
@@ -147,7 +147,7 @@ func (s *Server) finishRevokedLocked(k locks.Key) bool {
 // uploadedLocked starts the bound of the locks client id re-declared that
 // the table did not have (the ones it kept keep their grant time).
 func (s *Server) uploadedLocked(id wire.ClientID) {
-	now := time.Now()
+	now := s.cfg.Now()
 	for _, l := range s.tab.Held(locks.ClientID(id)) {
 		k := locks.Key{Client: locks.ClientID(id), ID: l.ID}
 		if _, ok := s.lockAt[k]; !ok {

@@ -14,16 +14,8 @@ import (
 // client's upload after a reconnect, and its late FINISH is harmless.
 func TestReadLockBound(t *testing.T) {
 	e := start(t, Config{LockBound: wire.LockLease})
-	a := connect(t, e.addr, cid(1), "n1")
-	b := connect(t, e.addr, cid(2), "n2")
-	s := createSnap(t, a, "s1")
-	h, rch := a.send(&wire.SnapshotRead{Snapshot: s.ID, Ranges: rng(5, 1)})
-	if r := mustType[*wire.SnapshotReadOK](t, a.wait(rch)); !r.HoldsLock() {
-		t.Fatalf("unchanged chunk not on the origin: %+v", r.Extents)
-	}
-	granted := time.Now()
-	_, wch := b.send(&wire.OriginWrite{Ranges: rng(5, 1)})
-	b.pending(wch, "write under a fresh read lock")
+	lw := writeBehindReadLock(t, e)
+	a, b, s, h, wch, granted := lw.a, lw.b, lw.snap, lw.handle, lw.wch, lw.granted
 	select {
 	case m := <-wch:
 		mustType[*wire.OriginWriteOK](t, m)
@@ -54,6 +46,34 @@ func TestReadLockBound(t *testing.T) {
 	}
 	a2.notice(&wire.FinishSnapshotRead{Handle: h})
 	mustType[*wire.Pong](t, a2.call(&wire.Ping{}))
+}
+
+// lockedWrite is an origin write (answer on wch) of client b parked
+// behind client a's read lock (handle, granted at granted) on the
+// unchanged chunk 5 of snapshot snap.
+type lockedWrite struct {
+	a, b    *client
+	snap    wire.SnapshotEntry
+	handle  uint64
+	granted time.Time
+	wch     chan wire.Message
+}
+
+// writeBehindReadLock connects clients a (n1) and b (n2); a takes
+// snapshot s1 and a read lock on its unchanged chunk 5, and b's origin
+// write of chunk 5 parks behind it.
+func writeBehindReadLock(t *testing.T, e *env) lockedWrite {
+	t.Helper()
+	lw := lockedWrite{a: connect(t, e.addr, cid(1), "n1"), b: connect(t, e.addr, cid(2), "n2")}
+	lw.snap = createSnap(t, lw.a, "s1")
+	h, rch := lw.a.send(&wire.SnapshotRead{Snapshot: lw.snap.ID, Ranges: rng(5, 1)})
+	if r := mustType[*wire.SnapshotReadOK](t, lw.a.wait(rch)); !r.HoldsLock() {
+		t.Fatalf("unchanged chunk not on the origin: %+v", r.Extents)
+	}
+	lw.handle, lw.granted = h, time.Now()
+	_, lw.wch = lw.b.send(&wire.OriginWrite{Ranges: rng(5, 1)})
+	lw.b.pending(lw.wch, "write under a fresh read lock")
+	return lw
 }
 
 // A granted block lock is honoured against a waiting request no longer

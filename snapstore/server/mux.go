@@ -26,6 +26,64 @@ type Mux struct {
 	mu      sync.Mutex
 	servers map[string]*Server
 	tlsLog  logLimiter // failed TLS handshakes
+	pending pendingConns
+}
+
+// Limits on connections that have not yet been handed to a volume's
+// server (TLS handshake and HELLO not done): an unauthenticated peer can
+// hold one for the HELLO timeout at most, and no more than these many.
+const (
+	MaxPendingConns          = 128
+	MaxPendingConnsPerSource = 16
+)
+
+// pendingConns counts the connections being authenticated, per source.
+type pendingConns struct {
+	mu       sync.Mutex
+	total    int
+	bySource map[string]int
+}
+
+// admit counts a new connection from src, or says which limit refuses it.
+func (p *pendingConns) admit(src string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.total >= MaxPendingConns:
+		return "total"
+	case p.bySource[src] >= MaxPendingConnsPerSource:
+		return "per source"
+	}
+	if p.bySource == nil {
+		p.bySource = map[string]int{}
+	}
+	p.total++
+	p.bySource[src]++
+	return ""
+}
+
+func (p *pendingConns) done(src string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total--
+	if p.bySource[src]--; p.bySource[src] <= 0 {
+		delete(p.bySource, src)
+	}
+}
+
+// sourceAddr is the IP a connection comes from (IPv6 by /64).
+func sourceAddr(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		if ip4 := ta.IP.To4(); ip4 != nil {
+			return ip4.String()
+		}
+		return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
 }
 
 // NewMux returns a Mux serving no volume yet. HELLOs must arrive within
@@ -59,13 +117,22 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	err := acceptLoop(ln, func(conn net.Conn) bool {
+		src := sourceAddr(conn.RemoteAddr())
+		if why := m.pending.admit(src); why != "" {
+			conn.Close()
+			if m.tlsLog.allow("pending "+src, time.Now()) {
+				m.log.WithFields(logrus.Fields{"remote": conn.RemoteAddr().String(), "limit": why}).Warn("snapshot-server connection refused before authentication")
+			}
+			return true
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer m.pending.done(src)
 			m.route(ctx, conn)
 		}()
 		return true
-	})
+	}, func(err error) { m.log.WithError(err).Warn("snapshot-server accept failed; retrying") })
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -75,7 +142,7 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 // route reads the HELLO (keeping its bytes) and hands the connection over.
 func (m *Mux) route(ctx context.Context, conn net.Conn) {
 	log := m.log.WithField("remote", conn.RemoteAddr().String())
-	if !tlsHandshake(conn, m.timeout, log, &m.tlsLog) {
+	if !tlsHandshake(conn, m.timeout, log, &m.tlsLog, time.Now) {
 		conn.Close()
 		return
 	}

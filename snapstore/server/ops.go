@@ -260,7 +260,7 @@ func (s *Server) snapshotRead(ctx context.Context, ss *session, id uint64, snap 
 	}
 	err := s.tab.Acquire(key, origin)
 	if err == nil {
-		s.granted[ss.id] = time.Now()
+		s.granted[ss.id] = s.cfg.Now()
 		s.lockAt[key] = s.granted[ss.id]
 	}
 	s.mu.Unlock()
@@ -335,7 +335,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 		return snapstore.SnapshotInfo{}, ErrServerClosed
 	}
 	defer func() { <-s.create }()
-	start := time.Now()
+	start := s.cfg.Now()
 
 	s.mu.Lock()
 	if s.closed {
@@ -426,7 +426,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, name string, o snapstore.Cr
 		s.regDelete(id)
 	}
 	s.log.WithFields(logrus.Fields{"snapshot": name, "id": si.ID, "generation": b.gen, "clients": len(targets),
-		"took": time.Since(start).String()}).Info("snapshot created")
+		"took": s.cfg.Now().Sub(start).String()}).Info("snapshot created")
 	return si, nil
 }
 
@@ -480,7 +480,29 @@ func (s *Server) DeleteSnapshot(ctx context.Context, ref wire.SnapshotRef) error
 		return err
 	}
 	s.log.WithFields(logrus.Fields{"snapshot": ref.Name, "id": id}).Info("snapshot deleted")
+	s.announceList()
 	return nil
+}
+
+// announceList tells every connected client that the snapshot list
+// changed (a snapshot was deleted), so each node unexports it at once:
+// INVALIDATE of the current generation. It asks nothing new of a client
+// (its ack means, as for any INVALIDATE, that its writes approved under
+// older generations are written) and the client reports the change
+// (client.Config.OnChange).
+func (s *Server) announceList() {
+	gen := s.eng.Generation()
+	s.mu.Lock()
+	var targets []*session
+	for _, ss := range s.sessions {
+		if ss.live && !ss.closed {
+			targets = append(targets, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range targets {
+		ss.invalidate(gen)
+	}
 }
 
 // SetPriority changes a snapshot's priority.

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -67,7 +66,7 @@ func (s *Server) beforeReclaim(ctx context.Context, ids []snapstore.SnapID) {
 // reclaimFanOut runs one RECLAIM round for snaps; false if ctx ended or
 // the server closed.
 func (s *Server) reclaimFanOut(ctx context.Context, snaps []uint32) bool {
-	start := time.Now()
+	start := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Every SNAPSHOT_READ_OK computed so far (while snaps were readable)
@@ -82,7 +81,7 @@ func (s *Server) reclaimFanOut(ctx context.Context, snaps []uint32) bool {
 		return false
 	}
 
-	now := time.Now()
+	now := s.cfg.Now()
 	deadline := now.Add(s.cfg.BarrierTimeout)
 	p := &reclaimPass{snaps: snaps, pending: map[wire.ClientID]time.Time{}}
 	type req struct {
@@ -122,7 +121,7 @@ func (s *Server) reclaimFanOut(ctx context.Context, snaps []uint32) bool {
 	defer timer.Stop()
 	var late []*session
 	for len(p.pending) > 0 && !s.closed && ctx.Err() == nil {
-		now := time.Now()
+		now := s.cfg.Now()
 		next := time.Time{}
 		for id, until := range p.pending {
 			if now.Before(until) {
@@ -167,19 +166,14 @@ func (s *Server) reclaimFanOut(ctx context.Context, snaps []uint32) bool {
 	}
 	ok := !s.closed && ctx.Err() == nil
 	s.log.WithFields(logrus.Fields{"snapshots": snaps, "clients": clients, "late": len(late),
-		"took": time.Since(start).Round(time.Microsecond).String()}).Debug("reclaim: clients drained")
+		"took": s.cfg.Now().Sub(start).Round(time.Microsecond).String()}).Debug("reclaim: clients drained")
 	return ok
 }
 
 // reclaimCallLocked registers a RECLAIM of pass p on ss and returns its
 // request id.
 func (ss *session) reclaimCallLocked(p *reclaimPass) uint64 {
-	rid := ss.nextReq.Add(1)
-	if ss.reclaims == nil {
-		ss.reclaims = map[uint64]*reclaimPass{}
-	}
-	ss.reclaims[rid] = p
-	return rid
+	return ss.calls.add(clientCall{req: wire.TypeReclaim, pass: p})
 }
 
 // reclaimAfterUpload sends RECLAIM to a client that became live while a
@@ -197,32 +191,6 @@ func (ss *session) reclaimAfterUploadLocked() func() {
 	}
 	rid := ss.reclaimCallLocked(p)
 	return func() { ss.sendAsync(rid, &wire.Reclaim{Snapshots: p.snaps}) }
-}
-
-// reclaimReply handles RECLAIM_OK (e == nil) or ERROR answering RECLAIM.
-// It reports whether to go on reading.
-func (ss *session) reclaimReply(id uint64, e *wire.Error) bool {
-	s := ss.s
-	s.mu.Lock()
-	p, ok := ss.reclaims[id]
-	delete(ss.reclaims, id)
-	if ok && e == nil && s.reclaim == p {
-		delete(p.pending, ss.id)
-		s.notifyLocked()
-	}
-	s.mu.Unlock()
-	switch {
-	case !ok:
-		ss.fatal(wire.CodeBadRequest, fmt.Sprintf("RECLAIM_OK for unknown server request %d", id))
-		return false
-	case e != nil:
-		// It stays pending: it may still be reading until it answers on
-		// a new connection or the pass gives up on it.
-		ss.log.WithField("error", e.Error()).Warn("client refused RECLAIM; disconnecting it")
-		ss.kill()
-		return false
-	}
-	return true
 }
 
 // enterRead counts a SNAPSHOT_READ in progress (lookup to answer sent)
@@ -263,6 +231,6 @@ func (s *Server) readsUpToLocked(era uint64) int {
 // them for its lease.
 func (s *Server) noteSessionEndLocked(ss *session) {
 	if ss.version >= wire.VersionReclaim && ss.storeReads.Load() {
-		s.away[ss.id] = awayReader{node: ss.node, since: time.Now()}
+		s.away[ss.id] = awayReader{node: ss.node, since: s.cfg.Now()}
 	}
 }

@@ -97,7 +97,9 @@ type Config struct {
 	// LockCheck confirms a claimed newer term with the lock service (see
 	// lockcheck.go). Default StillOurs (a claim never deposes).
 	LockCheck LockCheck
-	// Now returns the current time (default time.Now).
+	// Now returns the current time (default time.Now). Every time the
+	// server reads (lock leases, grant and away times, durations) comes
+	// from it; timers and socket deadlines run on the system clock.
 	Now func() time.Time
 	// PersistShared, if set, says what of a shared-state entry outlives a
 	// restart of every node: given an entry's key and value, the value to
@@ -202,24 +204,19 @@ type unsettled struct {
 	gen  uint64
 }
 
-// New builds the server of one volume. It records cfg.Term in the store
-// (if newer than the recorded one) and refuses to start if the store
-// records a newer term: a newer server has existed. It lists the registry:
-// clients that held locks under the previous server are awaited (origin
-// writes wait until each has reconnected and re-declared its locks, its
-// node has left, or AwaitTimeout passes).
-func New(cfg Config) (*Server, error) {
+// withDefaults checks cfg's required fields and fills in the defaults.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Engine == nil {
-		return nil, errors.New("snapshot server: no engine")
+		return cfg, errors.New("snapshot server: no engine")
 	}
 	if !wire.ValidName(cfg.Volume) {
-		return nil, fmt.Errorf("snapshot server: invalid volume name %q", cfg.Volume)
+		return cfg, fmt.Errorf("snapshot server: invalid volume name %q", cfg.Volume)
 	}
 	if !wire.ValidNodeName(cfg.Node) {
-		return nil, fmt.Errorf("snapshot server: invalid node name %q", cfg.Node)
+		return cfg, fmt.Errorf("snapshot server: invalid node name %q", cfg.Node)
 	}
 	if cfg.Term == 0 {
-		return nil, errors.New("snapshot server: term must be at least 1")
+		return cfg, errors.New("snapshot server: term must be at least 1")
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = NewMemRegistry()
@@ -264,6 +261,20 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Limits.MaxRanges <= 0 || cfg.Limits.MaxRanges > wire.MaxRanges {
 		cfg.Limits.MaxRanges = wire.MaxRanges
 	}
+	return cfg, nil
+}
+
+// New builds the server of one volume. It records cfg.Term in the store
+// (if newer than the recorded one) and refuses to start if the store
+// records a newer term: a newer server has existed. It lists the registry:
+// clients that held locks under the previous server are awaited (origin
+// writes wait until each has reconnected and re-declared its locks, its
+// node has left, or AwaitTimeout passes).
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
 	eng := cfg.Engine
 	log := cfg.Log.WithFields(logrus.Fields{"volume": cfg.Volume, "term": cfg.Term})
 
@@ -290,7 +301,7 @@ func New(cfg Config) (*Server, error) {
 		awaited:   map[wire.ClientID]Entry{},
 		detached:  map[wire.ClientID]*detached{},
 		granted:   map[wire.ClientID]time.Time{},
-		started:   time.Now(),
+		started:   cfg.Now(),
 		blocks:    locks.NewBlocks(0),
 		lockAt:    map[locks.Key]time.Time{},
 		revoked:   map[locks.Key]time.Time{},
@@ -314,16 +325,31 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PersistShared != nil {
 		s.loadPersisted()
 	}
+	if err := s.awaitRegistered(); err != nil {
+		return nil, err
+	}
+	eng.SetBeforeReclaim(s.beforeReclaim)
+	s.wg.Add(1)
+	go s.sweepLocks()
+	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
+	return s, nil
+}
+
+// awaitRegistered reads the client registry a previous server of the
+// volume left: the clients the next snapshot waits for (their approved
+// writes may be in flight), the shared-state replicas to await, and the
+// lock holders whose reconnection origin writes wait for (AwaitTimeout).
+func (s *Server) awaitRegistered() error {
 	ctx, cancel := context.WithTimeout(context.Background(), registryTimeout)
 	defer cancel()
 	entries, err := s.reg.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot server for volume %q: list client registry: %w", cfg.Volume, err)
+		return fmt.Errorf("snapshot server for volume %q: list client registry: %w", s.cfg.Volume, err)
 	}
-	gen := eng.Generation()
+	gen := s.eng.Generation()
 	for _, e := range entries {
 		if !s.mem.IsMember(e.Node) {
-			log.WithFields(logrus.Fields{"client": e.ID.String(), "node": e.Node}).
+			s.log.WithFields(logrus.Fields{"client": e.ID.String(), "node": e.Node}).
 				Warn("registry client's node is not a cluster member: not awaiting it")
 			_ = s.reg.Delete(ctx, e.ID)
 			continue
@@ -339,22 +365,18 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	if len(s.awaited) > 0 {
-		log.WithFields(logrus.Fields{"awaited": s.awaitedListLocked(), "timeout": cfg.AwaitTimeout.String()}).
+		s.log.WithFields(logrus.Fields{"awaited": s.awaitedListLocked(), "timeout": s.cfg.AwaitTimeout.String()}).
 			Warn("origin writes wait until these lock-holding clients reconnect (or their nodes leave)")
 	}
 	if len(s.awaited) > 0 || len(s.uploadAwait) > 0 {
-		d := cfg.AwaitTimeout
+		d := s.cfg.AwaitTimeout
 		if len(s.awaited) > 0 {
 			d = max(d, wire.LockLease) // the awaited clients' lock leases
 		}
 		s.wg.Add(1) // done when the timer has run or was stopped
 		s.timer = time.AfterFunc(d, s.awaitExpired)
 	}
-	eng.SetBeforeReclaim(s.beforeReclaim)
-	s.wg.Add(1)
-	go s.sweepLocks()
-	log.WithFields(logrus.Fields{"node": cfg.Node, "generation": eng.Generation()}).Info("snapshot server ready")
-	return s, nil
+	return nil
 }
 
 func (s *Server) awaitedListLocked() []string {
@@ -456,7 +478,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return false
 		}
 		return true
-	})
+	}, func(err error) { s.log.WithError(err).Warn("snapshot-server accept failed; retrying") })
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -470,21 +492,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // acceptLoop hands every connection accepted on ln to handle, until handle
-// returns false (acceptLoop returns nil) or Accept fails for good (its
-// error). Temporary failures, such as running out of file descriptors,
-// are slept through with a backoff of up to a second.
-func acceptLoop(ln net.Listener, handle func(net.Conn) bool) error {
+// returns false (acceptLoop returns nil) or ln is closed (its error). Every
+// other failure (out of file descriptors, a connection aborted before it
+// was accepted) is passed to logErr, at most once a second, and retried
+// with a backoff of up to a second: it never stops the listener, so it
+// never stops the node.
+func acceptLoop(ln net.Listener, handle func(net.Conn) bool, logErr func(error)) error {
 	var backoff time.Duration
+	var lastLog time.Time
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			if now := time.Now(); logErr != nil && now.Sub(lastLog) >= time.Second {
+				lastLog = now
+				logErr(err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
 		if !handle(conn) {

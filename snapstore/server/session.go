@@ -34,16 +34,11 @@ type session struct {
 	node    string
 	version uint16 // protocol version chosen at HELLO
 
-	nextReq atomic.Uint64 // ids of server-initiated requests
-
 	// guarded by s.mu
-	live   bool                     // UPLOAD_DONE accepted
-	closed bool                     // dropped: no new table state for it
-	invals map[uint64]uint64        // INVALIDATE request id -> generation
-	calls  map[uint64]chan struct{} // other server requests (SHARED_STATE) -> closed on OK
-	seen   map[string]uint64        // shared entries uploaded before UPLOAD_DONE, by key
-	// reclaims: RECLAIM request id -> the pass it belongs to
-	reclaims map[uint64]*reclaimPass
+	live   bool              // UPLOAD_DONE accepted
+	closed bool              // dropped: no new table state for it
+	calls  *clientCalls      // the server's requests to the client (clientcalls.go)
+	seen   map[string]uint64 // shared entries uploaded before UPLOAD_DONE, by key
 	// blockKeys: the handles of its block locks, granted or waiting
 	blockKeys map[uint64]struct{}
 
@@ -78,10 +73,10 @@ func (s *Server) startSession(ctx context.Context, conn net.Conn) bool {
 	sctx, cancel := context.WithCancel(ctx)
 	ss := &session{
 		s: s, conn: conn, ctx: sctx, cancel: cancel,
-		w:      wire.NewWriter(deadlineWriter{conn, s.cfg.WriteTimeout}),
-		log:    s.log.WithField("remote", conn.RemoteAddr().String()),
-		sem:    make(chan struct{}, s.cfg.MaxInFlight),
-		invals: map[uint64]uint64{},
+		w:     wire.NewWriter(deadlineWriter{conn, s.cfg.WriteTimeout}),
+		log:   s.log.WithField("remote", conn.RemoteAddr().String()),
+		sem:   make(chan struct{}, s.cfg.MaxInFlight),
+		calls: newClientCalls(),
 
 		blockKeys: map[uint64]struct{}{},
 	}
@@ -141,7 +136,7 @@ func (ss *session) run() {
 	defer ss.teardown()
 	r := wire.NewReader(bufio.NewReader(ss.conn))
 	_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log, &s.tlsLog) || !ss.handshake(r) {
+	if !tlsHandshake(ss.conn, s.cfg.HandshakeTimeout, ss.log, &s.tlsLog, s.cfg.Now) || !ss.handshake(r) {
 		return
 	}
 	for {
@@ -311,28 +306,14 @@ func (ss *session) dispatch(id uint64, m wire.Message) bool {
 	case *wire.BlockUnlock:
 		ss.blockUnlock(m.Handle)
 		return true
-	case *wire.InvalidateAck:
-		return ss.invalidateReply(id, m.Generation, nil)
-	case *wire.OK:
-		return ss.callReply(id, nil)
-	case *wire.ReclaimOK:
-		return ss.reclaimReply(id, nil)
+	case *wire.InvalidateAck, *wire.OK, *wire.ReclaimOK:
+		return ss.clientReply(id, m)
 	case *wire.Error:
 		if id == 0 {
 			ss.log.WithField("error", m.Error()).Info("client reported a connection error")
 			return false
 		}
-		s.mu.Lock()
-		_, isCall := ss.calls[id]
-		_, isReclaim := ss.reclaims[id]
-		s.mu.Unlock()
-		if isCall {
-			return ss.callReply(id, m)
-		}
-		if isReclaim {
-			return ss.reclaimReply(id, m)
-		}
-		return ss.invalidateReply(id, 0, m)
+		return ss.clientReply(id, m)
 	case *wire.Pong:
 		return true
 	case *wire.Hello:
@@ -486,48 +467,67 @@ func (ss *session) uploadDone(id uint64, m *wire.UploadDone) bool {
 	return true
 }
 
-// invalidate sends INVALIDATE{gen}; the ack arrives in invalidateReply.
+// invalidate sends INVALIDATE{gen}; the ack arrives in clientReply.
 func (ss *session) invalidate(gen uint64) {
 	s := ss.s
-	rid := ss.nextReq.Add(1)
 	s.mu.Lock()
-	ss.invals[rid] = gen
+	rid := ss.calls.add(clientCall{req: wire.TypeInvalidate, gen: gen})
 	s.mu.Unlock()
 	ss.sendAsync(rid, &wire.Invalidate{Generation: gen})
 }
 
-// invalidateReply handles INVALIDATE_ACK (e == nil) or ERROR to an
-// INVALIDATE.
-func (ss *session) invalidateReply(id, gen uint64, e *wire.Error) bool {
+// clientReply handles the client's answer m (INVALIDATE_ACK, OK,
+// RECLAIM_OK or ERROR) to the server's request id: the call ledger judges
+// it; an accepted answer completes what the request was for, a refusal
+// disconnects the client, anything else fails the connection. It reports
+// whether to go on reading.
+func (ss *session) clientReply(id uint64, m wire.Message) bool {
 	s := ss.s
 	s.mu.Lock()
-	want, ok := ss.invals[id]
-	delete(ss.invals, id)
-	if ok && e == nil && want == gen {
-		if b := s.barrier; b != nil && b.gen == gen {
-			if _, p := b.pending[ss]; p {
-				delete(b.pending, ss)
+	c, verdict, why := ss.calls.answer(id, m)
+	if verdict == answerAccepted {
+		switch c.req {
+		case wire.TypeInvalidate:
+			ss.invalidatedLocked(c.gen)
+		case wire.TypeReclaim:
+			if s.reclaim == c.pass {
+				delete(c.pass.pending, ss.id)
 				s.notifyLocked()
 			}
-		}
-		// Every write it was approved before gen has completed.
-		if u, found := s.unsettled[ss.id]; found && u.gen < gen {
-			delete(s.unsettled, ss.id)
-			s.notifyLocked()
+		case wire.TypeSharedState:
+			if c.done != nil {
+				close(c.done)
+			}
 		}
 	}
 	s.mu.Unlock()
-	switch {
-	case !ok:
-		ss.fatal(wire.CodeBadRequest, fmt.Sprintf("reply to unknown server request %d", id))
+	switch verdict {
+	case answerInvalid:
+		ss.fatal(wire.CodeBadRequest, why)
 		return false
-	case e != nil:
-		ss.log.WithField("error", e.Error()).Warn("client refused INVALIDATE; disconnecting it")
+	case answerRefused:
+		// A refused RECLAIM stays pending in its pass: the client may
+		// still be reading until it answers on a new connection or the
+		// pass gives up on it.
+		ss.log.WithField("error", m.(*wire.Error).Error()).Warn(fmt.Sprintf("client refused %v; disconnecting it", c.req))
 		ss.kill()
-		return false
-	case want != gen:
-		ss.fatal(wire.CodeBadRequest, fmt.Sprintf("INVALIDATE_ACK for generation %d, expected %d", gen, want))
 		return false
 	}
 	return true
+}
+
+// invalidatedLocked records that the client acknowledged INVALIDATE{gen}.
+func (ss *session) invalidatedLocked(gen uint64) {
+	s := ss.s
+	if b := s.barrier; b != nil && b.gen == gen {
+		if _, p := b.pending[ss]; p {
+			delete(b.pending, ss)
+			s.notifyLocked()
+		}
+	}
+	// Every write it was approved before gen has completed.
+	if u, found := s.unsettled[ss.id]; found && u.gen < gen {
+		delete(s.unsettled, ss.id)
+		s.notifyLocked()
+	}
 }

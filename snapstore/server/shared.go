@@ -260,34 +260,8 @@ func (ss *session) pushSharedAfterUpload() {
 // callLocked registers a server-initiated request on ss whose answer is
 // OK; the channel is closed when it comes.
 func (ss *session) callLocked() (uint64, chan struct{}) {
-	rid := ss.nextReq.Add(1)
 	ch := make(chan struct{})
-	if ss.calls == nil {
-		ss.calls = map[uint64]chan struct{}{}
-	}
-	ss.calls[rid] = ch
-	return rid, ch
-}
-
-// callReply handles OK (e == nil) or ERROR answering a server request of
-// ss other than INVALIDATE. It reports whether to go on reading.
-func (ss *session) callReply(id uint64, e *wire.Error) bool {
-	s := ss.s
-	s.mu.Lock()
-	ch, ok := ss.calls[id]
-	delete(ss.calls, id)
-	s.mu.Unlock()
-	switch {
-	case !ok:
-		ss.fatal(wire.CodeBadRequest, fmt.Sprintf("reply to unknown server request %d", id))
-		return false
-	case e != nil:
-		ss.log.WithField("error", e.Error()).Warn("client refused SHARED_STATE; disconnecting it")
-		ss.kill()
-		return false
-	}
-	close(ch)
-	return true
+	return ss.calls.add(clientCall{req: wire.TypeSharedState, done: ch}), ch
 }
 
 // sendAsync sends m without blocking the caller (which may hold no lock,

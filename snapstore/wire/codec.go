@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/csnap/csnap/internal/bigendian"
+	"github.com/csnap/csnap/internal/names"
 )
 
 // encoder appends big-endian fields to a byte slice. It cannot fail: every
@@ -41,74 +44,31 @@ func (e *encoder) ranges(rs []Range) {
 	}
 }
 
-// decoder reads big-endian fields from a body. The first failure sticks:
-// later reads return zero values, so unmarshal methods read straight through
-// and the caller checks err once. Nothing it returns aliases the body.
-type decoder struct {
-	b   []byte
-	off int
-	err error
+// decoder reads big-endian fields from a body (bigendian.Decoder: the
+// first failure sticks, later reads return zero values, so unmarshal
+// methods read straight through and the caller checks Err once). Nothing
+// it returns aliases the body.
+type decoder struct{ bigendian.Decoder }
+
+func newDecoder(body []byte) *decoder {
+	return &decoder{bigendian.Decoder{B: body, Short: func(what string, n, off, size int) error {
+		return fmt.Errorf("%s: need %d bytes at offset %d, body has %d: %w", what, n, off, size, ErrMalformed)
+	}}}
 }
 
-func (d *decoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf(format, args...)
-	}
-}
+func (d *decoder) fail(format string, args ...any) { d.Fail(fmt.Errorf(format, args...)) }
 
-// take returns the next n bytes, or nil (and sets err) if fewer remain.
-func (d *decoder) take(n int, what string) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > len(d.b)-d.off {
-		d.fail("%s: need %d bytes at offset %d, body has %d: %w", what, n, d.off, len(d.b), ErrMalformed)
-		return nil
-	}
-	p := d.b[d.off : d.off+n]
-	d.off += n
-	return p
-}
-
-func (d *decoder) u8(what string) uint8 {
-	if p := d.take(1, what); p != nil {
-		return p[0]
-	}
-	return 0
-}
-
-func (d *decoder) u16(what string) uint16 {
-	if p := d.take(2, what); p != nil {
-		return binary.BigEndian.Uint16(p)
-	}
-	return 0
-}
-
-func (d *decoder) u32(what string) uint32 {
-	if p := d.take(4, what); p != nil {
-		return binary.BigEndian.Uint32(p)
-	}
-	return 0
-}
-
-func (d *decoder) u64(what string) uint64 {
-	if p := d.take(8, what); p != nil {
-		return binary.BigEndian.Uint64(p)
-	}
-	return 0
-}
-
-func (d *decoder) i32(what string) int32 { return int32(d.u32(what)) }
-func (d *decoder) i64(what string) int64 { return int64(d.u64(what)) }
+func (d *decoder) i32(what string) int32 { return int32(d.U32(what)) }
+func (d *decoder) i64(what string) int64 { return int64(d.U64(what)) }
 
 func (d *decoder) id(what string) (v [16]byte) {
-	copy(v[:], d.take(16, what))
+	copy(v[:], d.Take(16, what))
 	return v
 }
 
 // bool accepts exactly 0 and 1 so that every message has one encoding.
 func (d *decoder) bool(what string) bool {
-	v := d.u8(what)
+	v := d.U8(what)
 	if v > 1 {
 		d.fail("%s: boolean byte is %d, want 0 or 1: %w", what, v, ErrMalformed)
 	}
@@ -116,52 +76,52 @@ func (d *decoder) bool(what string) bool {
 }
 
 func (d *decoder) name(what string) string {
-	n := d.u8(what + " length")
-	return string(d.take(int(n), what))
+	n := d.U8(what + " length")
+	return string(d.Take(int(n), what))
 }
 
 func (d *decoder) text(what string) string {
-	n := d.u16(what + " length")
-	return string(d.take(int(n), what))
+	n := d.U16(what + " length")
+	return string(d.Take(int(n), what))
 }
 
 // count reads a list length and checks it against the limit and against
 // the bytes left (each element needs at least minSize bytes), so a hostile
 // count can never make the decoder allocate more than the body justifies.
 func (d *decoder) count(n, limit, minSize int, what string) int {
-	if d.err != nil {
+	if d.Err != nil {
 		return 0
 	}
 	if n > limit {
 		d.fail("%s: %d entries exceeds limit %d: %w", what, n, limit, ErrLimit)
 		return 0
 	}
-	if n*minSize > len(d.b)-d.off {
-		d.fail("%s: %d entries need at least %d bytes, %d left: %w", what, n, n*minSize, len(d.b)-d.off, ErrMalformed)
+	if n*minSize > len(d.B)-d.Off {
+		d.fail("%s: %d entries need at least %d bytes, %d left: %w", what, n, n*minSize, len(d.B)-d.Off, ErrMalformed)
 		return 0
 	}
 	return n
 }
 
 func (d *decoder) ranges(what string) []Range {
-	n := d.count(int(d.u16(what+" count")), MaxRanges, 12, what)
+	n := d.count(int(d.U16(what+" count")), MaxRanges, 12, what)
 	if n == 0 {
 		return nil
 	}
 	rs := make([]Range, n)
 	for i := range rs {
-		rs[i].Start = d.u64(what)
-		rs[i].Count = d.u32(what)
+		rs[i].Start = d.U64(what)
+		rs[i].Count = d.U32(what)
 	}
 	return rs
 }
 
 // done reports trailing bytes: a body must be consumed exactly.
 func (d *decoder) done() error {
-	if d.err == nil && d.off != len(d.b) {
-		d.fail("%d trailing bytes after the message: %w", len(d.b)-d.off, ErrMalformed)
+	if d.Err == nil && d.Off != len(d.B) {
+		d.fail("%d trailing bytes after the message: %w", len(d.B)-d.Off, ErrMalformed)
 	}
-	return d.err
+	return d.Err
 }
 
 // Errors. Every error returned by this package wraps one of these, so
@@ -184,18 +144,7 @@ var (
 // ValidName reports whether s is a valid volume or snapshot name: 1-63
 // characters of a-z 0-9 '-', starting with a letter or digit
 // (^[a-z0-9][a-z0-9-]{0,62}$), the form iSCSI target names are built from.
-func ValidName(s string) bool {
-	if len(s) == 0 || len(s) > MaxNameLen || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func ValidName(s string) bool { return names.Valid(s) }
 
 // ValidNodeName reports whether s is a valid node name: 1-253 characters of
 // A-Z a-z 0-9 '.' '_' '-', starting with a letter or digit. Node names are

@@ -271,6 +271,11 @@
 // still in flight, and the server records the snapshot. A client must
 // answer INVALIDATE even while it is waiting for other replies.
 //
+// After deleting a snapshot the server sends INVALIDATE{G} of the current
+// generation G to every client: nothing changes for the client's cache
+// (G is not newer), it answers as for any INVALIDATE, and it learns that
+// the snapshot list changed (the node unexports the deleted snapshot).
+//
 // # A volume without snapshots (version 3)
 //
 // While a volume has no live snapshot, no origin write needs a copy-out

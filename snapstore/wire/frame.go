@@ -111,8 +111,8 @@ func DecodeBody(t MsgType, body []byte) (Message, error) {
 	if len(body) > MaxBody {
 		return nil, &MessageError{Type: t, Err: fmt.Errorf("body of %d bytes exceeds limit %d: %w", len(body), MaxBody, ErrLimit)}
 	}
-	d := decoder{b: body}
-	m.unmarshal(&d)
+	d := newDecoder(body)
+	m.unmarshal(d)
 	err := d.done()
 	if err == nil {
 		err = m.validate()

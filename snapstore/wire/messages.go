@@ -4,7 +4,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/bits"
+	"slices"
 	"time"
+
+	"github.com/csnap/csnap/internal/names"
 )
 
 // Protocol versions this package speaks. A HELLO offers a range; the server
@@ -50,14 +53,14 @@ const (
 	MaxChunks      = 16384   // chunks covered by one range or extent list
 	MaxBlockLock   = 1 << 20 // bytes in one BLOCK_LOCK range
 	MaxExtents     = MaxChunks
-	MaxNameLen     = 63   // volume and snapshot names
-	MaxNodeNameLen = 253  // node names (DNS host name length)
-	MaxText        = 4096 // bytes of an error message or check problem
-	MaxUploadLocks = 1024 // locks in one UPLOAD_LOCKS message
-	MaxListEntries = 1024 // snapshots in one SNAPSHOT_LIST page
-	MaxProblems    = 1024 // problems in one CHECK_OK
-	MaxClients     = 4096 // clients in one STATUS_OK
-	MaxSharedKey   = 255  // bytes of a shared-state key
+	MaxNameLen     = names.MaxLen // volume and snapshot names
+	MaxNodeNameLen = 253          // node names (DNS host name length)
+	MaxText        = 4096         // bytes of an error message or check problem
+	MaxUploadLocks = 1024         // locks in one UPLOAD_LOCKS message
+	MaxListEntries = 1024         // snapshots in one SNAPSHOT_LIST page
+	MaxProblems    = 1024         // problems in one CHECK_OK
+	MaxClients     = 4096         // clients in one STATUS_OK
+	MaxSharedKey   = 255          // bytes of a shared-state key
 	MaxSharedValue = 512 << 10
 	MaxReclaimIDs  = 4096 // snapshot ids in one RECLAIM
 )
@@ -157,90 +160,78 @@ const (
 	KindNotice
 )
 
-var typeNames = map[MsgType]string{
-	TypeHello: "HELLO", TypeHelloOK: "HELLO_OK", TypeHelloReject: "HELLO_REJECT",
-	TypePing: "PING", TypePong: "PONG", TypeError: "ERROR", TypeOK: "OK",
-	TypeOriginWrite: "ORIGIN_WRITE", TypeOriginWriteOK: "ORIGIN_WRITE_OK",
-	TypeSnapshotRead: "SNAPSHOT_READ", TypeSnapshotReadOK: "SNAPSHOT_READ_OK",
-	TypeFinishSnapshotRead: "FINISH_SNAPSHOT_READ",
-	TypeSnapshotWrite:      "SNAPSHOT_WRITE", TypeSnapshotWriteOK: "SNAPSHOT_WRITE_OK",
-	TypeUploadLocks: "UPLOAD_LOCKS", TypeUploadDone: "UPLOAD_DONE",
-	TypeInvalidate: "INVALIDATE", TypeInvalidateAck: "INVALIDATE_ACK",
-	TypeSharedUpdate: "SHARED_UPDATE", TypeSharedResult: "SHARED_RESULT",
-	TypeUploadShared: "UPLOAD_SHARED", TypeSharedState: "SHARED_STATE",
-	TypeBlockLock: "BLOCK_LOCK", TypeBlockLockOK: "BLOCK_LOCK_OK", TypeBlockUnlock: "BLOCK_UNLOCK",
-	TypeOriginUnique: "ORIGIN_UNIQUE",
-	TypeReclaim:      "RECLAIM", TypeReclaimOK: "RECLAIM_OK",
-	TypeCreateSnapshot: "CREATE_SNAPSHOT", TypeCreateSnapshotOK: "CREATE_SNAPSHOT_OK",
-	TypeDeleteSnapshot: "DELETE_SNAPSHOT", TypeListSnapshots: "LIST_SNAPSHOTS",
-	TypeSnapshotList: "SNAPSHOT_LIST", TypeSetPriority: "SET_PRIORITY",
-	TypeStatus: "STATUS", TypeStatusOK: "STATUS_OK", TypeCheck: "CHECK", TypeCheckOK: "CHECK_OK",
-	TypeRecover: "RECOVER",
+// msgInfo is one row of the message catalogue.
+type msgInfo struct {
+	name    string
+	kind    Kind
+	replies []MsgType // a request's reply types, ERROR aside (nil: no request)
+	new     func() Message
+}
+
+// catalogue is the message catalogue: for every message type its name,
+// kind, replies and zero value. A new message is a Type constant, a row
+// here, and its struct with its methods. Read only.
+var catalogue = map[MsgType]msgInfo{
+	TypeHello:              {"HELLO", KindRequest, []MsgType{TypeHelloOK, TypeHelloReject}, func() Message { return new(Hello) }},
+	TypeHelloOK:            {"HELLO_OK", KindReply, nil, func() Message { return new(HelloOK) }},
+	TypeHelloReject:        {"HELLO_REJECT", KindReply, nil, func() Message { return new(HelloReject) }},
+	TypePing:               {"PING", KindRequest, []MsgType{TypePong}, func() Message { return new(Ping) }},
+	TypePong:               {"PONG", KindReply, nil, func() Message { return new(Pong) }},
+	TypeError:              {"ERROR", KindReply, nil, func() Message { return new(Error) }},
+	TypeOK:                 {"OK", KindReply, nil, func() Message { return new(OK) }},
+	TypeOriginWrite:        {"ORIGIN_WRITE", KindRequest, []MsgType{TypeOriginWriteOK}, func() Message { return new(OriginWrite) }},
+	TypeOriginWriteOK:      {"ORIGIN_WRITE_OK", KindReply, nil, func() Message { return new(OriginWriteOK) }},
+	TypeSnapshotRead:       {"SNAPSHOT_READ", KindRequest, []MsgType{TypeSnapshotReadOK}, func() Message { return new(SnapshotRead) }},
+	TypeSnapshotReadOK:     {"SNAPSHOT_READ_OK", KindReply, nil, func() Message { return new(SnapshotReadOK) }},
+	TypeFinishSnapshotRead: {"FINISH_SNAPSHOT_READ", KindNotice, nil, func() Message { return new(FinishSnapshotRead) }},
+	TypeSnapshotWrite:      {"SNAPSHOT_WRITE", KindRequest, []MsgType{TypeSnapshotWriteOK}, func() Message { return new(SnapshotWrite) }},
+	TypeSnapshotWriteOK:    {"SNAPSHOT_WRITE_OK", KindReply, nil, func() Message { return new(SnapshotWriteOK) }},
+	TypeUploadLocks:        {"UPLOAD_LOCKS", KindNotice, nil, func() Message { return new(UploadLocks) }},
+	TypeUploadDone:         {"UPLOAD_DONE", KindRequest, []MsgType{TypeOK}, func() Message { return new(UploadDone) }},
+	TypeSharedUpdate:       {"SHARED_UPDATE", KindRequest, []MsgType{TypeSharedResult}, func() Message { return new(SharedUpdate) }},
+	TypeSharedResult:       {"SHARED_RESULT", KindReply, nil, func() Message { return new(SharedResult) }},
+	TypeUploadShared:       {"UPLOAD_SHARED", KindNotice, nil, func() Message { return new(UploadShared) }},
+	TypeBlockLock:          {"BLOCK_LOCK", KindRequest, []MsgType{TypeBlockLockOK}, func() Message { return new(BlockLock) }},
+	TypeBlockLockOK:        {"BLOCK_LOCK_OK", KindReply, nil, func() Message { return new(BlockLockOK) }},
+	TypeBlockUnlock:        {"BLOCK_UNLOCK", KindNotice, nil, func() Message { return new(BlockUnlock) }},
+	TypeInvalidate:         {"INVALIDATE", KindRequest, []MsgType{TypeInvalidateAck}, func() Message { return new(Invalidate) }},
+	TypeInvalidateAck:      {"INVALIDATE_ACK", KindReply, nil, func() Message { return new(InvalidateAck) }},
+	TypeSharedState:        {"SHARED_STATE", KindRequest, []MsgType{TypeOK}, func() Message { return new(SharedState) }},
+	TypeOriginUnique:       {"ORIGIN_UNIQUE", KindNotice, nil, func() Message { return new(OriginUnique) }},
+	TypeReclaim:            {"RECLAIM", KindRequest, []MsgType{TypeReclaimOK}, func() Message { return new(Reclaim) }},
+	TypeReclaimOK:          {"RECLAIM_OK", KindReply, nil, func() Message { return new(ReclaimOK) }},
+	TypeCreateSnapshot:     {"CREATE_SNAPSHOT", KindRequest, []MsgType{TypeCreateSnapshotOK}, func() Message { return new(CreateSnapshot) }},
+	TypeCreateSnapshotOK:   {"CREATE_SNAPSHOT_OK", KindReply, nil, func() Message { return new(CreateSnapshotOK) }},
+	TypeDeleteSnapshot:     {"DELETE_SNAPSHOT", KindRequest, []MsgType{TypeOK}, func() Message { return new(DeleteSnapshot) }},
+	TypeListSnapshots:      {"LIST_SNAPSHOTS", KindRequest, []MsgType{TypeSnapshotList}, func() Message { return new(ListSnapshots) }},
+	TypeSnapshotList:       {"SNAPSHOT_LIST", KindReply, nil, func() Message { return new(SnapshotList) }},
+	TypeSetPriority:        {"SET_PRIORITY", KindRequest, []MsgType{TypeOK}, func() Message { return new(SetPriority) }},
+	TypeStatus:             {"STATUS", KindRequest, []MsgType{TypeStatusOK}, func() Message { return new(Status) }},
+	TypeStatusOK:           {"STATUS_OK", KindReply, nil, func() Message { return new(StatusOK) }},
+	TypeCheck:              {"CHECK", KindRequest, []MsgType{TypeCheckOK}, func() Message { return new(Check) }},
+	TypeCheckOK:            {"CHECK_OK", KindReply, nil, func() Message { return new(CheckOK) }},
+	TypeRecover:            {"RECOVER", KindRequest, []MsgType{TypeOK}, func() Message { return new(Recover) }},
 }
 
 func (t MsgType) String() string {
-	if s, ok := typeNames[t]; ok {
-		return s
+	if m, ok := catalogue[t]; ok {
+		return m.name
 	}
 	return fmt.Sprintf("MsgType(%#02x)", uint8(t))
 }
 
 // Kind returns the type's kind, or 0 for an unknown type.
-func (t MsgType) Kind() Kind {
-	switch t {
-	case TypeHello, TypePing, TypeOriginWrite, TypeSnapshotRead, TypeSnapshotWrite,
-		TypeUploadDone, TypeInvalidate, TypeCreateSnapshot, TypeDeleteSnapshot,
-		TypeListSnapshots, TypeSetPriority, TypeStatus, TypeCheck, TypeSharedUpdate, TypeSharedState,
-		TypeReclaim, TypeBlockLock, TypeRecover:
-		return KindRequest
-	case TypeHelloOK, TypeHelloReject, TypePong, TypeError, TypeOK, TypeOriginWriteOK,
-		TypeSnapshotReadOK, TypeSnapshotWriteOK, TypeInvalidateAck, TypeCreateSnapshotOK,
-		TypeSnapshotList, TypeStatusOK, TypeCheckOK, TypeSharedResult, TypeReclaimOK, TypeBlockLockOK:
-		return KindReply
-	case TypeFinishSnapshotRead, TypeUploadLocks, TypeUploadShared, TypeOriginUnique, TypeBlockUnlock:
-		return KindNotice
-	}
-	return 0
-}
+func (t MsgType) Kind() Kind { return catalogue[t].kind }
 
 // Replies lists the reply types that may answer a request of type t (ERROR
 // may answer any request and is always included); nil if t is no request.
 // A client uses it to reject a mismatched answer.
 func (t MsgType) Replies() []MsgType {
-	var r MsgType
-	switch t {
-	case TypeHello:
-		return []MsgType{TypeHelloOK, TypeHelloReject, TypeError}
-	case TypePing:
-		r = TypePong
-	case TypeOriginWrite:
-		r = TypeOriginWriteOK
-	case TypeSnapshotRead:
-		r = TypeSnapshotReadOK
-	case TypeSnapshotWrite:
-		r = TypeSnapshotWriteOK
-	case TypeInvalidate:
-		r = TypeInvalidateAck
-	case TypeCreateSnapshot:
-		r = TypeCreateSnapshotOK
-	case TypeListSnapshots:
-		r = TypeSnapshotList
-	case TypeStatus:
-		r = TypeStatusOK
-	case TypeCheck:
-		r = TypeCheckOK
-	case TypeSharedUpdate:
-		r = TypeSharedResult
-	case TypeReclaim:
-		r = TypeReclaimOK
-	case TypeBlockLock:
-		r = TypeBlockLockOK
-	case TypeUploadDone, TypeDeleteSnapshot, TypeSetPriority, TypeSharedState, TypeRecover:
-		r = TypeOK
-	default:
+	m, ok := catalogue[t]
+	if !ok || m.kind != KindRequest {
 		return nil
 	}
-	return []MsgType{r, TypeError}
+	return append(slices.Clip(m.replies), TypeError)
 }
 
 // Message is one protocol message. The set is closed: only this package's
@@ -254,85 +245,8 @@ type Message interface {
 
 // newMessage returns a zero message of type t, or nil if t is unknown.
 func newMessage(t MsgType) Message {
-	switch t {
-	case TypeHello:
-		return new(Hello)
-	case TypeHelloOK:
-		return new(HelloOK)
-	case TypeHelloReject:
-		return new(HelloReject)
-	case TypePing:
-		return new(Ping)
-	case TypePong:
-		return new(Pong)
-	case TypeError:
-		return new(Error)
-	case TypeOK:
-		return new(OK)
-	case TypeOriginWrite:
-		return new(OriginWrite)
-	case TypeOriginWriteOK:
-		return new(OriginWriteOK)
-	case TypeSnapshotRead:
-		return new(SnapshotRead)
-	case TypeSnapshotReadOK:
-		return new(SnapshotReadOK)
-	case TypeFinishSnapshotRead:
-		return new(FinishSnapshotRead)
-	case TypeSnapshotWrite:
-		return new(SnapshotWrite)
-	case TypeSnapshotWriteOK:
-		return new(SnapshotWriteOK)
-	case TypeUploadLocks:
-		return new(UploadLocks)
-	case TypeUploadDone:
-		return new(UploadDone)
-	case TypeInvalidate:
-		return new(Invalidate)
-	case TypeInvalidateAck:
-		return new(InvalidateAck)
-	case TypeSharedUpdate:
-		return new(SharedUpdate)
-	case TypeSharedResult:
-		return new(SharedResult)
-	case TypeUploadShared:
-		return new(UploadShared)
-	case TypeSharedState:
-		return new(SharedState)
-	case TypeOriginUnique:
-		return new(OriginUnique)
-	case TypeBlockLock:
-		return new(BlockLock)
-	case TypeBlockLockOK:
-		return new(BlockLockOK)
-	case TypeBlockUnlock:
-		return new(BlockUnlock)
-	case TypeReclaim:
-		return new(Reclaim)
-	case TypeReclaimOK:
-		return new(ReclaimOK)
-	case TypeCreateSnapshot:
-		return new(CreateSnapshot)
-	case TypeCreateSnapshotOK:
-		return new(CreateSnapshotOK)
-	case TypeDeleteSnapshot:
-		return new(DeleteSnapshot)
-	case TypeListSnapshots:
-		return new(ListSnapshots)
-	case TypeSnapshotList:
-		return new(SnapshotList)
-	case TypeSetPriority:
-		return new(SetPriority)
-	case TypeStatus:
-		return new(Status)
-	case TypeStatusOK:
-		return new(StatusOK)
-	case TypeCheck:
-		return new(Check)
-	case TypeRecover:
-		return new(Recover)
-	case TypeCheckOK:
-		return new(CheckOK)
+	if m, ok := catalogue[t]; ok {
+		return m.new()
 	}
 	return nil
 }
@@ -375,10 +289,10 @@ func (m *Hello) marshal(e *encoder) {
 }
 
 func (m *Hello) unmarshal(d *decoder) {
-	m.MinVersion = d.u16("min version")
-	m.MaxVersion = d.u16("max version")
+	m.MinVersion = d.U16("min version")
+	m.MaxVersion = d.U16("max version")
 	m.Client = d.id("client id")
-	m.Term = d.u64("term")
+	m.Term = d.U64("term")
 	m.Node = d.name("node")
 	m.Volume = d.name("volume")
 }
@@ -427,15 +341,15 @@ func (m *HelloOK) marshal(e *encoder) {
 }
 
 func (m *HelloOK) unmarshal(d *decoder) {
-	m.Version = d.u16("version")
-	m.Term = d.u64("term")
+	m.Version = d.U16("version")
+	m.Term = d.U64("term")
 	m.Node = d.name("server node")
-	m.ChunkSize = d.u32("chunk size")
-	m.VolumeSize = d.u64("volume size")
+	m.ChunkSize = d.U32("chunk size")
+	m.VolumeSize = d.U64("volume size")
 	m.StoreUUID = d.id("store uuid")
-	m.Generation = d.u64("generation")
-	m.MaxInFlight = d.u32("max in flight")
-	m.MaxLocks = d.u32("max locks")
+	m.Generation = d.U64("generation")
+	m.MaxInFlight = d.U32("max in flight")
+	m.MaxLocks = d.U32("max locks")
 }
 
 // RejectReason says why a server refused a HELLO.
@@ -501,8 +415,8 @@ func (m *HelloReject) validate() error {
 
 func (m *HelloReject) marshal(e *encoder) { e.u16(uint16(m.Reason)); e.u64(m.Term); e.text(m.Message) }
 func (m *HelloReject) unmarshal(d *decoder) {
-	m.Reason = RejectReason(d.u16("reason"))
-	m.Term = d.u64("term")
+	m.Reason = RejectReason(d.U16("reason"))
+	m.Term = d.U64("term")
 	m.Message = d.text("message")
 }
 
@@ -605,7 +519,7 @@ func (m *Error) validate() error {
 
 func (m *Error) marshal(e *encoder) { e.u16(uint16(m.Code)); e.text(m.Message) }
 func (m *Error) unmarshal(d *decoder) {
-	m.Code = ErrorCode(d.u16("code"))
+	m.Code = ErrorCode(d.U16("code"))
 	m.Message = d.text("message")
 }
 
@@ -632,7 +546,7 @@ type OriginWriteOK struct{ Generation uint64 }
 func (*OriginWriteOK) Type() MsgType          { return TypeOriginWriteOK }
 func (*OriginWriteOK) validate() error        { return nil }
 func (m *OriginWriteOK) marshal(e *encoder)   { e.u64(m.Generation) }
-func (m *OriginWriteOK) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+func (m *OriginWriteOK) unmarshal(d *decoder) { m.Generation = d.U64("generation") }
 
 // SnapshotRead asks where a snapshot's chunks are.
 type SnapshotRead struct {
@@ -649,7 +563,7 @@ func (m *SnapshotRead) validate() error {
 }
 func (m *SnapshotRead) marshal(e *encoder) { e.u32(m.Snapshot); e.ranges(m.Ranges) }
 func (m *SnapshotRead) unmarshal(d *decoder) {
-	m.Snapshot = d.u32("snapshot")
+	m.Snapshot = d.U32("snapshot")
 	m.Ranges = d.ranges("ranges")
 }
 
@@ -690,7 +604,7 @@ func (m *FinishSnapshotRead) validate() error {
 	return nil
 }
 func (m *FinishSnapshotRead) marshal(e *encoder)   { e.u64(m.Handle) }
-func (m *FinishSnapshotRead) unmarshal(d *decoder) { m.Handle = d.u64("handle") }
+func (m *FinishSnapshotRead) unmarshal(d *decoder) { m.Handle = d.U64("handle") }
 
 // BlockLock (version 5) asks for an exclusive lock on bytes [Offset,
 // Offset+Length) of the origin (Snapshot 0) or of a writable snapshot,
@@ -717,7 +631,7 @@ func (m *BlockLock) validate() error {
 }
 func (m *BlockLock) marshal(e *encoder) { e.u32(m.Snapshot); e.u64(m.Offset); e.u32(m.Length) }
 func (m *BlockLock) unmarshal(d *decoder) {
-	m.Snapshot, m.Offset, m.Length = d.u32("snapshot"), d.u64("offset"), d.u32("length")
+	m.Snapshot, m.Offset, m.Length = d.U32("snapshot"), d.U64("offset"), d.U32("length")
 }
 
 // BlockLockOK grants a BLOCK_LOCK (version 5). Waited is how long the
@@ -734,7 +648,7 @@ func (m *BlockLockOK) validate() error {
 	return nil
 }
 func (m *BlockLockOK) marshal(e *encoder)   { e.u64(uint64(m.Waited)) }
-func (m *BlockLockOK) unmarshal(d *decoder) { m.Waited = time.Duration(d.u64("waited")) }
+func (m *BlockLockOK) unmarshal(d *decoder) { m.Waited = time.Duration(d.U64("waited")) }
 
 // BlockUnlock (notice, version 5) releases the block lock granted to the
 // BLOCK_LOCK whose request id was Handle. (A client that gave up waiting
@@ -749,7 +663,7 @@ func (m *BlockUnlock) validate() error {
 	return nil
 }
 func (m *BlockUnlock) marshal(e *encoder)   { e.u64(m.Handle) }
-func (m *BlockUnlock) unmarshal(d *decoder) { m.Handle = d.u64("handle") }
+func (m *BlockUnlock) unmarshal(d *decoder) { m.Handle = d.U64("handle") }
 
 // SnapshotWrite asks for store chunks private to a writable snapshot, so
 // the client can write them directly.
@@ -767,7 +681,7 @@ func (m *SnapshotWrite) validate() error {
 }
 func (m *SnapshotWrite) marshal(e *encoder) { e.u32(m.Snapshot); e.ranges(m.Ranges) }
 func (m *SnapshotWrite) unmarshal(d *decoder) {
-	m.Snapshot = d.u32("snapshot")
+	m.Snapshot = d.U32("snapshot")
 	m.Ranges = d.ranges("ranges")
 }
 
@@ -800,19 +714,19 @@ const (
 )
 
 func unmarshalExtents(d *decoder) []Extent {
-	n := d.count(int(d.u32("extent count")), MaxExtents, 13, "extents")
+	n := d.count(int(d.U32("extent count")), MaxExtents, 13, "extents")
 	if n == 0 {
 		return nil
 	}
 	xs := make([]Extent, n)
 	for i := range xs {
-		xs[i].Start = d.u64("extent start")
-		xs[i].Count = d.u32("extent count")
-		switch k := d.u8("extent kind"); k {
+		xs[i].Start = d.U64("extent start")
+		xs[i].Count = d.U32("extent count")
+		switch k := d.U8("extent kind"); k {
 		case extentOrigin:
 			xs[i].Origin = true
 		case extentStore:
-			xs[i].StoreOffset = d.u64("extent store offset")
+			xs[i].StoreOffset = d.U64("extent store offset")
 		default:
 			d.fail("extent %d: kind %d, want 0 (origin) or 1 (store): %w", i, k, ErrMalformed)
 		}
@@ -892,14 +806,14 @@ func (m *UploadLocks) marshal(e *encoder) {
 }
 
 func (m *UploadLocks) unmarshal(d *decoder) {
-	n := d.count(int(d.u16("lock count")), MaxUploadLocks, 14, "locks")
+	n := d.count(int(d.U16("lock count")), MaxUploadLocks, 14, "locks")
 	if n == 0 {
 		return
 	}
 	m.Locks = make([]HeldLock, n)
 	for i := range m.Locks {
-		m.Locks[i].Handle = d.u64("lock handle")
-		m.Locks[i].Snapshot = d.u32("lock snapshot")
+		m.Locks[i].Handle = d.U64("lock handle")
+		m.Locks[i].Snapshot = d.U32("lock snapshot")
 		m.Locks[i].Ranges = d.ranges("lock ranges")
 	}
 }
@@ -911,7 +825,7 @@ type UploadDone struct{ Locks uint32 }
 func (*UploadDone) Type() MsgType          { return TypeUploadDone }
 func (*UploadDone) validate() error        { return nil }
 func (m *UploadDone) marshal(e *encoder)   { e.u32(m.Locks) }
-func (m *UploadDone) unmarshal(d *decoder) { m.Locks = d.u32("locks") }
+func (m *UploadDone) unmarshal(d *decoder) { m.Locks = d.U32("locks") }
 
 // Invalidate (server -> client request) is the snapshot-creation barrier:
 // the client drops its whole unique-chunk cache, waits until every origin
@@ -922,7 +836,7 @@ type Invalidate struct{ Generation uint64 }
 func (*Invalidate) Type() MsgType          { return TypeInvalidate }
 func (*Invalidate) validate() error        { return nil }
 func (m *Invalidate) marshal(e *encoder)   { e.u64(m.Generation) }
-func (m *Invalidate) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+func (m *Invalidate) unmarshal(d *decoder) { m.Generation = d.U64("generation") }
 
 // OriginUnique (server -> client notice, version 3) says that at
 // Generation no live snapshot exists and no read lock is held: every
@@ -934,7 +848,7 @@ type OriginUnique struct{ Generation uint64 }
 func (*OriginUnique) Type() MsgType          { return TypeOriginUnique }
 func (*OriginUnique) validate() error        { return nil }
 func (m *OriginUnique) marshal(e *encoder)   { e.u64(m.Generation) }
-func (m *OriginUnique) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+func (m *OriginUnique) unmarshal(d *decoder) { m.Generation = d.U64("generation") }
 
 // InvalidateAck answers INVALIDATE, echoing its generation.
 type InvalidateAck struct{ Generation uint64 }
@@ -942,7 +856,7 @@ type InvalidateAck struct{ Generation uint64 }
 func (*InvalidateAck) Type() MsgType          { return TypeInvalidateAck }
 func (*InvalidateAck) validate() error        { return nil }
 func (m *InvalidateAck) marshal(e *encoder)   { e.u64(m.Generation) }
-func (m *InvalidateAck) unmarshal(d *decoder) { m.Generation = d.u64("generation") }
+func (m *InvalidateAck) unmarshal(d *decoder) { m.Generation = d.U64("generation") }
 
 // Reclaim (server -> client request, version 4) announces that the store
 // space of the listed snapshots (deleted or dropped) is about to be reused.
@@ -980,13 +894,13 @@ func (m *Reclaim) marshal(e *encoder) {
 }
 
 func (m *Reclaim) unmarshal(d *decoder) {
-	n := d.count(int(d.u16("snapshot count")), MaxReclaimIDs, 4, "snapshot ids")
+	n := d.count(int(d.U16("snapshot count")), MaxReclaimIDs, 4, "snapshot ids")
 	if n == 0 {
 		return
 	}
 	m.Snapshots = make([]uint32, n)
 	for i := range m.Snapshots {
-		m.Snapshots[i] = d.u32("snapshot id")
+		m.Snapshots[i] = d.U32("snapshot id")
 	}
 }
 
@@ -1032,14 +946,14 @@ func (v *SharedValue) marshal(e *encoder) {
 }
 
 func (v *SharedValue) unmarshal(d *decoder) {
-	v.Key = string(d.take(int(d.u8("key length")), "key"))
-	v.Version = d.u64("version")
-	n := d.u32("value length")
-	if d.err == nil && n > MaxSharedValue {
+	v.Key = string(d.Take(int(d.U8("key length")), "key"))
+	v.Version = d.U64("version")
+	n := d.U32("value length")
+	if d.Err == nil && n > MaxSharedValue {
 		d.fail("shared-state value of %d bytes exceeds limit %d: %w", n, MaxSharedValue, ErrLimit)
 		return
 	}
-	if b := d.take(int(n), "value"); len(b) > 0 {
+	if b := d.Take(int(n), "value"); len(b) > 0 {
 		v.Value = append([]byte(nil), b...)
 	}
 }
@@ -1119,7 +1033,7 @@ func (r SnapshotRef) check() error {
 
 func (r SnapshotRef) marshal(e *encoder) { e.u32(r.ID); e.name(r.Name) }
 func (r *SnapshotRef) unmarshal(d *decoder) {
-	r.ID = d.u32("snapshot id")
+	r.ID = d.U32("snapshot id")
 	r.Name = d.name("snapshot name")
 }
 
@@ -1208,19 +1122,19 @@ func (s *SnapshotEntry) marshal(e *encoder) {
 }
 
 func (s *SnapshotEntry) unmarshal(d *decoder) {
-	s.ID = d.u32("snapshot id")
+	s.ID = d.U32("snapshot id")
 	s.Name = d.name("snapshot name")
 	s.Created = d.i64("created")
 	s.Priority = d.i32("priority")
-	f := d.u8("flags")
+	f := d.U8("flags")
 	if f&^entryKnown != 0 {
 		d.fail("snapshot flags %#02x: unknown bits: %w", f, ErrMalformed)
 	}
 	s.Writable = f&entryWritable != 0
 	s.Dropped = f&entryDropped != 0
 	s.Deleting = f&entryDeleting != 0
-	s.UniqueBytes = d.u64("unique bytes")
-	s.SharedBytes = d.u64("shared bytes")
+	s.UniqueBytes = d.U64("unique bytes")
+	s.SharedBytes = d.U64("shared bytes")
 }
 
 // ListSnapshots asks for one page of snapshots: those with id > After, in
@@ -1239,7 +1153,7 @@ func (m *ListSnapshots) validate() error {
 	return nil
 }
 func (m *ListSnapshots) marshal(e *encoder)   { e.u32(m.After); e.u16(m.Max) }
-func (m *ListSnapshots) unmarshal(d *decoder) { m.After = d.u32("after"); m.Max = d.u16("max") }
+func (m *ListSnapshots) unmarshal(d *decoder) { m.After = d.U32("after"); m.Max = d.U16("max") }
 
 // SnapshotList is one page of snapshots in ascending id order. More says
 // whether snapshots with higher ids remain (ask again with After set to
@@ -1276,7 +1190,7 @@ func (m *SnapshotList) marshal(e *encoder) {
 
 func (m *SnapshotList) unmarshal(d *decoder) {
 	m.More = d.bool("more")
-	n := d.count(int(d.u16("entry count")), MaxListEntries, 34, "entries")
+	n := d.count(int(d.U16("entry count")), MaxListEntries, 34, "entries")
 	if n == 0 {
 		return
 	}
@@ -1374,12 +1288,12 @@ func (m *StatusOK) marshal(e *encoder) {
 }
 
 func (m *StatusOK) unmarshal(d *decoder) {
-	m.Term = d.u64("term")
+	m.Term = d.U64("term")
 	m.Since = d.i64("since")
 	m.Node = d.name("server node")
 	m.Volume = d.name("volume")
-	m.Generation = d.u64("generation")
-	n := d.count(int(d.u16("client count")), MaxClients, 22, "clients")
+	m.Generation = d.U64("generation")
+	n := d.count(int(d.U16("client count")), MaxClients, 22, "clients")
 	if n == 0 {
 		return
 	}
@@ -1389,7 +1303,7 @@ func (m *StatusOK) unmarshal(d *decoder) {
 		c.Client = d.id("client id")
 		c.Node = d.name("client node")
 		c.Connected = d.bool("connected")
-		c.Locks = d.u32("locks")
+		c.Locks = d.U32("locks")
 	}
 }
 
@@ -1433,8 +1347,8 @@ func (m *CheckOK) marshal(e *encoder) {
 }
 
 func (m *CheckOK) unmarshal(d *decoder) {
-	m.Omitted = d.u32("omitted")
-	n := d.count(int(d.u16("problem count")), MaxProblems, 2, "problems")
+	m.Omitted = d.U32("omitted")
+	n := d.count(int(d.U16("problem count")), MaxProblems, 2, "problems")
 	if n == 0 {
 		return
 	}

@@ -32,6 +32,7 @@ type conn struct {
 	// loginTarget is the existing target a login named ("" for discovery
 	// or none), for the Observer.
 	loginTarget string
+	loginOver   bool // its pending-login slot was given back (endLogin)
 	sess        *session
 	params      Params
 	cid         uint16
@@ -132,7 +133,7 @@ func (c *conn) serve(ctx context.Context) {
 	defer stop()
 	defer c.shutdown(errors.New("connection done"))
 	err := c.login()
-	c.srv.loginEnded(c.source)
+	c.endLogin()
 	c.srv.cfg.Observer.LoginDone(c.loginTarget, loginResult(err))
 	if err != nil {
 		c.loginFailed(err)
@@ -168,6 +169,14 @@ func (c *conn) serve(ctx context.Context) {
 	}
 }
 
+// endLogin gives the connection's pending-login slot back, once.
+func (c *conn) endLogin() {
+	if !c.loginOver {
+		c.loginOver = true
+		c.srv.loginEnded(c.source)
+	}
+}
+
 // Buffer sizes: during login, and in full feature phase.
 const (
 	loginBufSize = 4 << 10
@@ -188,19 +197,24 @@ func (c *conn) growBuffers() {
 	c.wr.w = bufio.NewWriterSize(c.nc, writeBufSize)
 }
 
-// loginFailed logs a failed login and counts authentication failures
-// against the source address.
+// countFailure counts an authentication failure against the source
+// address.
+func (c *conn) countFailure(le *loginError) {
+	if le.status != loginAuthFailed && le.status != loginForbidden {
+		return
+	}
+	if c.srv.authFails.failed(c.source, c.srv.now()) {
+		c.log.WithFields(logrus.Fields{"source": c.source, "failures": c.srv.cfg.MaxAuthFailures, "window": c.srv.cfg.AuthFailureWindow}).
+			Warn("too many failed iSCSI logins; refusing this source's logins for the rest of the window")
+	}
+}
+
+// loginFailed logs a failed login.
 func (c *conn) loginFailed(err error) {
 	if errors.Is(err, io.EOF) {
 		return
 	}
 	var le *loginError
-	if errors.As(err, &le) && (le.status == loginAuthFailed || le.status == loginForbidden) {
-		if c.srv.authFails.failed(c.source, c.srv.now()) {
-			c.log.WithFields(logrus.Fields{"source": c.source, "failures": c.srv.cfg.MaxAuthFailures, "window": c.srv.cfg.AuthFailureWindow}).
-				Warn("too many failed iSCSI logins; refusing this source's logins for the rest of the window")
-		}
-	}
 	if errors.As(err, &le) && le.status == loginServiceUnavail && c.srv.authFails.blocked(c.source, c.srv.now()) {
 		c.log.WithError(err).Debug("iSCSI login refused")
 		return

@@ -23,8 +23,8 @@ type failures struct {
 }
 
 // maxTrackedSources bounds the limiter's memory. Beyond it, expired
-// entries are dropped; if none has expired, a new source is not tracked
-// (its failures are still logged).
+// entries are dropped, and if none has expired the entry whose window
+// began first is (a new source is always tracked).
 const maxTrackedSources = 4096
 
 // blocked reports whether src has used up its failures in the current
@@ -60,7 +60,13 @@ func (l *failureLimiter) failed(src string, now time.Time) (nowBlocked bool) {
 				}
 			}
 			if len(l.bySource) >= maxTrackedSources {
-				return false
+				oldest, first := "", time.Time{}
+				for k, v := range l.bySource {
+					if oldest == "" || v.since.Before(first) {
+						oldest, first = k, v.since
+					}
+				}
+				delete(l.bySource, oldest)
 			}
 		}
 		f = &failures{since: now}

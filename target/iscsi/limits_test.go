@@ -290,7 +290,7 @@ func (in *testInitiator) holdWrite(itt uint32, n uint32) *PDU {
 // comes fails after DataOutTimeout and gives its budget back.
 func TestWriteBudget(t *testing.T) {
 	const mb = 1 << 20
-	_, addr, _ := startServer(t, Config{MaxTransferLength: mb, SessionWriteBufferBytes: mb, WriteBufferBytes: 2 * mb,
+	_, addr, _ := startServer(t, Config{MaxTransferLength: mb, SessionDataBufferBytes: mb, DataBufferBytes: 2 * mb,
 		PingInterval: 100 * time.Millisecond, PingTimeout: 5 * time.Second, DataOutTimeout: 700 * time.Millisecond}, nil)
 	login := func() *testInitiator {
 		in := dialInitiator(t, addr)
@@ -337,41 +337,59 @@ func TestWriteBudget(t *testing.T) {
 	}
 }
 
-// TestHeldWriteFlood: 48 sessions each announce a 32 MiB write and never
-// send its data. The node's heap grows by at most its write budget (plus
-// slack), not by 1.5 GiB. It reports the process's resident memory too.
+// TestHeldWriteFlood: 48 sessions each announce a 32 MiB write and hold
+// its data back, either all of it or all but the first Data-Out. The
+// node's heap grows by at most its write budget (plus slack), not by
+// 1.5 GiB; a write that never sends data costs no buffer at all. It
+// reports the process's resident memory too.
 func TestHeldWriteFlood(t *testing.T) {
-	srv, addr, _ := startServer(t, Config{}, nil)
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	rss0 := residentBytes(t)
-	r2ts, full := 0, 0
-	for i := 0; i < 48; i++ {
-		in := dialInitiator(t, addr)
-		if st := in.login(testIQN, kv{"InitialR2T", "Yes"}, kv{"ImmediateData", "No"}); st != 0 {
-			t.Fatalf("login %d: %#x", i, st)
-		}
-		switch r := in.holdWrite(1, 32<<20); {
-		case r.Opcode() == opR2T:
-			r2ts++
-		case r.Opcode() == opSCSIResp && r.BHS[3] == scsi.StatusTaskSetFull:
-			full++
-		default:
-			t.Fatalf("held write %d: opcode %#x status %#x", i, r.Opcode(), r.BHS[3])
-		}
-	}
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
-	budget := srv.cfg.WriteBufferBytes
-	t.Logf("48 x 32 MiB held writes: %d buffered, %d TASK SET FULL; heap +%d MiB, RSS +%d MiB (write budget %d MiB)",
-		r2ts, full, grown>>20, (residentBytes(t)-rss0)>>20, budget>>20)
-	if grown > budget+32<<20 {
-		t.Fatalf("heap grew %d MiB under the flood; budget %d MiB", grown>>20, budget>>20)
-	}
-	if got := srv.writeBuf.inUse(); got > budget {
-		t.Fatalf("write budget in use %d > %d", got, budget)
+	for _, sendFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("first Data-Out sent=%v", sendFirst), func(t *testing.T) {
+			srv, addr, _ := startServer(t, Config{}, nil)
+			runtime.GC()
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			rss0 := residentBytes(t)
+			r2ts, full := 0, 0
+			for i := 0; i < 48; i++ {
+				in := dialInitiator(t, addr)
+				if st := in.login(testIQN, kv{"InitialR2T", "Yes"}, kv{"ImmediateData", "No"}); st != 0 {
+					t.Fatalf("login %d: %#x", i, st)
+				}
+				switch r := in.holdWrite(1, 32<<20); {
+				case r.Opcode() == opR2T:
+					r2ts++
+					if sendFirst {
+						d := new(PDU)
+						d.setOpcode(opDataOut, 0)
+						d.setU32(16, 1)
+						d.setU32(20, r.u32(20))
+						d.Data = make([]byte, 64<<10)
+						in.send(d)
+					}
+				case r.Opcode() == opSCSIResp && r.BHS[3] == scsi.StatusTaskSetFull:
+					full++
+				default:
+					t.Fatalf("held write %d: opcode %#x status %#x", i, r.Opcode(), r.BHS[3])
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // the last Data-Out is read
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+			budget := srv.cfg.DataBufferBytes
+			t.Logf("48 x 32 MiB held writes: %d buffered, %d TASK SET FULL; heap +%d MiB, RSS +%d MiB (write budget %d MiB)",
+				r2ts, full, grown>>20, (residentBytes(t)-rss0)>>20, budget>>20)
+			if grown > budget+32<<20 {
+				t.Fatalf("heap grew %d MiB under the flood; budget %d MiB", grown>>20, budget>>20)
+			}
+			if !sendFirst && grown > 64<<20 {
+				t.Fatalf("heap grew %d MiB for writes whose data never came", grown>>20)
+			}
+			if got := srv.dataBuf.inUse(); got > budget {
+				t.Fatalf("write budget in use %d > %d", got, budget)
+			}
+		})
 	}
 }
 
@@ -418,5 +436,38 @@ func TestPreLoginMemory(t *testing.T) {
 	t.Logf("heap per connection before login: %d bytes", per)
 	if per > 32<<10 {
 		t.Fatalf("%d bytes of heap per connection before login (at most 32 KiB expected)", per)
+	}
+}
+
+// TestSourceOf: IPv4 addresses count on their own, IPv6 addresses by /64.
+func TestSourceOf(t *testing.T) {
+	for addr, want := range map[string]string{
+		"192.0.2.7:3260":               "192.0.2.7",
+		"[2001:db8:1:2:aaaa::1]:3260":  "2001:db8:1:2::/64",
+		"[2001:db8:1:2:bbbb::9]:50000": "2001:db8:1:2::/64",
+		"[::ffff:192.0.2.8]:3260":      "192.0.2.8",
+		"[2001:db8:1:3:aaaa::1]:3260":  "2001:db8:1:3::/64",
+	} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sourceOf(a); got != want {
+			t.Errorf("sourceOf(%s) = %s, want %s", addr, got, want)
+		}
+	}
+}
+
+// TestFailureLimiterFullTable: with the table full of fresh entries, a new
+// source's failures are still counted (the oldest entry makes room).
+func TestFailureLimiterFullTable(t *testing.T) {
+	l := failureLimiter{max: 2, window: time.Minute, bySource: map[string]*failures{}}
+	t0 := time.Unix(1000, 0)
+	for i := 0; i < maxTrackedSources; i++ {
+		l.failed(fmt.Sprint("filler-", i), t0)
+	}
+	l.failed("attacker", t0.Add(time.Second))
+	if !l.failed("attacker", t0.Add(2*time.Second)) || !l.blocked("attacker", t0.Add(3*time.Second)) {
+		t.Fatal("a new source is not limited once the table is full")
 	}
 }

@@ -99,6 +99,9 @@ func (c *conn) login() error {
 		if err != nil {
 			var le *loginError
 			if errors.As(err, &le) {
+				// Counted before the initiator hears of it, so its
+				// next try already finds the count.
+				c.countFailure(le)
 				ls.respond(&p, nil, false, 0, le.status)
 			}
 			return err
@@ -205,6 +208,8 @@ func (ls *loginState) step(p *PDU) (done bool, err error) {
 		if err := ls.c.enterFullFeature(ls); err != nil {
 			return false, err
 		}
+		// The login slot is free before the initiator hears it is in.
+		ls.c.endLogin()
 		ls.respond(p, encodeText(resp), true, nsg, loginSuccess)
 		return true, nil
 	}

@@ -82,15 +82,15 @@ type Config struct {
 	// in order of preference (default SHA-256, SHA-1, MD5). Leaving MD5
 	// out refuses initiators that offer nothing else.
 	CHAPAlgorithms []CHAPAlgorithm
-	// WriteBufferBytes bounds the write data buffered at once on the node
-	// (256 MiB), SessionWriteBufferBytes in one session (64 MiB, at
+	// DataBufferBytes bounds the write data buffered at once on the node
+	// (256 MiB), SessionDataBufferBytes in one session (64 MiB, at
 	// least MaxTransferLength). A write beyond either ends at once with
 	// TASK SET FULL (the initiator retries it later) and its data is
 	// discarded. DataOutTimeout (30 s) fails a write whose initiator
 	// sends none of the data it owes for that long, and frees its buffer.
-	WriteBufferBytes        int64
-	SessionWriteBufferBytes int64
-	DataOutTimeout          time.Duration
+	DataBufferBytes        int64
+	SessionDataBufferBytes int64
+	DataOutTimeout         time.Duration
 
 	// Observer, if set, is told of logins, sessions and refused
 	// connections (for metrics).
@@ -139,14 +139,14 @@ func (c *Config) setDefaults() {
 	if c.AuthFailureWindow <= 0 {
 		c.AuthFailureWindow = time.Minute
 	}
-	if c.WriteBufferBytes <= 0 {
-		c.WriteBufferBytes = 256 << 20
+	if c.DataBufferBytes <= 0 {
+		c.DataBufferBytes = 256 << 20
 	}
-	if c.SessionWriteBufferBytes <= 0 {
-		c.SessionWriteBufferBytes = 64 << 20
+	if c.SessionDataBufferBytes <= 0 {
+		c.SessionDataBufferBytes = 64 << 20
 	}
-	c.SessionWriteBufferBytes = max(c.SessionWriteBufferBytes, int64(c.MaxTransferLength))
-	c.WriteBufferBytes = max(c.WriteBufferBytes, c.SessionWriteBufferBytes)
+	c.SessionDataBufferBytes = max(c.SessionDataBufferBytes, int64(c.MaxTransferLength))
+	c.DataBufferBytes = max(c.DataBufferBytes, c.SessionDataBufferBytes)
 	if c.DataOutTimeout <= 0 {
 		c.DataOutTimeout = 30 * time.Second
 	}
@@ -178,7 +178,7 @@ type Server struct {
 	perSource map[string]*sourceCount
 	pending   int
 	authFails failureLimiter
-	writeBuf  byteBudget // write data buffered on the node
+	dataBuf   byteBudget // write data buffered on the node
 	now       func() time.Time
 	// inlineRuns counts commands a reader ran itself (see conn.start).
 	inlineRuns atomic.Uint64
@@ -221,7 +221,7 @@ func NewServer(cfg Config) *Server {
 		listeners: map[net.Listener]struct{}{},
 		perSource: map[string]*sourceCount{},
 		authFails: failureLimiter{max: cfg.MaxAuthFailures, window: cfg.AuthFailureWindow, bySource: map[string]*failures{}},
-		writeBuf:  byteBudget{max: cfg.WriteBufferBytes},
+		dataBuf:   byteBudget{max: cfg.DataBufferBytes},
 		now:       time.Now,
 	}
 }
@@ -229,10 +229,16 @@ func NewServer(cfg Config) *Server {
 // sourceCount is what one source address has open.
 type sourceCount struct{ conns, pending int }
 
-// sourceOf is the address (without port) a connection comes from.
+// sourceOf is the source a connection counts against for the per-source
+// limits: its IPv4 address, or the /64 of its IPv6 address (one host
+// commonly holds a whole /64, so counting single IPv6 addresses would let
+// it take as many slots as it likes).
 func sourceOf(a net.Addr) string {
 	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
+		if ip4 := ta.IP.To4(); ip4 != nil {
+			return ip4.String()
+		}
+		return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
 	}
 	host, _, err := net.SplitHostPort(a.String())
 	if err != nil {

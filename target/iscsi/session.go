@@ -29,8 +29,8 @@ type session struct {
 	// QueueDepth commands are in flight.
 	expCmdSN atomic.Uint32
 	inflight atomic.Int32
-	// writeBuf bounds the session's buffered write data.
-	writeBuf byteBudget
+	// dataBuf bounds the session's buffered write data.
+	dataBuf byteBudget
 
 	mu      sync.Mutex
 	conn    *conn
@@ -126,6 +126,12 @@ func (c *conn) enterFullFeature(ls *loginState) error {
 	if srv.closed {
 		return loginFail(loginServiceUnavail, "server shutting down")
 	}
+	if cur := srv.sessions[key]; cur != nil && cur != old {
+		// Another login of the same nexus got in while this one ended
+		// the old session: two live sessions on one I_T nexus would
+		// share (and, on either's end, drop) its reservations.
+		return loginFail(loginServiceUnavail, "a concurrent login of the same session won; try again")
+	}
 	tsih := ls.tsih
 	if tsih == 0 {
 		srv.nextTSIH++
@@ -143,7 +149,7 @@ func (c *conn) enterFullFeature(ls *loginState) error {
 		params:    params,
 		conn:      c,
 		waiting:   map[uint32]*task{},
-		writeBuf:  byteBudget{max: srv.cfg.SessionWriteBufferBytes},
+		dataBuf:   byteBudget{max: srv.cfg.SessionDataBufferBytes},
 	}
 	if !ls.discovery {
 		s.tgt = tgt

@@ -50,7 +50,7 @@ type task struct {
 	// holds the CmdSN's place in order and never runs.
 	placeholder bool
 	bursts      map[uint32]*burst // outstanding R2T bursts by TTT
-	// reserved is the write budget this task holds (see byteBudget),
+	// reserved is the data budget this task holds (see byteBudget),
 	// given back once by releaseBuffer.
 	reserved atomic.Int64
 	// lastData is when the task last received data or was created (unix
@@ -113,8 +113,12 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	if t.edtl > c.srv.cfg.MaxTransferLength {
 		// Too large to buffer: swallow its immediate data and fail it
 		// without asking for the rest.
-		c.rd.readData(p, nil)
-		c.admit(t, p)
+		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
+			return err
+		}
+		if !c.admit(t, p) {
+			return nil // outside the window: never counted, never answered
+		}
 		t.write = false
 		t.edtl = 0
 		c.finishEarly(t, senseResult(scsi.SenseIllegalRequest, 0x24, 0x00))
@@ -138,8 +142,8 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		c.rd.readData(p, nil)
 		return &protoError{rejectTaskInProgress, fmt.Sprintf("ITT %#x already in use", t.itt)}
 	}
-	if t.write && t.edtl > 0 && !c.reserveWrite(t) {
-		// Over the write budget: take the immediate data off the wire,
+	if (t.write || t.read) && t.edtl > 0 && !c.reserveData(t) {
+		// Over the data budget: take the immediate data off the wire,
 		// discard what else comes, and ask the initiator to retry.
 		if err := c.rd.readData(p, nil); err != nil && !isDigest(err) {
 			return err
@@ -147,7 +151,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		if !c.admit(t, p) {
 			return nil
 		}
-		t.write = false
+		t.write, t.read = false, false
 		c.mu.Lock()
 		c.tombstoneLocked(uint64(t.itt)<<32 | reservedTag)
 		c.mu.Unlock()
@@ -156,8 +160,15 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	}
 	if t.write && t.edtl > 0 {
 		t.lastData = time.Now().UnixNano()
-		t.buf = c.srv.bufs.get(int(t.edtl))
+		// The buffer comes with the first data: a write announced and
+		// never sent costs its budget, not memory.
+		if dlen > 0 {
+			t.buf = c.srv.bufs.get(int(t.edtl))
+		}
 		if err := c.rd.readData(p, t.buf[:dlen]); err != nil {
+			// The task was never registered: nobody else gives its
+			// budget back.
+			c.releaseBuffer(t)
 			if isDigest(err) {
 				// The command is lost; the initiator retries it.
 				return &protoError{rejectDataDigest, err.Error()}
@@ -175,6 +186,7 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 		}
 		t.nextOffset = t.unsolicited
 	} else if err := c.rd.readData(p, nil); err != nil {
+		c.releaseBuffer(t)
 		return err
 	}
 	t.cmd = scsi.Command{
@@ -194,26 +206,30 @@ func (c *conn) handleSCSICmd(p *PDU) error {
 	return c.progress(t, true)
 }
 
-// reserveWrite takes a write command's data length from the session's and
-// the node's write budgets.
-func (c *conn) reserveWrite(t *task) bool {
+// reserveData takes a command's data length from the session's and the
+// node's data budgets: a write's buffer holds its data until it runs, a
+// read's its result until it is sent. A bidirectional command needs both.
+func (c *conn) reserveData(t *task) bool {
 	n := int64(t.edtl)
-	if !c.sess.writeBuf.take(n) {
+	if t.read && t.write {
+		n *= 2
+	}
+	if !c.sess.dataBuf.take(n) {
 		return false
 	}
-	if !c.srv.writeBuf.take(n) {
-		c.sess.writeBuf.give(n)
+	if !c.srv.dataBuf.take(n) {
+		c.sess.dataBuf.give(n)
 		return false
 	}
 	t.reserved.Store(n)
 	return true
 }
 
-// releaseBuffer gives a task's write budget back (once).
+// releaseBuffer gives a task's data budget back (once).
 func (c *conn) releaseBuffer(t *task) {
 	if n := t.reserved.Swap(0); n > 0 {
-		c.sess.writeBuf.give(n)
-		c.srv.writeBuf.give(n)
+		c.sess.dataBuf.give(n)
+		c.srv.dataBuf.give(n)
 	}
 }
 
@@ -224,7 +240,7 @@ func (c *conn) expireWrites(now time.Time) {
 	var stale []*task
 	c.mu.Lock()
 	for _, t := range c.tasks {
-		if t.write && !t.started && t.buf != nil && t.lastData < limit {
+		if t.write && !t.started && t.reserved.Load() > 0 && t.lastData < limit {
 			stale = append(stale, t)
 		}
 	}
@@ -498,6 +514,9 @@ func (c *conn) handleDataOut(p *PDU) error {
 		default:
 			want = b.dataSN
 		}
+	}
+	if verr == nil && fail == nil && t.buf == nil {
+		t.buf = c.srv.bufs.get(int(t.edtl)) // its first data (see handleSCSICmd)
 	}
 	c.mu.Unlock()
 	if verr != nil || fail != nil {

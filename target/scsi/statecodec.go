@@ -54,6 +54,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/csnap/csnap/internal/bigendian"
 )
 
 const (
@@ -200,25 +202,25 @@ func (e *encoder) nexus(n NexusID, what string) {
 // MarshalBinary would not have written. What it allocates is bounded by
 // the length of b.
 func UnmarshalLUState(b []byte) (*LUState, error) {
-	d := decoder{b: b}
-	if v := d.u8("format version"); d.err == nil && v != stateCodecVersion {
+	d := newStateDecoder(b)
+	if v := d.U8("format version"); d.Err == nil && v != stateCodecVersion {
 		return nil, fmt.Errorf("scsi: decoding LU state: format version %d, want %d", v, stateCodecVersion)
 	}
 	s := &LUState{}
-	s.Generation = d.u32("generation")
-	s.Capacity = int64(d.u64("capacity"))
-	flags := d.u8("flags")
-	if d.err == nil && flags&^(flagReservation|flagLegacy) != 0 {
+	s.Generation = d.U32("generation")
+	s.Capacity = int64(d.U64("capacity"))
+	flags := d.U8("flags")
+	if d.Err == nil && flags&^(flagReservation|flagLegacy) != 0 {
 		d.fail("flags 0x%02x have unknown bits", flags)
 	}
-	if d.err == nil && flags&flagReservation != 0 {
+	if d.Err == nil && flags&flagReservation != 0 {
 		r := &PersistentReservation{}
-		r.Type = d.u8("reservation type")
-		r.Key = d.u64("reservation key")
+		r.Type = d.U8("reservation type")
+		r.Key = d.U64("reservation key")
 		r.Holder = d.nexus("reservation holder")
 		s.Reservation = r
 	}
-	if d.err == nil && flags&flagLegacy != 0 {
+	if d.Err == nil && flags&flagLegacy != 0 {
 		l := d.nexus("legacy reservation holder")
 		s.Legacy = &l
 	}
@@ -228,17 +230,17 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 		for i := range s.Registrations {
 			d.item, d.index = "registration", i
 			r := &s.Registrations[i]
-			r.Key = d.u64("key")
+			r.Key = d.U64("key")
 			r.InitiatorPort = d.str("initiator port")
 			r.TargetPort = d.str("target port")
-			switch all := d.u8("all target ports"); {
-			case d.err != nil:
+			switch all := d.U8("all target ports"); {
+			case d.Err != nil:
 			case all == 1:
 				r.AllTargetPorts = true
 			case all != 0:
 				d.fail("all target ports byte is %d, want 0 or 1", all)
 			}
-			r.RelativeTargetPort = d.u16("relative target port")
+			r.RelativeTargetPort = d.U16("relative target port")
 		}
 		d.item = ""
 	}
@@ -249,23 +251,23 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 		for i := range n {
 			d.item, d.index = "nexus", i
 			id := d.nexus("")
-			if d.err == nil && i > 0 && compareNexus(prev, id) >= 0 {
+			if d.Err == nil && i > 0 && compareNexus(prev, id) >= 0 {
 				d.fail("%q/%q does not sort after nexus %d %q/%q",
 					id.InitiatorPort, id.TargetPort, i-1, prev.InitiatorPort, prev.TargetPort)
 			}
 			prev = id
-			k := int(d.u8("unit attention count"))
-			if d.err == nil && k > maxPendingUA {
+			k := int(d.U8("unit attention count"))
+			if d.Err == nil && k > maxPendingUA {
 				d.fail("%d unit attentions, over %d", k, maxPendingUA)
 			}
 			var uas []UnitAttention
-			if p := d.take(2*k, "unit attentions"); d.err == nil && k > 0 {
+			if p := d.Take(2*k, "unit attentions"); d.Err == nil && k > 0 {
 				uas = make([]UnitAttention, k)
 				for j := range uas {
 					uas[j] = UnitAttention(binary.BigEndian.Uint16(p[2*j:]))
 				}
 			}
-			if d.err != nil {
+			if d.Err != nil {
 				break
 			}
 			s.Nexuses[id] = uas
@@ -273,10 +275,10 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 	}
 
 	d.item = ""
-	if d.err == nil && d.off < len(d.b) && d.b[d.off] == codecSectionMode {
-		d.off++
-		switch mf := d.u8("mode flags"); {
-		case d.err != nil:
+	if d.Err == nil && d.Off < len(d.B) && d.B[d.Off] == codecSectionMode {
+		d.Off++
+		switch mf := d.U8("mode flags"); {
+		case d.Err != nil:
 		case mf == 0 || mf&^(modeFlagWCD|modeFlagSWP) != 0:
 			d.fail("mode flags 0x%02x: unknown bits, or the defaults (which are not encoded)", mf)
 		default:
@@ -284,31 +286,42 @@ func UnmarshalLUState(b []byte) (*LUState, error) {
 			s.Mode.SoftwareWriteProtect = mf&modeFlagSWP != 0
 		}
 	}
-	if d.err == nil && d.off != len(d.b) {
-		d.fail("%d trailing bytes after the last field", len(d.b)-d.off)
+	if d.Err == nil && d.Off != len(d.B) {
+		d.fail("%d trailing bytes after the last field", len(d.B)-d.Off)
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	return s, nil
 }
 
-// decoder reads b from off. The first failure sets err; after it every read
-// returns a zero value, so a decoding function checks err once at the end
-// (and before anything whose size comes from the input). item and index name
-// the registration or nexus being read, for errors.
+// decoder reads the state (bigendian.Decoder: the first failure sticks;
+// after it every read returns a zero value, so a decoding function checks
+// Err once at the end, and before anything whose size comes from the
+// input). item and index name the registration or nexus being read, for
+// errors.
 type decoder struct {
-	b     []byte
-	off   int
-	err   error
+	bigendian.Decoder
 	item  string
 	index int
 }
 
+func newStateDecoder(b []byte) *decoder {
+	d := &decoder{}
+	d.Decoder = bigendian.Decoder{B: b, Short: func(what string, need, off, size int) error {
+		return d.failure("truncated: %s needs %d bytes, %d left", what, need, size-off)
+	}}
+	return d
+}
+
+func (d *decoder) failure(format string, args ...any) error {
+	return fmt.Errorf("scsi: decoding LU state: at byte %d: %s%s",
+		d.Off, itemPrefix(d.item, d.index), fmt.Sprintf(format, args...))
+}
+
 func (d *decoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("scsi: decoding LU state: at byte %d: %s%s",
-			d.off, itemPrefix(d.item, d.index), fmt.Sprintf(format, args...))
+	if d.Err == nil {
+		d.Err = d.failure(format, args...)
 	}
 }
 
@@ -321,54 +334,12 @@ func itemPrefix(item string, index int) string {
 	return fmt.Sprintf("%s %d: ", item, index)
 }
 
-// take returns the next n bytes, or nil (setting err) if fewer are left.
-func (d *decoder) take(n int, what string) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if left := len(d.b) - d.off; n > left {
-		d.fail("truncated: %s needs %d bytes, %d left", what, n, left)
-		return nil
-	}
-	p := d.b[d.off : d.off+n]
-	d.off += n
-	return p
-}
-
-func (d *decoder) u8(what string) byte {
-	if p := d.take(1, what); p != nil {
-		return p[0]
-	}
-	return 0
-}
-
-func (d *decoder) u16(what string) uint16 {
-	if p := d.take(2, what); p != nil {
-		return binary.BigEndian.Uint16(p)
-	}
-	return 0
-}
-
-func (d *decoder) u32(what string) uint32 {
-	if p := d.take(4, what); p != nil {
-		return binary.BigEndian.Uint32(p)
-	}
-	return 0
-}
-
-func (d *decoder) u64(what string) uint64 {
-	if p := d.take(8, what); p != nil {
-		return binary.BigEndian.Uint64(p)
-	}
-	return 0
-}
-
 func (d *decoder) str(what string) string {
-	n := int(d.u16(what)) // the length
-	if d.err == nil && n > maxCodecString {
+	n := int(d.U16(what)) // the length
+	if d.Err == nil && n > maxCodecString {
 		d.fail("%s is %d bytes, over %d", what, n, maxCodecString)
 	}
-	return string(d.take(n, what))
+	return string(d.Take(n, what))
 }
 
 func (d *decoder) nexus(what string) NexusID {
@@ -383,11 +354,11 @@ func (d *decoder) nexus(what string) NexusID {
 // cannot make the caller allocate more than the input justifies. It returns
 // 0 after a failure.
 func (d *decoder) count(what string, minLen int) int {
-	n := int(d.u16(what))
-	if d.err != nil {
+	n := int(d.U16(what))
+	if d.Err != nil {
 		return 0
 	}
-	if left := len(d.b) - d.off; n > left/minLen {
+	if left := len(d.B) - d.Off; n > left/minLen {
 		d.fail("truncated: %s is %d, but only %d bytes are left (each needs at least %d)", what, n, left, minLen)
 		return 0
 	}
