@@ -19,7 +19,7 @@ type volumeBackend struct {
 	id scsi.Identity
 	// sanitizeShared lets SANITIZE run on the origin while snapshots
 	// share its data (they keep it). Not yet settable per volume (see
-	// docs/notes-conform.md).
+	// docs/session8/notes-conform.md).
 	sanitizeShared bool
 	// io counts the LU's IO (nil: not counted).
 	io *metrics.IOMetrics

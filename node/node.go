@@ -49,6 +49,9 @@ type Config struct {
 
 	CHAPDiscovery  bool   // also require CHAP on discovery sessions
 	CHAPAlgorithms string // CHAP hashes initiators may use
+	// ISCSIPingTimeout is how long a silent initiator has to answer a
+	// NOP-In ping before its connection is dropped (0: iscsi's default).
+	ISCSIPingTimeout time.Duration
 
 	// HTTP API security (SPEC.md "Security"; httpapi.go).
 	HTTPTokenFile   string
@@ -169,7 +172,7 @@ func (c *Config) setMetrics() {
 // iscsiConfig is the iSCSI target configuration common to -dev and cluster
 // mode: CHAP on discovery sessions and the accepted CHAP algorithms.
 func iscsiConfig(o *Config, log *logrus.Entry, chap *iscsi.CHAP) (iscsi.Config, error) {
-	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), Observer: o.Metrics.ISCSIObserver()}
+	icfg := iscsi.Config{Log: log.WithField("component", "iscsi"), PingTimeout: o.ISCSIPingTimeout, Observer: o.Metrics.ISCSIObserver()}
 	if o.CHAPDiscovery {
 		if chap == nil {
 			return icfg, errors.New("-chap-discovery needs CSNAP_CHAP_USER and CSNAP_CHAP_SECRET")

@@ -41,6 +41,7 @@ var configSettings = []configSetting{
 	{"log_format", func(o *options) any { return &o.logFormat }},
 	{"chap_discovery", func(o *options) any { return &o.chapDiscovery }},
 	{"chap_algorithms", func(o *options) any { return &o.chapAlgorithms }},
+	{"iscsi_ping_timeout", func(o *options) any { return &o.pingTimeout }},
 	{"http_token_file", func(o *options) any { return &o.httpTokenFile }},
 	{"http_hosts", func(o *options) any { return &o.httpHosts }},
 	{"http_origins", func(o *options) any { return &o.httpOrigins }},

@@ -43,6 +43,9 @@ type options struct {
 	chapDiscovery bool
 	// chapAlgorithms lists the CHAP hashes initiators may use.
 	chapAlgorithms string
+	// pingTimeout is how long the target waits for the answer to a NOP-In
+	// ping before it drops the connection (0: the iscsi default).
+	pingTimeout time.Duration
 
 	// HTTP API security (SPEC.md "Security"; node/httpapi.go).
 	httpTokenFile   string     // file holding the API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token)
@@ -99,6 +102,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.chapDiscovery, "chap-discovery", false, "also require CHAP on discovery sessions (credentials from $CSNAP_CHAP_USER etc.)")
+	fs.DurationVar(&o.pingTimeout, "iscsi-ping-timeout", 0, "how long a silent initiator has to answer a NOP-In ping before its connection is dropped (0: 15s)")
 	fs.StringVar(&o.chapAlgorithms, "chap-algorithms", defaultCHAPAlgorithms, "CHAP hashes initiators may use, in order of preference (leave md5 out to refuse it)")
 	fs.StringVar(&o.httpTokenFile, "http-token-file", "", "file holding the HTTP API token (default: $CSNAP_HTTP_TOKEN, else DATA_DIR/api-token, generated at first start)")
 	fs.Var(&o.httpHosts, "http-hosts", "comma-separated host names the HTTP API answers to besides its listen address (DNS-rebinding protection)")
@@ -213,7 +217,7 @@ func (o *options) nodeConfig(log *logrus.Entry, stdout io.Writer) node.Config {
 	return node.Config{
 		NodeName: o.nodeName, DataDir: o.dataDir, ISCSIAddr: o.iscsiAddr, HTTPAddr: o.httpAddr,
 		ServerAddr: o.serverAddr, ConsulAddr: o.consulAddr,
-		CHAPDiscovery: o.chapDiscovery, CHAPAlgorithms: o.chapAlgorithms,
+		CHAPDiscovery: o.chapDiscovery, CHAPAlgorithms: o.chapAlgorithms, ISCSIPingTimeout: o.pingTimeout,
 		HTTPTokenFile: o.httpTokenFile, HTTPHosts: o.httpHosts, HTTPOrigins: o.httpOrigins,
 		HTTPTLSCertFile: o.httpTLSCertFile, HTTPTLSKeyFile: o.httpTLSKeyFile, VolumePaths: o.volumePaths,
 		PortalGroupTag: o.portalGroupTag, ConsulPrefix: o.consulPrefix, LockDelay: o.lockDelay,

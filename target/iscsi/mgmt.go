@@ -106,6 +106,9 @@ func (c *conn) abort(tasks []*task) int {
 			continue
 		}
 		t.aborted.Store(true)
+		if t.cancel != nil {
+			t.cancel()
+		}
 		started := t.started
 		if !started {
 			t.started = true

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,7 +57,11 @@ type task struct {
 	// nanos, under conn.mu): DataOutTimeout counts from it.
 	lastData int64
 	aborted  atomic.Bool
-	done     chan struct{} // closed once the task is finished
+	// cancel (under conn.mu) cancels the context the task executes
+	// with: an abort ends a command that waits (a SANITIZE without IMMED
+	// waiting for its background operation) instead of waiting for it.
+	cancel context.CancelFunc
+	done   chan struct{} // closed once the task is finished
 }
 
 // burst is the state of one R2T's data sequence.
@@ -622,7 +627,15 @@ func (c *conn) execute(t *task) {
 	defer c.execWG.Done()
 	c.executing.Add(1)
 	defer c.executing.Add(-1)
-	res := c.sess.tgt.cfg.Exec.Execute(c.ctx, &t.cmd)
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	c.mu.Lock()
+	t.cancel = cancel
+	if t.aborted.Load() {
+		cancel()
+	}
+	c.mu.Unlock()
+	res := c.sess.tgt.cfg.Exec.Execute(ctx, &t.cmd)
 	c.send(outMsg{task: t, res: res})
 	// The command ran and its response is written (or dropped): nobody
 	// uses its buffers any more. Buffers of tasks that never ran are left

@@ -53,7 +53,7 @@ func (lu *LU) inquiry(r *request) Result {
 	case vpdThirdPartyCopy:
 		page = thirdPartyCopyPage()
 	case vpdBlockLimits:
-		page = blockLimitsPage()
+		page = lu.blockLimitsPage()
 	case vpdBlockDevChars:
 		page = make([]byte, 64)
 		page[1], page[3] = vpdBlockDevChars, 0x3c
@@ -144,7 +144,7 @@ func (lu *LU) deviceIdentification(p Port) []byte {
 }
 
 // blockLimitsPage returns VPD page 0xB0 (SBC-3 6.5.3).
-func blockLimitsPage() []byte {
+func (lu *LU) blockLimitsPage() []byte {
 	d := make([]byte, 64)
 	d[1], d[3] = vpdBlockLimits, 0x3c
 	// WSNZ: a WRITE SAME of zero blocks ("to the end of the medium") is
@@ -155,7 +155,7 @@ func blockLimitsPage() []byte {
 	// OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block (see
 	// physBlockExp). Transfers of whole physical blocks avoid
 	// read-modify-write below us.
-	put16(d[6:8], blocksPerPhys)
+	put16(d[6:8], uint16(lu.blocksPerPhys()))
 	put32(d[8:12], maxTransferBlocks)
 	put32(d[12:16], optimalTransferBlocks)
 	put32(d[16:20], maxTransferBlocks) // MAXIMUM PREFETCH LENGTH
@@ -164,7 +164,7 @@ func blockLimitsPage() []byte {
 	// OPTIMAL UNMAP GRANULARITY: one physical block, aligned to LBA 0
 	// (UGAVALID set, UNMAP GRANULARITY ALIGNMENT 0). Unaligned UNMAPs
 	// still deallocate exactly what they name: see doUnmap.
-	put32(d[28:32], blocksPerPhys)
+	put32(d[28:32], lu.blocksPerPhys())
 	put32(d[32:36], 0x80000000)
 	put64(d[36:44], maxWriteSameBlocks)
 	// Atomic writes (SBC-4 Block Limits fields; WRITE ATOMIC(16)): up to maxAtomicBlocks

@@ -46,9 +46,14 @@ const (
 // LBA i+LBPPB, which no correct answer does. With 3, that one test fails
 // and CompareAndWrite.InvalidDataOutSize and WriteSame10/16.UnmapUnaligned
 // and InvalidDataOutSize (which need LBPPB >= 2) pass.
+//
+// physBlockExp is the default; LU.SetPhysicalBlockSize chooses another
+// per logical unit (4096: exponent 3).
 const (
 	physBlockExp  = 0
 	blocksPerPhys = 1 << physBlockExp
+	// maxPhysBlockExp bounds the exponent: physical blocks up to 64 KiB.
+	maxPhysBlockExp = 7
 )
 
 // LU is a logical unit: the SCSI block device presented over a Backend.
@@ -71,13 +76,33 @@ type LU struct {
 	copies copyManager
 	// sanitize is the SANITIZE in progress or failed on this node.
 	sanitize sanitizer
+	// physExp is the logical blocks per physical block exponent, set
+	// before the LU serves commands.
+	physExp uint8
 }
+
+// SetPhysicalBlockSize sets the physical block size the logical unit
+// reports (READ CAPACITY(16), Block Limits granularities): a power of two
+// from BlockSize to 64 KiB. It must be called before the logical unit is
+// added to a Target.
+func (lu *LU) SetPhysicalBlockSize(bytes int) error {
+	for exp := uint8(0); exp <= maxPhysBlockExp; exp++ {
+		if BlockSize<<exp == bytes {
+			lu.physExp = exp
+			return nil
+		}
+	}
+	return fmt.Errorf("physical block size %d: want a power of two from %d to %d", bytes, BlockSize, BlockSize<<maxPhysBlockExp)
+}
+
+// blocksPerPhys is the number of logical blocks in a physical block.
+func (lu *LU) blocksPerPhys() uint32 { return 1 << lu.physExp }
 
 // NewLU returns a logical unit over b. Its shared state (reservations, unit
 // attentions) is kept under a key derived from b's identity, so every node
 // exporting the same identity shares it.
 func NewLU(b Backend) *LU {
-	lu := &LU{be: b, cmds: newCommandSetFor(b)}
+	lu := &LU{be: b, cmds: newCommandSetFor(b), physExp: physBlockExp}
 	idy := b.Identity()
 	if idy.NAA != ([16]byte{}) {
 		lu.id = "naa." + hex.EncodeToString(idy.NAA[:])

@@ -258,7 +258,7 @@ func (lu *LU) readCapacity16(r *request) Result {
 	// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (see physBlockExp).
 	// LOWEST ALIGNED LOGICAL BLOCK ADDRESS (bytes 14-15, low 14 bits) is
 	// 0: LBA 0 starts a physical block.
-	d[13] = physBlockExp
+	d[13] = lu.physExp
 	d[14] = 0x80 | 0x40 // LBPME (thin provisioned), LBPRZ (unmapped reads zeros)
 	return good(d, alloc)
 }

@@ -15,7 +15,7 @@ package scsi
 // MAINTENANCE IN reports ends with NOT READY, SANITIZE IN PROGRESS and
 // its progress indication, as does REQUEST SENSE (SBC-3 4.11). The state
 // is the node's: another node exporting the same logical unit does not
-// see the sanitize in progress (see docs/notes-conform.md).
+// see the sanitize in progress (see docs/session8/notes-conform.md).
 //
 // A backend can refuse a sanitize (SanitizeGuard): csnap's origin does
 // while snapshots share its data, since they would keep what the sanitize
@@ -243,8 +243,16 @@ func (lu *LU) doSanitize(r *request, n int) Result {
 	if immed {
 		return Result{Status: StatusGood}
 	}
-	<-op.done
-	return op.res
+	select {
+	case <-op.done:
+		return op.res
+	case <-r.ctx.Done():
+		// Aborted (or the connection went): the sanitize goes on in
+		// the background; nobody hears this result.
+		res := checkCondition(SenseAbortedCommand, ascNoAdditional, 0)
+		res.Err = r.ctx.Err()
+		return res
+	}
 }
 
 // overwrite writes pattern (repeated to fill each block, inverted on

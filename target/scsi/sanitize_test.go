@@ -184,3 +184,32 @@ func TestSanitizeBlockEraseOffered(t *testing.T) {
 		t.Fatal("WABEREQ set without BLOCK ERASE")
 	}
 }
+
+// TestSanitizeAbortedWaiter: a SANITIZE without IMMED whose context ends
+// (the transport aborted the task) returns at once; the sanitize goes on.
+func TestSanitizeAbortedWaiter(t *testing.T) {
+	f := newFixture(t, 8192)
+	f.ready(nexA)
+	f.lu.SetSanitizeRate(8192 * BlockSize) // a second
+	p := overwriteParams(1, []byte{0x33})
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan Result, 1)
+	go func() {
+		got <- f.tgt.Execute(ctx, &Command{CDB: sanitizeCDB(saSanitizeOverwrite, false, len(p)), Nexus: nexA,
+			Attr: TaskSimple, DataOut: p, ExpectedLen: uint32(len(p))})
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case r := <-got:
+		wantSense(t, r, SenseAbortedCommand, 0, 0)
+	case <-time.After(500 * time.Millisecond):
+		t.Fatal("SANITIZE did not return when its task was aborted")
+	}
+	if busy := waitSanitized(t, f, nexA); busy == 0 {
+		t.Fatal("the sanitize stopped with its task")
+	}
+	if got := f.readBlocks(8191, 1); !bytes.Equal(got, bytes.Repeat([]byte{0x33}, BlockSize)) {
+		t.Fatal("sanitize did not complete")
+	}
+}
