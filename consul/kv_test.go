@@ -144,7 +144,8 @@ func TestMembersAndServices(t *testing.T) {
 	if m.IsMember("n1") {
 		t.Fatal("n1 is a member before registering")
 	}
-	if err := RegisterISCSI(ctx, c, ISCSIRegistration{Portal: "127.0.0.1:3260", HealthURL: hs.URL, Interval: 200 * time.Millisecond}); err != nil {
+	if err := RegisterISCSI(ctx, c, ISCSIRegistration{Portal: "127.0.0.1:3260", HealthURL: hs.URL, Interval: 200 * time.Millisecond,
+		Meta: map[string]string{"portal_group_tag": "7"}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "n1 live", func() bool { return m.IsMember("n1") })
@@ -156,6 +157,11 @@ func TestMembersAndServices(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no departure reported for a failing check")
+	}
+	// The departed node's service metadata is still known (its portal
+	// group tag: the node layer forgets its nexuses by it).
+	if got := m.Meta("n1", "portal_group_tag"); got != "7" {
+		t.Fatalf("meta of the departed node: %q, want 7", got)
 	}
 	if m.IsMember("n1") {
 		t.Fatal("n1 still a member with its check failing")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 
@@ -127,6 +128,9 @@ type Members struct {
 	live  map[string]bool
 	known bool
 	ready chan struct{}
+	// meta is each node's last-known service metadata, kept after it
+	// leaves (its departure's handling needs it).
+	meta map[string]map[string]string
 }
 
 // WatchMembers starts following service until ctx ends; onLeft (may be
@@ -143,6 +147,9 @@ func WatchMembers(ctx context.Context, c *api.Client, service string, log *logru
 		for _, e := range entries {
 			if e.Checks.AggregatedStatus() == api.HealthPassing {
 				live[e.Node.Node] = true
+			}
+			if e.Service != nil {
+				m.SetMeta(e.Node.Node, e.Service.Meta)
 			}
 		}
 		for _, n := range m.update(live) {
@@ -190,6 +197,36 @@ func (m *Members) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// SetMeta records node's service metadata (WatchMembers does; a Cluster
+// other than Agent may).
+func (m *Members) SetMeta(node string, meta map[string]string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.meta == nil {
+		m.meta = map[string]map[string]string{}
+	}
+	if len(m.meta) >= maxMemberMeta {
+		if _, ok := m.meta[node]; !ok {
+			return
+		}
+	}
+	m.meta[node] = maps.Clone(meta)
+}
+
+// maxMemberMeta bounds the nodes whose metadata Members remembers.
+const maxMemberMeta = 4096
+
+// Meta returns node's last-known service metadata value for key ("" if
+// unknown), also after the node left.
+func (m *Members) Meta(node, key string) string {
+	if m == nil {
+		return ""
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.meta[node][key]
 }
 
 // IsMember reports whether node is a live member now.

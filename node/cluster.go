@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,7 +230,10 @@ func startCluster(ctx context.Context, o *Config, cc consul.Cluster, log *logrus
 		// The health answer is public: the check need not verify
 		// the certificate (Consul's agent does not know csnap's CA).
 		TLSSkipVerify: n.httpTLS, Interval: o.CheckInterval,
-		Meta: map[string]string{"node": n.node, "http": hl.Addr().String(), "server": n.serverAddr},
+		Meta: map[string]string{"node": n.node, "http": hl.Addr().String(), "server": n.serverAddr,
+			// Other nodes forget this node's iSCSI nexuses by it when it
+			// leaves (nodeLeft).
+			metaPortalGroupTag: strconv.Itoa(n.pgt)},
 	}
 	if err := n.register(ctx, reg); err != nil {
 		n.hs.Close()
@@ -477,7 +481,14 @@ func (n *clusterNode) refusal(name string) string {
 	return n.refused[name]
 }
 
-// nodeLeft strikes a departed node's clients off every volume served here.
+// metaPortalGroupTag is the csnap-iscsi service metadata key of a node's
+// portal group tag.
+const metaPortalGroupTag = "portal_group_tag"
+
+// nodeLeft strikes a departed node's clients off every volume served here,
+// and forgets the iSCSI nexuses of its target ports in the volume's
+// logical units' shared state (with their pending unit attentions: its
+// sessions are gone; reservations and registrations stay, SPC-4 5.12.1).
 func (n *clusterNode) nodeLeft(node string) {
 	n.mu.Lock()
 	vols := make([]*clusterVolume, 0, len(n.vols))
@@ -485,9 +496,23 @@ func (n *clusterNode) nodeLeft(node string) {
 		vols = append(vols, v)
 	}
 	n.mu.Unlock()
+	pgt, _ := strconv.Atoi(n.members.Meta(node, metaPortalGroupTag))
 	for _, v := range vols {
-		if srv := v.server(); srv != nil {
-			srv.NodeLeft(node)
+		srv := v.server()
+		if srv == nil {
+			continue
+		}
+		srv.NodeLeft(node)
+		if pgt < 1 || pgt > 65535 || pgt == n.pgt {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		changed, err := srv.RewriteShared(ctx, forgetPortGroup(uint16(pgt)))
+		cancel()
+		if err != nil {
+			v.log.WithError(err).WithField("node", node).Warn("forgetting a departed node's nexuses")
+		} else if changed > 0 {
+			v.log.WithFields(logrus.Fields{"node": node, "portal_group_tag": pgt, "logical_units": changed}).Info("forgot a departed node's iSCSI nexuses")
 		}
 	}
 }

@@ -30,6 +30,29 @@ func validateLUState(_ string, v []byte) error {
 	return err
 }
 
+// forgetPortGroup is a shared-state rewrite (server.RewriteShared) that
+// forgets, in every logical unit's state, the nexuses of the iSCSI target
+// ports of portal group tpgt: a departed node's (iSCSI names a target port
+// "IQN,t,0xTPGT", as target/iscsi builds scsi.Port.Name).
+// Values that do not decode are left alone.
+func forgetPortGroup(tpgt uint16) func(key string, v []byte) ([]byte, bool) {
+	suffix := fmt.Sprintf(",t,0x%04x", tpgt)
+	return func(_ string, v []byte) ([]byte, bool) {
+		if len(v) == 0 {
+			return nil, false
+		}
+		st, err := scsi.UnmarshalLUState(v)
+		if err != nil || st.ForgetTargetPorts(func(p string) bool { return strings.HasSuffix(p, suffix) }) == 0 {
+			return nil, false
+		}
+		nv, err := st.MarshalBinary()
+		if err != nil {
+			return nil, false
+		}
+		return nv, true
+	}
+}
+
 // consulLockCheck is the snapshot server's LockCheck in cluster mode: a
 // consistent read of the volume's lock key, which must still be held by
 // the session that won it, at the LockIndex that is the server's term.

@@ -124,6 +124,54 @@ func (s *Server) ResetShared(ctx context.Context, key string) (uint64, error) {
 	return ne.version, nil
 }
 
+// RewriteShared applies f to every shared-state entry and commits, under a
+// new version and in force on every connected client, each value f
+// changes (it returns the new value and true; the value it gets is its
+// own copy). f runs with the server's state locked and must be quick. The
+// cluster layer uses it to forget what a departed node left in the
+// volume's logical units' state. It returns how many entries changed.
+func (s *Server) RewriteShared(ctx context.Context, f func(key string, value []byte) ([]byte, bool)) (int, error) {
+	s.mu.Lock()
+	keys := make([]string, 0, len(s.shared))
+	for k := range s.shared {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	slices.Sort(keys)
+	changed := 0
+	for _, key := range keys {
+		s.mu.Lock()
+		if err := s.waitLocked(ctx, func() bool { return len(s.uploadAwait) == 0 }); err != nil {
+			s.mu.Unlock()
+			return changed, err
+		}
+		e := s.shared[key]
+		if e == nil {
+			s.mu.Unlock()
+			continue
+		}
+		nv, ok := f(key, slices.Clone(e.value))
+		if !ok {
+			s.mu.Unlock()
+			continue
+		}
+		if err := s.validShared(key, nv); err != nil {
+			s.mu.Unlock()
+			return changed, err
+		}
+		if err := s.persistLocked(ctx, key, nv); err != nil {
+			s.mu.Unlock()
+			return changed, err
+		}
+		ne := &sharedEntry{version: s.nextSharedVersion(e.version), value: nv}
+		if err := s.commitShared(ctx, nil, key, ne); err != nil { // releases s.mu
+			return changed, err
+		}
+		changed++
+	}
+	return changed, nil
+}
+
 // commitShared installs ne as entry key (s.mu held; released on return)
 // and pushes it to every connected client but from, waiting until each
 // has acknowledged it, disconnected, or BarrierTimeout passed (then it is

@@ -148,3 +148,49 @@ func TestResetShared(t *testing.T) {
 		})
 	}
 }
+
+// TestRewriteShared: a rewrite commits, under a new version pushed to every
+// client, the entries its function changes and leaves the others alone.
+func TestRewriteShared(t *testing.T) {
+	e := start(t, Config{Term: 2, ValidateShared: luValidator})
+	a := connect(t, e.addr, cid(1), "n1")
+	b := connect(t, e.addr, cid(2), "n2")
+	const other = "naa.6001405aabbccdd1"
+	var before [2]uint64
+	for i, key := range []string{luKey, other} {
+		r := mustType[*wire.SharedResult](t, a.call(&wire.SharedUpdate{SharedValue: wire.SharedValue{Key: key, Value: luState(t, 1)}}))
+		if !r.Committed {
+			t.Fatal(r)
+		}
+		before[i] = r.Version
+	}
+	b.takeNotices()
+	n, err := e.srv.RewriteShared(context.Background(), func(key string, v []byte) ([]byte, bool) {
+		if key != luKey {
+			return nil, false
+		}
+		return luState(t, 7), true
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("RewriteShared: %d changed, %v", n, err)
+	}
+	v, val, _ := sharedOf(e, luKey)
+	if v <= before[0] || string(val) != string(luState(t, 7)) {
+		t.Fatalf("rewritten entry: version %#x (was %#x), value changed %v", v, before[0], string(val) == string(luState(t, 7)))
+	}
+	if ov, _, _ := sharedOf(e, other); ov != before[1] {
+		t.Fatalf("untouched entry's version moved: %#x, was %#x", ov, before[1])
+	}
+	eventually(t, "the rewrite is pushed", func() bool {
+		for _, sv := range sharedStates(b, luKey) {
+			if sv.Version == v {
+				return true
+			}
+		}
+		return false
+	})
+	// A rewrite to an invalid value is refused.
+	if _, err := e.srv.RewriteShared(context.Background(), func(string, []byte) ([]byte, bool) { return []byte("junk"), true }); err == nil {
+		t.Fatal("rewrite to junk accepted")
+	}
+}

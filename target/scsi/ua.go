@@ -105,6 +105,22 @@ func (s *LUState) forgetStale(port string, live func(NexusID) bool) {
 	}
 }
 
+// ForgetTargetPorts forgets the nexuses (and their pending unit
+// attentions) whose target port match picks, and returns how many: the
+// cluster layer's cleanup after a node left, whose sessions all ended with
+// it. Reservations and registrations are not touched: they outlive the
+// loss of an I_T nexus (SPC-4 5.12.1).
+func (s *LUState) ForgetTargetPorts(match func(targetPort string) bool) int {
+	n := 0
+	for id := range s.Nexuses {
+		if match(id.TargetPort) {
+			delete(s.Nexuses, id)
+			n++
+		}
+	}
+	return n
+}
+
 // nexusSet is a set of nexus ids safe for concurrent use.
 type nexusSet struct {
 	mu  sync.Mutex

@@ -67,3 +67,18 @@ func TestStaleNexusesOfARestartedNode(t *testing.T) {
 	// nexA logs in again: a new nexus for this run, so POWER ON.
 	wantSense(t, again.run(nexA, tur(), nil), SenseUnitAttention, 0x29, 0x00)
 }
+
+// TestForgetTargetPorts forgets the nexuses of the ports it matches only.
+func TestForgetTargetPorts(t *testing.T) {
+	s := &LUState{}
+	s.admitNexus(nexusID(nexA))
+	s.admitNexus(nexusID(nexB))
+	s.admitNexus(nexusID(nexC))
+	n := s.ForgetTargetPorts(func(p string) bool { return p == portA.Name })
+	if n != 2 || len(s.Nexuses) != 1 {
+		t.Fatalf("forgot %d, %d left", n, len(s.Nexuses))
+	}
+	if _, ok := s.Nexuses[nexusID(nexC)]; !ok {
+		t.Fatal("the other port's nexus was forgotten")
+	}
+}
