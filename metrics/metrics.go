@@ -132,9 +132,14 @@ func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 
 // IOMetrics counts the IO of one LU kind of one volume.
 type IOMetrics struct {
-	ops   map[string]prometheus.Counter
-	bytes map[string]prometheus.Counter
-	lat   map[string]prometheus.Observer
+	read, write, unmap, flush opMetrics
+}
+
+// opMetrics are one operation's pre-bound series (bytes nil for unmap and
+// flush).
+type opMetrics struct {
+	ops, bytes prometheus.Counter
+	lat        prometheus.Observer
 }
 
 // IO returns the pre-bound IO metrics of volume's LUs of kind k.
@@ -142,39 +147,51 @@ func (r *Registry) IO(volume string, k Kind) *IOMetrics {
 	if r == nil {
 		return nil
 	}
-	m := &IOMetrics{ops: map[string]prometheus.Counter{}, bytes: map[string]prometheus.Counter{}, lat: map[string]prometheus.Observer{}}
-	for _, op := range []string{"read", "write", "unmap", "flush"} {
-		m.ops[op] = r.ioOps.WithLabelValues(volume, string(k), op)
-		m.lat[op] = r.ioLatency.WithLabelValues(volume, string(k), op)
+	op := func(name string, withBytes bool) opMetrics {
+		m := opMetrics{ops: r.ioOps.WithLabelValues(volume, string(k), name), lat: r.ioLatency.WithLabelValues(volume, string(k), name)}
+		if withBytes {
+			m.bytes = r.ioBytes.WithLabelValues(volume, string(k), name)
+		}
+		return m
 	}
-	for _, op := range []string{"read", "write"} {
-		m.bytes[op] = r.ioBytes.WithLabelValues(volume, string(k), op)
-	}
-	return m
+	return &IOMetrics{read: op("read", true), write: op("write", true), unmap: op("unmap", false), flush: op("flush", false)}
 }
 
-func (m *IOMetrics) done(op string, n int, d time.Duration) {
-	if m == nil {
-		return
+func (o *opMetrics) done(n int, d time.Duration) {
+	o.ops.Inc()
+	if o.bytes != nil && n > 0 {
+		o.bytes.Add(float64(n))
 	}
-	m.ops[op].Inc()
-	if c := m.bytes[op]; c != nil && n > 0 {
-		c.Add(float64(n))
-	}
-	m.lat[op].Observe(d.Seconds())
+	o.lat.Observe(d.Seconds())
 }
 
 // Read counts a read of n bytes that took d.
-func (m *IOMetrics) Read(n int, d time.Duration) { m.done("read", n, d) }
+func (m *IOMetrics) Read(n int, d time.Duration) {
+	if m != nil {
+		m.read.done(n, d)
+	}
+}
 
 // Write counts a write of n bytes that took d.
-func (m *IOMetrics) Write(n int, d time.Duration) { m.done("write", n, d) }
+func (m *IOMetrics) Write(n int, d time.Duration) {
+	if m != nil {
+		m.write.done(n, d)
+	}
+}
 
 // Unmap counts an unmap that took d.
-func (m *IOMetrics) Unmap(d time.Duration) { m.done("unmap", 0, d) }
+func (m *IOMetrics) Unmap(d time.Duration) {
+	if m != nil {
+		m.unmap.done(0, d)
+	}
+}
 
 // Flush counts a flush that took d.
-func (m *IOMetrics) Flush(d time.Duration) { m.done("flush", 0, d) }
+func (m *IOMetrics) Flush(d time.Duration) {
+	if m != nil {
+		m.flush.done(0, d)
+	}
+}
 
 // VolumeMetrics counts what a volume's snapshot server does on this node.
 type VolumeMetrics struct {

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,35 +77,29 @@ func (l *failureLimiter) failed(src string, now time.Time) (nowBlocked bool) {
 	return f.n == l.max
 }
 
-// byteBudget bounds the bytes of write data buffered at once (per session
-// and per node): a write command takes its expected data length from both
-// before its buffer is allocated and gives it back when the command ends,
-// so initiators that announce writes and hold their data back cannot make
-// the node allocate without limit.
+// byteBudget bounds the bytes of command data buffered at once (per
+// session and per node): a command takes its expected data length from
+// both before its buffer is allocated and gives it back when it ends, so
+// initiators that announce writes and hold their data back, or queue reads
+// and stop reading, cannot make the node allocate without limit. Lock-free:
+// every command of every session takes and gives.
 type byteBudget struct {
-	mu   sync.Mutex
-	used int64
+	used atomic.Int64
 	max  int64
 }
 
 func (b *byteBudget) take(n int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.used+n > b.max {
-		return false
+	for {
+		cur := b.used.Load()
+		if cur+n > b.max {
+			return false
+		}
+		if b.used.CompareAndSwap(cur, cur+n) {
+			return true
+		}
 	}
-	b.used += n
-	return true
 }
 
-func (b *byteBudget) give(n int64) {
-	b.mu.Lock()
-	b.used -= n
-	b.mu.Unlock()
-}
+func (b *byteBudget) give(n int64) { b.used.Add(-n) }
 
-func (b *byteBudget) inUse() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.used
-}
+func (b *byteBudget) inUse() int64 { return b.used.Load() }
