@@ -71,6 +71,10 @@ type burst struct {
 	remain uint32 // bytes still to come
 }
 
+// opSanitize is SANITIZE's operation code (SBC-3): the one command whose
+// execution an abort cancels (see execute).
+const opSanitize = 0x48
+
 // maxCDB bounds the CDB length we accept (16 bytes in the BHS plus an
 // extended-CDB AHS).
 const maxCDB = 260
@@ -627,14 +631,22 @@ func (c *conn) execute(t *task) {
 	defer c.execWG.Done()
 	c.executing.Add(1)
 	defer c.executing.Add(-1)
-	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
-	c.mu.Lock()
-	t.cancel = cancel
-	if t.aborted.Load() {
-		cancel()
+	ctx := c.ctx
+	if len(t.cmd.CDB) > 0 && t.cmd.CDB[0] == opSanitize {
+		// SANITIZE without IMMED waits for the sanitize, which an abort
+		// must end (the sanitize goes on). Only it gets a context of its
+		// own: one per command costs every command a registration with
+		// the connection's context, measurable at 100k IOPS.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(c.ctx)
+		defer cancel()
+		c.mu.Lock()
+		t.cancel = cancel
+		if t.aborted.Load() {
+			cancel()
+		}
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	res := c.sess.tgt.cfg.Exec.Execute(ctx, &t.cmd)
 	c.send(outMsg{task: t, res: res})
 	// The command ran and its response is written (or dropped): nobody

@@ -65,6 +65,9 @@ type SanitizeGuard interface {
 
 // sanitizer is a logical unit's sanitize state on this node.
 type sanitizer struct {
+	// busy is set (under mu) while running or failed: every command
+	// looks at it, most without taking mu.
+	busy    atomic.Bool
 	mu      sync.Mutex
 	running *sanitizeOp
 	failed  bool // sanitize failure mode, until EXIT FAILURE MODE
@@ -108,6 +111,9 @@ type sanitizeOp struct {
 // state returns the running sanitize, if any, and whether the unit
 // is in sanitize failure mode.
 func (s *sanitizer) state() (*sanitizeOp, bool) {
+	if !s.busy.Load() {
+		return nil, false // the common case, without the lock
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.running, s.failed
@@ -163,6 +169,7 @@ func (lu *LU) doSanitize(r *request, n int) Result {
 		}
 		lu.sanitize.mu.Lock()
 		lu.sanitize.failed = false
+		lu.sanitize.busy.Store(lu.sanitize.running != nil)
 		lu.sanitize.mu.Unlock()
 		return Result{Status: StatusGood}
 	}
@@ -224,6 +231,7 @@ func (lu *LU) doSanitize(r *request, n int) Result {
 		return sanitizeInProgress(running).result()
 	}
 	lu.sanitize.running = op
+	lu.sanitize.busy.Store(true)
 	lu.sanitize.mu.Unlock()
 
 	go func() {
@@ -236,6 +244,7 @@ func (lu *LU) doSanitize(r *request, n int) Result {
 		lu.sanitize.mu.Lock()
 		lu.sanitize.running = nil
 		lu.sanitize.failed = res.Status != StatusGood
+		lu.sanitize.busy.Store(lu.sanitize.failed)
 		lu.sanitize.mu.Unlock()
 		op.res = res
 		close(op.done)

@@ -121,33 +121,17 @@ func (s *LUState) ForgetTargetPorts(match func(targetPort string) bool) int {
 	return n
 }
 
-// nexusSet is a set of nexus ids safe for concurrent use.
-type nexusSet struct {
-	mu  sync.Mutex
-	ids map[NexusID]struct{}
-}
+// nexusSet is a set of nexus ids safe for concurrent use; every command
+// asks it (has), so reads take no lock.
+type nexusSet struct{ ids sync.Map }
 
 func (n *nexusSet) has(id NexusID) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	_, ok := n.ids[id]
+	_, ok := n.ids.Load(id)
 	return ok
 }
 
-func (n *nexusSet) add(id NexusID) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ids == nil {
-		n.ids = map[NexusID]struct{}{}
-	}
-	n.ids[id] = struct{}{}
-}
-
-func (n *nexusSet) remove(id NexusID) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.ids, id)
-}
+func (n *nexusSet) add(id NexusID)    { n.ids.Store(id, struct{}{}) }
+func (n *nexusSet) remove(id NexusID) { n.ids.Delete(id) }
 
 // evictNexus forgets one idle nexus (no pending unit attention, holding no
 // reservation) and reports whether it found one.
