@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"path/filepath"
 	"sync"
@@ -346,5 +347,63 @@ func TestInProcessCluster(t *testing.T) {
 	c.scsiIO(others[0], 2048, got, false)
 	if !bytes.Equal(got, bytes.Repeat([]byte{0xa2}, 4096)) {
 		t.Fatalf("data written before the failover: %x...", got[:8])
+	}
+}
+
+// TestDepartedNodeNexusesForgotten: each node's initiators leave nexuses of
+// that node's target port in the origin LU's shared state; when a node
+// leaves the cluster, the volume's server forgets its nexuses (issue 14)
+// and keeps the others'.
+func TestDepartedNodeNexusesForgotten(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	testutil.Eventually(t, 10*time.Second, "one node serves v1 and every node exports it", func() bool {
+		return c.server() != "" && c.exported("n1") && c.exported("n2") && c.exported("n3")
+	})
+	srv := c.server()
+	port := func(name string) string {
+		return fmt.Sprintf("%s,t,0x%04x", originIQN("v1"), c.nodes[name].pgt)
+	}
+	// One command through each node, on a nexus of that node's port.
+	for _, name := range []string{"n1", "n2", "n3"} {
+		tgt, _ := c.originTarget(name)
+		n := scsi.Nexus{InitiatorPort: "iqn.1993-08.org.debian:h-" + name + ",i,0x1",
+			Port: scsi.Port{Name: port(name), TargetName: originIQN("v1"), RelativeID: uint16(c.nodes[name].pgt)}}
+		tgt.Execute(context.Background(), &scsi.Command{CDB: make([]byte, 6), Nexus: n, Attr: scsi.TaskSimple})
+	}
+	var gone string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != srv {
+			gone = name
+			break
+		}
+	}
+	nexusPorts := func() map[string]bool {
+		v := c.nodes[srv].volume("v1")
+		v.mu.Lock()
+		exp := v.exp
+		v.mu.Unlock()
+		st, err := exp.store.Get(stateKey(v.uuid, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports := map[string]bool{}
+		for id := range st.Nexuses {
+			ports[id.TargetPort] = true
+		}
+		return ports
+	}
+	testutil.Eventually(t, 5*time.Second, "every node's nexus is in the shared state", func() bool {
+		p := nexusPorts()
+		return p[port("n1")] && p[port("n2")] && p[port("n3")]
+	})
+	c.f.partition(gone, true)
+	defer c.f.partition(gone, false)
+	testutil.Eventually(t, 10*time.Second, "the departed node's nexus forgotten", func() bool {
+		return !nexusPorts()[port(gone)]
+	})
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != gone && !nexusPorts()[port(name)] {
+			t.Fatalf("%s's nexus forgotten with %s's", name, gone)
+		}
 	}
 }

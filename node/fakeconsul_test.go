@@ -34,8 +34,9 @@ type fakeConsul struct {
 	sessions      map[string]fakeSession
 	nextSession   int
 	registered    map[string]bool
-	partitionedAt map[string]time.Time // node -> when cut off
-	down          map[string]bool      // cut off for longer than failureDetection
+	meta          map[string]map[string]string // node -> its csnap-iscsi service metadata
+	partitionedAt map[string]time.Time         // node -> when cut off
+	down          map[string]bool              // cut off for longer than failureDetection
 	registries    map[string]map[[16]byte]consul.ClientRecord
 	changed       chan struct{} // closed and replaced on every change
 }
@@ -275,12 +276,16 @@ func (a *fakeAgent) WatchVolumes(ctx context.Context, _ *logrus.Entry, fn func([
 	})
 }
 
-func (a *fakeAgent) RegisterISCSI(ctx context.Context, _ consul.ISCSIRegistration) error {
+func (a *fakeAgent) RegisterISCSI(ctx context.Context, reg consul.ISCSIRegistration) error {
 	if err := a.enter(ctx); err != nil {
 		return err
 	}
 	defer a.f.mu.Unlock()
 	a.f.registered[a.node] = true
+	if a.f.meta == nil {
+		a.f.meta = map[string]map[string]string{}
+	}
+	a.f.meta[a.node] = reg.Meta
 	a.f.notify()
 	return nil
 }
@@ -336,6 +341,9 @@ func (a *fakeAgent) WatchMembers(ctx context.Context, _ *logrus.Entry, onLeft fu
 			if r && !a.f.down[n] {
 				live[n] = true
 			}
+		}
+		for n, meta := range a.f.meta {
+			m.SetMeta(n, meta)
 		}
 		left := m.Update(live)
 		return func() {
