@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/accept"
 	"github.com/csnap/csnap/snapstore/wire"
 )
 
@@ -71,21 +72,6 @@ func (p *pendingConns) done(src string) {
 	}
 }
 
-// sourceAddr is the IP a connection comes from (IPv6 by /64).
-func sourceAddr(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		if ip4 := ta.IP.To4(); ip4 != nil {
-			return ip4.String()
-		}
-		return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
-	}
-	host, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return host
-}
-
 // NewMux returns a Mux serving no volume yet. HELLOs must arrive within
 // helloTimeout (default DefaultHandshakeTimeout).
 func NewMux(log *logrus.Entry, helloTimeout time.Duration) *Mux {
@@ -117,7 +103,7 @@ func (m *Mux) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	err := acceptLoop(ln, func(conn net.Conn) bool {
-		src := sourceAddr(conn.RemoteAddr())
+		src := accept.Source(conn.RemoteAddr())
 		if why := m.pending.admit(src); why != "" {
 			conn.Close()
 			if m.tlsLog.allow("pending "+src, time.Now()) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/accept"
 	"github.com/csnap/csnap/snapstore"
 	"github.com/csnap/csnap/snapstore/locks"
 	"github.com/csnap/csnap/snapstore/wire"
@@ -498,23 +499,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // with a backoff of up to a second: it never stops the listener, so it
 // never stops the node.
 func acceptLoop(ln net.Listener, handle func(net.Conn) bool, logErr func(error)) error {
-	var backoff time.Duration
-	var lastLog time.Time
+	acc := accept.Acceptor{LogErr: logErr}
 	for {
-		conn, err := ln.Accept()
+		conn, err := acc.Accept(context.Background(), ln)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			if now := time.Now(); logErr != nil && now.Sub(lastLog) >= time.Second {
-				lastLog = now
-				logErr(err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			time.Sleep(backoff)
-			continue
+			return err
 		}
-		backoff = 0
 		if !handle(conn) {
 			return nil
 		}

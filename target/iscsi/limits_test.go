@@ -439,25 +439,6 @@ func TestPreLoginMemory(t *testing.T) {
 	}
 }
 
-// TestSourceOf: IPv4 addresses count on their own, IPv6 addresses by /64.
-func TestSourceOf(t *testing.T) {
-	for addr, want := range map[string]string{
-		"192.0.2.7:3260":               "192.0.2.7",
-		"[2001:db8:1:2:aaaa::1]:3260":  "2001:db8:1:2::/64",
-		"[2001:db8:1:2:bbbb::9]:50000": "2001:db8:1:2::/64",
-		"[::ffff:192.0.2.8]:3260":      "192.0.2.8",
-		"[2001:db8:1:3:aaaa::1]:3260":  "2001:db8:1:3::/64",
-	} {
-		a, err := net.ResolveTCPAddr("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := sourceOf(a); got != want {
-			t.Errorf("sourceOf(%s) = %s, want %s", addr, got, want)
-		}
-	}
-}
-
 // TestFailureLimiterFullTable: with the table full of fresh entries, a new
 // source's failures are still counted (the oldest entry makes room).
 func TestFailureLimiterFullTable(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/csnap/csnap/internal/accept"
 	"github.com/csnap/csnap/target/scsi"
 )
 
@@ -229,24 +230,6 @@ func NewServer(cfg Config) *Server {
 // sourceCount is what one source address has open.
 type sourceCount struct{ conns, pending int }
 
-// sourceOf is the source a connection counts against for the per-source
-// limits: its IPv4 address, or the /64 of its IPv6 address (one host
-// commonly holds a whole /64, so counting single IPv6 addresses would let
-// it take as many slots as it likes).
-func sourceOf(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		if ip4 := ta.IP.To4(); ip4 != nil {
-			return ip4.String()
-		}
-		return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
-	}
-	host, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return host
-}
-
 // admitConnLocked counts a new connection from src in its login phase, or
 // says which limit refuses it. Called with s.mu held.
 func (s *Server) admitConnLocked(src string) *refusal {
@@ -388,30 +371,19 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	var backoff time.Duration
-	var refusedLog, acceptLog rateLog
+	var refusedLog rateLog
+	// Out of descriptors (EMFILE, ENFILE), a connection aborted before it
+	// was accepted: none of them may stop the node (the Acceptor logs,
+	// waits, tries again).
+	acc := accept.Acceptor{LogErr: func(err error) {
+		s.log.WithError(err).WithField("portal", l.Addr().String()).Warn("iSCSI accept failed; retrying")
+	}}
 	for {
-		nc, err := l.Accept()
+		nc, err := acc.Accept(ctx, l)
 		if err != nil {
-			if ctx.Err() != nil || s.isClosed() || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			// Out of descriptors (EMFILE, ENFILE), a connection aborted
-			// before it was accepted, a transient network error: none
-			// of them may stop the node. Log, wait, try again.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			if acceptLog.allow(s.now()) {
-				s.log.WithError(err).WithFields(logrus.Fields{"portal": l.Addr().String(), "retry_in": backoff}).Warn("iSCSI accept failed; retrying")
-			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(backoff):
-			}
-			continue
+			return nil // the listener was closed or ctx ended
 		}
-		backoff = 0
-		src := sourceOf(nc.RemoteAddr())
+		src := accept.Source(nc.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -458,11 +430,6 @@ func (r *rateLog) allow(now time.Time) bool {
 	return true
 }
 
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
 
 // Close stops accepting, closes every connection and waits for them.
 func (s *Server) Close() error {
