@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,7 @@ type testInitiator struct {
 	cmdSN  uint32
 	statSN uint32
 	itt    uint32
+	lun    uint64 // the LUN scsiCmd addresses
 	isid   uint16
 	params map[string]string
 }
@@ -179,8 +181,10 @@ func (in *testInitiator) login(target string, extra ...kv) uint16 {
 	return status
 }
 
-// scsiCmd sends a SCSI command (with immediate data if given) and returns
-// the PDUs of its answer up to the status, answering R2Ts with Data-Out.
+// scsiCmd sends a SCSI command (with immediate data if given) to the
+// initiator's LUN (in.lun) and returns the PDUs of its answer up to the
+// status, answering R2Ts with Data-Out PDUs no larger than the target's
+// MaxRecvDataSegmentLength.
 func (in *testInitiator) scsiCmd(cdb []byte, edtl uint32, read bool, data []byte, immediate int) (status byte, readData []byte) {
 	in.t.Helper()
 	in.itt++
@@ -193,6 +197,7 @@ func (in *testInitiator) scsiCmd(cdb []byte, edtl uint32, read bool, data []byte
 		flags |= flagWrite
 	}
 	p.setOpcode(opSCSICmd, flags|1)
+	binary.BigEndian.PutUint64(p.BHS[8:], encodeLUN(in.lun))
 	p.setU32(16, in.itt)
 	p.setU32(20, edtl)
 	p.setU32(24, in.cmdSN)
@@ -203,18 +208,32 @@ func (in *testInitiator) scsiCmd(cdb []byte, edtl uint32, read bool, data []byte
 		p.Data = data[:immediate]
 	}
 	in.send(p)
+	seg := uint32(8192) // the least a target may declare
+	if v, err := strconv.ParseUint(in.params["MaxRecvDataSegmentLength"], 10, 32); err == nil && v > 0 {
+		seg = uint32(v)
+	}
 	for {
 		r := in.recv()
 		switch r.Opcode() {
 		case opR2T:
 			off, n := r.u32(40), r.u32(44)
-			d := new(PDU)
-			d.setOpcode(opDataOut, flagFinal)
-			d.setU32(16, in.itt)
-			d.setU32(20, r.u32(20))
-			d.setU32(40, off)
-			d.Data = data[off : off+n]
-			in.send(d)
+			for sent, sn := uint32(0), uint32(0); sent < n; sn++ {
+				k := min(n-sent, seg)
+				d := new(PDU)
+				fl := byte(0)
+				if sent+k == n {
+					fl = flagFinal
+				}
+				d.setOpcode(opDataOut, fl)
+				binary.BigEndian.PutUint64(d.BHS[8:], encodeLUN(in.lun))
+				d.setU32(16, in.itt)
+				d.setU32(20, r.u32(20))
+				d.setU32(36, sn) // DataSN within the R2T's sequence
+				d.setU32(40, off+sent)
+				d.Data = data[off+sent : off+sent+k]
+				in.send(d)
+				sent += k
+			}
 		case opDataIn:
 			readData = append(readData, r.Data...)
 			if r.Flags()&flagStatus != 0 {

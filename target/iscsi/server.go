@@ -430,7 +430,6 @@ func (r *rateLog) allow(now time.Time) bool {
 	return true
 }
 
-
 // Close stops accepting, closes every connection and waits for them.
 func (s *Server) Close() error {
 	s.mu.Lock()

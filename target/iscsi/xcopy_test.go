@@ -166,62 +166,7 @@ func TestExtendedCopyInitiatorBandwidth(t *testing.T) {
 // immediate data.
 func scsiCmdLUN(in *testInitiator, lun uint64, cdb []byte, edtl uint32, read bool, data []byte) (status byte, readData []byte) {
 	in.t.Helper()
-	in.itt++
-	p := new(PDU)
-	flags := byte(flagFinal)
-	if read {
-		flags |= flagRead
-	}
-	if data != nil {
-		flags |= flagWrite
-	}
-	p.setOpcode(opSCSICmd, flags|1)
-	binary.BigEndian.PutUint64(p.BHS[8:], encodeLUN(lun))
-	p.setU32(16, in.itt)
-	p.setU32(20, edtl)
-	p.setU32(24, in.cmdSN)
-	in.cmdSN++
-	p.setU32(28, in.statSN)
-	copy(p.BHS[32:], cdb)
-	in.send(p)
-	for {
-		r := in.recv()
-		switch r.Opcode() {
-		case opR2T:
-			off, n := r.u32(40), r.u32(44)
-			// Data-Out PDUs no larger than the target's
-			// MaxRecvDataSegmentLength (8 KiB at the least).
-			for sent, sn := uint32(0), uint32(0); sent < n; sn++ {
-				k := min(n-sent, 8192)
-				d := new(PDU)
-				fl := byte(0)
-				if sent+k == n {
-					fl = flagFinal
-				}
-				d.setOpcode(opDataOut, fl)
-				binary.BigEndian.PutUint64(d.BHS[8:], encodeLUN(lun))
-				d.setU32(16, in.itt)
-				d.setU32(20, r.u32(20))
-				d.setU32(36, sn) // DataSN within the R2T's sequence
-				d.setU32(40, off+sent)
-				d.Data = data[off+sent : off+sent+k]
-				in.send(d)
-				sent += k
-			}
-		case opDataIn:
-			readData = append(readData, r.Data...)
-			if r.Flags()&flagStatus != 0 {
-				in.statSN = r.u32(24) + 1
-				return r.BHS[3], readData
-			}
-		case opSCSIResp:
-			in.statSN = r.u32(24) + 1
-			if r.BHS[3] != 0 {
-				in.t.Logf("LUN %d CDB % x: status %#x, sense % x", lun, cdb, r.BHS[3], r.Data)
-			}
-			return r.BHS[3], readData
-		default:
-			in.t.Fatalf("unexpected opcode %#x while waiting for a SCSI answer", r.Opcode())
-		}
-	}
+	in.lun = lun
+	defer func() { in.lun = 0 }()
+	return in.scsiCmd(cdb, edtl, read, data, 0)
 }
